@@ -1,0 +1,1 @@
+"""Shared pytest fixtures (the Kyutai moshi.server peer, the dev checkpoint, fakes)."""

@@ -1,0 +1,1 @@
+"""Telephony audio path: pure, I/O-free, testable with plain arrays."""

@@ -1,0 +1,112 @@
+"""``voice-server-moshi``: the command line. Each command lives in its own module.
+
+Every command module exposes ``main(argv: list[str]) -> int``; modules are imported only
+when their command runs, so ``--help`` stays fast and torch is loaded only where needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import structlog
+
+#: command -> (module:function, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "plugins": ("voice_server_moshi.cli:plugins_main", "list the adapters and modes plugins register"),
+}
+
+#: ``bench <name>`` -> (module:function, one-line help); each prints JSON on stdout.
+BENCHES: dict[str, tuple[str, str]] = {}
+
+
+def configure_logging(level: str | None = None) -> None:
+    """structlog to stderr, so stdout stays clean for JSON output."""
+    name = (level or os.environ.get("VOICE_SERVER_MOSHI_LOG_LEVEL", "warning")).upper()
+    lvl = getattr(logging, name, logging.WARNING)
+    logging.basicConfig(level=lvl, stream=sys.stderr, format="%(message)s")
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def _run(target: str, argv: list[str]) -> int:
+    module, _, func = target.partition(":")
+    result = getattr(importlib.import_module(module), func)(argv)
+    return int(result or 0)
+
+
+def _usage() -> str:
+    width = max(len(n) for n in [*COMMANDS, "bench NAME"])
+    lines = ["usage: voice-server-moshi [--log-level LEVEL] COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {n.ljust(width)}  {h}" for n, (_, h) in COMMANDS.items()]
+    lines.append(f"  {'bench NAME'.ljust(width)}  measure and print JSON; NAME is one of:")
+    lines += [f"  {'':{width}}    {n}: {h}" for n, (_, h) in BENCHES.items()]
+    lines.append("")
+    lines.append("Run 'voice-server-moshi COMMAND --help' for a command's options.")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    level = None
+    if args[:1] == ["--log-level"] and len(args) >= 2:
+        level, args = args[1], args[2:]
+    configure_logging(level)
+    if not args or args[0] in ("-h", "--help", "help"):
+        sys.stdout.write(_usage() + "\n")
+        return 0 if args else 2
+    cmd, rest = args[0], args[1:]
+    if cmd == "bench":
+        if not rest or rest[0] in ("-h", "--help"):
+            sys.stdout.write(_usage() + "\n")
+            return 0 if rest else 2
+        if rest[0] not in BENCHES:
+            sys.stderr.write(f"unknown benchmark {rest[0]!r}; available: {', '.join(BENCHES)}\n")
+            return 2
+        return _run(BENCHES[rest[0]][0], rest[1:])
+    if cmd not in COMMANDS:
+        sys.stderr.write(f"unknown command {cmd!r}\n\n{_usage()}\n")
+        return 2
+    return _run(COMMANDS[cmd][0], rest)
+
+
+def plugins_main(argv: list[str]) -> int:
+    """Print what the installed plugins register (honours VOICE_SERVER_BLOCKED_PLUGINS)."""
+    import json
+
+    from .registry import load_registry
+    from .settings import describe_settings
+
+    reg = load_registry()
+    out = {
+        kind: {
+            name: {
+                "plugin": r.plugin,
+                "description": r.description,
+                "settings": [
+                    {"key": k, "type": t, "default": d, "help": h}
+                    for k, t, d, h in (describe_settings(r.settings) if r.settings else [])
+                ],
+            }
+            for name, r in sorted(table.items())
+        }
+        for kind, table in (("adapters", reg.adapters), ("modes", reg.modes))
+    }
+    sys.stdout.write(json.dumps(out, indent=2 if "--verbose" in argv else None) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,52 @@
+"""pluggy hook specifications for project ``voice_server``.
+
+Hooks take a ``register`` callback (the style of Simon Willison's ``llm``)::
+
+    from voice_server_moshi.hookspecs import hookimpl
+
+    @hookimpl
+    def voice_server_register_adapters(register):
+        register("my-model", MyAdapter, settings=MySettings, description="...")
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import pluggy
+
+PROJECT = "voice_server"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class Register(Protocol):
+    """The ``register`` callback passed to the hooks."""
+
+    def __call__(
+        self,
+        name: str,
+        factory: Any,
+        *,
+        settings: type[Any] | None = None,
+        description: str = "",
+    ) -> None: ...
+
+
+@hookspec
+def voice_server_register_adapters(register: Register) -> None:
+    """Register voice-model adapter factories: ``register(name, factory, settings=Cls)``.
+
+    ``factory(settings)`` returns a new adapter (one per call); ``settings`` is an instance of
+    the registered settings dataclass, parsed and validated from the host's config section.
+    """
+
+
+@hookspec
+def voice_server_register_modes(register: Register) -> None:
+    """Register orchestration modes: ``register(name, factory, settings=Cls)``.
+
+    ``factory(settings, **kwargs)`` returns a new mode; keyword arguments are the host's
+    (for example the adapter and the host callbacks).
+    """

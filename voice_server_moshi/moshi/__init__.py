@@ -1,0 +1,1 @@
+"""The Moshi adapter: Kyutai's wire protocol, transports (remote, embedded) and the adapter."""

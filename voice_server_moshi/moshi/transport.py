@@ -1,0 +1,81 @@
+"""The transport interface under the Moshi adapter (the shape of httpx's transports).
+
+The adapter owns the telephony side (G.711, resampling, framing, VAD, events); a transport
+moves Moshi frames: 80 ms of 24 kHz float32 PCM in, agent PCM and text out. The remote
+transport puts Ogg/Opus on Kyutai's WebSocket protocol; the embedded one hands frames to a
+slot of the in-process batched engine; tests use scripted transports.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+#: Moshi's sample rate and frame: 80 ms at 24 kHz.
+MOSHI_SAMPLE_RATE = 24000
+MOSHI_FRAME_SAMPLES = 1920
+MOSHI_FRAME_MS = 80
+
+PCM = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentAudio:
+    """Agent PCM, 24 kHz float32 mono in [-1, 1], any length (usually one 80 ms frame)."""
+
+    pcm: PCM = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentText:
+    """One piece of Moshi's inner-monologue text, as the server sent it (e.g. ' hel')."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerError:
+    """A non-fatal error message from the peer (Kyutai's ``0x05``)."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerClosed:
+    """The peer ended the session. ``clean`` is False when it vanished (no close frame)."""
+
+    code: int | None
+    reason: str
+    clean: bool
+
+
+TransportEvent = AgentAudio | AgentText | PeerError | PeerClosed
+
+
+class MoshiTransport(ABC):
+    """One call's link to a Moshi model."""
+
+    @abstractmethod
+    async def open(self, call_id: str) -> str:
+        """Start the session; return a session id.
+
+        Raises :class:`~voice_server_moshi.errors.ServerBusyError` when the peer has no free
+        capacity, :class:`~voice_server_moshi.errors.ConnectTimeoutError` when the handshake
+        does not come in time, :class:`~voice_server_moshi.errors.ConnectError` otherwise.
+        """
+
+    @abstractmethod
+    async def send_frame(self, pcm: PCM) -> None:
+        """Send one caller frame: exactly ``MOSHI_FRAME_SAMPLES`` float32 samples at 24 kHz."""
+
+    @abstractmethod
+    def receive(self) -> AsyncIterator[TransportEvent]:
+        """Agent audio, text and peer errors; ends after a :class:`PeerClosed`."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close from our side. Idempotent; must not hang."""
