@@ -16,7 +16,10 @@ import structlog
 
 #: command -> (module:function, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "plugins": ("voice_server_moshi.cli:plugins_main", "list the adapters and modes plugins register"),
+    "plugins": (
+        "voice_server_moshi.cli:plugins_main",
+        "list the adapters and modes that plugins register",
+    ),
 }
 
 #: ``bench <name>`` -> (module:function, one-line help); each prints JSON on stdout.
