@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One command installs everything a checkout needs: a virtual environment in .venv with the
+# package, its embedded engine (moshi, torch) and the dev tools, plus the Debian tools the
+# synthetic call corpus is made with (espeak-ng, sox) when they are missing and apt is usable.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON="${PYTHON:-python3}"
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "install.sh: Python >= 3.11 is needed; set PYTHON=/path/to/python3.11" >&2
+    exit 1
+fi
+
+if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "install.sh: installing espeak-ng and sox (corpus generator)" >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null
+    else
+        echo "install.sh: espeak-ng/sox not found; 'voice-server-moshi make-corpus' needs them" \
+             "(apt-get install espeak-ng sox). Everything else works without." >&2
+    fi
+fi
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[dev]"
+echo "install.sh: done. Try: .venv/bin/voice-server-moshi call" >&2
