@@ -1,13 +1,36 @@
-"""structlog set-up shared by the package. Library code never prints; it logs."""
+"""structlog set-up shared by the package. Library code never prints; it logs.
+
+When the host has configured structlog, its configuration is used as is. Otherwise the
+package's lines go through the stdlib ``logging`` module (logger names
+``voice_server_moshi.*``), so a host controls level and destination the usual way and
+nothing ever lands on stdout, which belongs to the host (and to JSON output of benches).
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import structlog
 
+_PROCESSORS: list[Any] = [
+    structlog.stdlib.filter_by_level,
+    structlog.contextvars.merge_contextvars,
+    structlog.processors.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso"),
+    structlog.processors.format_exc_info,
+    structlog.dev.ConsoleRenderer(colors=False),
+]
 
-def get_logger(name: str, **bind: Any) -> structlog.stdlib.BoundLogger:
-    """A logger for module ``name`` with ``bind`` (e.g. ``call_id``) attached to every line."""
-    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+
+def get_logger(name: str, **bind: Any) -> Any:
+    """A structlog logger for module ``name`` with ``bind`` (e.g. ``call_id``) on every line."""
+    if structlog.is_configured():
+        logger: Any = structlog.get_logger(name)
+    else:
+        logger = structlog.wrap_logger(
+            logging.getLogger(name),
+            processors=_PROCESSORS,
+            wrapper_class=structlog.stdlib.BoundLogger,
+        )
     return logger.bind(**bind) if bind else logger

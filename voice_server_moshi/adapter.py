@@ -247,6 +247,10 @@ class BaseAdapter(ABC):
             error=Error(code=code, message=message, fatal=True),
         )
 
+    async def _peer_closed(self, *, close_code: int | None, reason: str = "peer") -> None:
+        """End the session because the peer ended it normally: ``disconnected``, no error."""
+        await self._terminate(reason=reason, close_code=close_code, error=None)
+
     # -- internals ---------------------------------------------------------------------
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:

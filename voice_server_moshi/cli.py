@@ -20,13 +20,54 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "voice_server_moshi.cli:plugins_main",
         "list the adapters and modes that plugins register",
     ),
+    "make-dev-checkpoint": (
+        "voice_server_moshi.moshi.checkpoint:main",
+        "write the tiny random dev checkpoint (babbles: for tests and benchmarks only)",
+    ),
+    "serve": (
+        "voice_server_moshi.server.cli:main",
+        "batched Moshi server on Kyutai's /api/chat protocol (many calls, one engine)",
+    ),
+    "call": (
+        "voice_server_moshi.call.main:main",
+        "a phone call through the plugin (embedded Moshi by default): recordings, timeline, "
+        "latency report, picture",
+    ),
+    "make-corpus": (
+        "voice_server_moshi.corpus.cli:main",
+        "synthesize the labelled call corpus (espeak-ng + sox) into DIR",
+    ),
+    "contract-report": (
+        "voice_server_moshi.contract_report:main",
+        "run the contract suite and write the parity table (--out docs/contract-parity.md)",
+    ),
 }
 
 #: ``bench <name>`` -> (module:function, one-line help); each prints JSON on stdout.
 BENCHES: dict[str, tuple[str, str]] = {
+    "turns": (
+        "voice_server_moshi.bench.turns:main",
+        "full-duplex turn detection on the labelled corpus: onsets, backchannels, barge-ins",
+    ),
     "codecs": (
         "voice_server_moshi.bench.codecs:main",
         "full-size Mimi vs Opus CPU time per 80 ms frame (ADR 0002)",
+    ),
+    "audio": (
+        "voice_server_moshi.bench.audio:main",
+        "resampler (ours vs soxr HQ/VHQ), G.711, Opus, VAD: latency, quality, CPU (ADR 0010)",
+    ),
+    "vad": (
+        "voice_server_moshi.bench.vad:main",
+        "caller VAD onset delay, false starts, CPU on espeak-ng speech in noise (ADR 0011)",
+    ),
+    "adapter": (
+        "voice_server_moshi.bench.adapter:main",
+        "Moshi adapter CPU per call-second, whole audio path with Opus: calls per core",
+    ),
+    "engine": (
+        "voice_server_moshi.bench.engine:main",
+        "batched engine: tick p50/p99, real-time margin, memory per slot, max real-time slots",
     ),
 }
 

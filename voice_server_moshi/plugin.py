@@ -9,7 +9,9 @@ import importlib
 from typing import Any
 
 from .hookspecs import Register, hookimpl
+from .modes.settings import FullDuplexSettings
 from .moshi.settings import MoshiSettings
+from .vendors.settings import ElevenLabsSettings, OpenAIRealtimeSettings, PhonicSettings
 
 
 def _lazy(path: str) -> Any:
@@ -30,8 +32,32 @@ def voice_server_register_adapters(register: Register) -> None:
         settings=MoshiSettings,
         description="Kyutai Moshi, full duplex: remote Moshi server or embedded engine",
     )
+    register(
+        "openai-realtime",
+        _lazy("voice_server_moshi.vendors.openai_realtime:OpenAIRealtimeAdapter"),
+        settings=OpenAIRealtimeSettings,
+        description="OpenAI Realtime API (GA) over WebSocket, server VAD",
+    )
+    register(
+        "elevenlabs",
+        _lazy("voice_server_moshi.vendors.elevenlabs:ElevenLabsAdapter"),
+        settings=ElevenLabsSettings,
+        description="ElevenLabs Agents Platform conversation WebSocket",
+    )
+    register(
+        "phonic",
+        _lazy("voice_server_moshi.vendors.phonic:PhonicAdapter"),
+        settings=PhonicSettings,
+        description="Phonic speech-to-speech WebSocket, with session resumption",
+    )
 
 
 @hookimpl
 def voice_server_register_modes(register: Register) -> None:
-    pass
+    register(
+        "full-duplex",
+        _lazy("voice_server_moshi.modes.full_duplex:FullDuplexMode"),
+        settings=FullDuplexSettings,
+        description="continuous streams in both directions behind the host's turn callbacks "
+        "(kwargs: adapter, host, config=None, clock=None)",
+    )

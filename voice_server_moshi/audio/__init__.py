@@ -1,1 +1,31 @@
-"""Telephony audio path: pure, I/O-free, testable with plain arrays."""
+"""Telephony audio path: pure, I/O-free, testable with plain arrays.
+
+G.711 (:mod:`.g711`), the streaming low-latency resampler (:mod:`.resample`), framers
+(:mod:`.framing`), Ogg/Opus over sphn (:mod:`.opus`) and the caller VAD (:mod:`.vad`).
+"""
+
+from __future__ import annotations
+
+from . import g711
+from .framing import ByteFramer, SampleFramer
+from .g711 import alaw_decode, alaw_encode, decode, encode, ulaw_decode, ulaw_encode
+from .opus import OpusDecoder, OpusEncoder
+from .resample import Resampler
+from .vad import EnergyVad, VadTransition
+
+__all__ = [
+    "ByteFramer",
+    "EnergyVad",
+    "OpusDecoder",
+    "OpusEncoder",
+    "Resampler",
+    "SampleFramer",
+    "VadTransition",
+    "alaw_decode",
+    "alaw_encode",
+    "decode",
+    "encode",
+    "g711",
+    "ulaw_decode",
+    "ulaw_encode",
+]

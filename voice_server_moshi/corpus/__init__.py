@@ -1,1 +1,1 @@
-"""corpus."""
+"""Synthetic telephone-call corpus with ground-truth labels (espeak-ng + sox, then numpy)."""

@@ -1,1 +1,1 @@
-"""modes."""
+"""Orchestration modes. ``full-duplex`` drives a turn-based host from continuous streams."""

@@ -39,9 +39,11 @@ class AgentText:
 
 @dataclass(frozen=True, slots=True)
 class PeerError:
-    """A non-fatal error message from the peer (Kyutai's ``0x05``)."""
+    """A non-fatal error: the peer's error message (Kyutai's ``0x05``, ``code="peer-error"``)
+    or a malformed message from it that was skipped (``code="protocol"``)."""
 
     message: str
+    code: str = "peer-error"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,1 +1,1 @@
-"""server."""
+"""The batched Moshi server (``voice-server-moshi serve``); needs the ``embedded`` extra."""

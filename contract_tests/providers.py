@@ -1,0 +1,312 @@
+"""The built-in providers: the three vendor adapters against their fakes, and the Moshi
+adapter against Kyutai's own ``moshi.server`` and against the embedded engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+from voice_server_moshi.adapter import VoiceModelAdapter
+from voice_server_moshi.events import AudioChunk
+from voice_server_moshi.testing import (
+    FakeElevenLabs,
+    FakeOpenAIRealtime,
+    FakePhonic,
+    fake_elevenlabs,
+    fake_openai_realtime,
+    fake_phonic,
+)
+from voice_server_moshi.vendors.settings import (
+    ElevenLabsSettings,
+    OpenAIRealtimeSettings,
+    PhonicSettings,
+)
+
+from .framework import EVENT_TIMEOUT_S, Call, Provider
+
+
+async def _wait_audio_frames(call: Call, ms: int) -> None:
+    """Until the call has received ``ms`` more agent audio than it had."""
+    base = sum(isinstance(e, AudioChunk) for e in call.events)
+    need = ms // call.fmt.frame_ms
+    await call.wait_for(
+        lambda _e: sum(isinstance(e, AudioChunk) for e in call.events) - base >= need
+    )
+
+
+class OpenAIProvider(Provider):
+    name = "openai-realtime"
+    pace = 0.5
+    close_codes = (1000, 1001, 1011)
+
+    @contextlib.asynccontextmanager
+    async def peer(self, request: Any) -> AsyncIterator[FakeOpenAIRealtime]:
+        async with fake_openai_realtime() as fake:
+            yield fake
+
+    def make_adapter(self, peer: FakeOpenAIRealtime, *, max_queued_events: int = 500,
+                     bad_credentials: bool = False) -> VoiceModelAdapter:
+        from voice_server_moshi.vendors.openai_realtime import OpenAIRealtimeAdapter
+
+        return OpenAIRealtimeAdapter(OpenAIRealtimeSettings(
+            api_key="sk-wrong" if bad_credentials else "sk-test", base_url=peer.url,
+            vad_silence_duration_ms=300, max_queued_events=max_queued_events,
+            connect_timeout_s=10.0))
+
+    async def agent_speaks(self, peer: FakeOpenAIRealtime, call: Call, ms: int) -> None:
+        await peer.speak(ms)
+
+    async def agent_speaks_unobserved(
+        self, peer: FakeOpenAIRealtime, adapter: VoiceModelAdapter, ms: int
+    ) -> None:
+        await peer.speak(ms)
+
+    async def start_long_speech(self, peer: FakeOpenAIRealtime, call: Call, ms: int) -> None:
+        peer.start_reply(ms, pace=1.0)
+
+    async def peer_error(self, peer: FakeOpenAIRealtime) -> None:
+        await peer.send_error()
+
+    async def peer_close(self, peer: FakeOpenAIRealtime, code: int) -> None:
+        if code == 1001:
+            await peer.expire()  # the one documented server-initiated close
+        else:
+            await peer.close(code, "internal error" if code == 1011 else "")
+
+    async def peer_vanish(self, peer: FakeOpenAIRealtime) -> None:
+        await peer.vanish()
+
+    def check_peer_side(self, peer: FakeOpenAIRealtime, scenario: str) -> None:
+        s = peer.session
+        if scenario == "barge-in":
+            truncs = s.of_type("conversation.item.truncate")
+            assert len(truncs) == 1, f"expected one conversation.item.truncate, got {truncs}"
+            errors = [m for m in s.sent if m["type"] == "error"]
+            assert not errors, f"the fake refused something: {errors}"
+            assert any(m["type"] == "conversation.item.truncated" for m in s.sent)
+        if scenario in ("agent-speaks", "caller-speaks-then-pauses"):
+            assert s.of_type("input_audio_buffer.append"), "no caller audio reached the peer"
+
+
+class ElevenLabsProvider(Provider):
+    name = "elevenlabs"
+    pace = 0.5
+    close_codes = (1000, 1002, 1008, 1011)
+    _errors: ClassVar[dict[int, str]] = {
+        1002: "llm_error", 1008: "invalid_message", 1011: "unknown_websocket_crash"}
+
+    @contextlib.asynccontextmanager
+    async def peer(self, request: Any) -> AsyncIterator[FakeElevenLabs]:
+        import respx
+
+        async with fake_elevenlabs(api_key="xi-test", ping_interval_s=0.3) as fake:
+            with respx.mock(assert_all_called=False) as router:
+                fake.mock_rest(router)
+                yield fake
+
+    def make_adapter(self, peer: FakeElevenLabs, *, max_queued_events: int = 500,
+                     bad_credentials: bool = False) -> VoiceModelAdapter:
+        from voice_server_moshi.vendors.elevenlabs import ElevenLabsAdapter
+
+        return ElevenLabsAdapter(ElevenLabsSettings(
+            agent_id=peer.agent_id, api_key="xi-wrong" if bad_credentials else "xi-test",
+            base_url=peer.url, max_queued_events=max_queued_events))
+
+    async def agent_speaks(self, peer: FakeElevenLabs, call: Call, ms: int) -> None:
+        await peer.speak(ms)
+
+    async def agent_speaks_unobserved(
+        self, peer: FakeElevenLabs, adapter: VoiceModelAdapter, ms: int
+    ) -> None:
+        await peer.speak(ms)
+
+    async def start_long_speech(self, peer: FakeElevenLabs, call: Call, ms: int) -> None:
+        peer.start_reply(ms, pace=1.0)
+
+    async def peer_error(self, peer: FakeElevenLabs) -> None:
+        # ElevenLabs sends error only when it is closing (error then close, same code).
+        await peer.fail("llm_error", code=1002)
+
+    async def peer_close(self, peer: FakeElevenLabs, code: int) -> None:
+        if code == 1000:
+            await peer.end_call()
+        else:
+            await peer.fail(self._errors[code], code=code)
+
+    async def peer_vanish(self, peer: FakeElevenLabs) -> None:
+        await peer.vanish()
+
+    def check_peer_side(self, peer: FakeElevenLabs, scenario: str) -> None:
+        s = peer.session
+        pings, pongs = s.state["pings"], s.state["pongs"]
+        answered = set(pongs)
+        # Every ping but one still in flight must have been answered.
+        assert len([p for p in pings if p not in answered]) <= 1, (pings, pongs)
+        assert s.received[0].get("type") == "conversation_initiation_client_data"
+
+
+class PhonicProvider(Provider):
+    name = "phonic"
+    pace = 0.5
+    close_codes = (1000, 4600, 1011, 4010)
+    normal_close_codes = frozenset({1000, 4600})
+
+    @contextlib.asynccontextmanager
+    async def peer(self, request: Any) -> AsyncIterator[FakePhonic]:
+        async with fake_phonic() as fake:
+            yield fake
+
+    def make_adapter(self, peer: FakePhonic, *, max_queued_events: int = 500,
+                     bad_credentials: bool = False) -> VoiceModelAdapter:
+        from voice_server_moshi.vendors.phonic import PhonicAdapter
+
+        return PhonicAdapter(PhonicSettings(
+            api_key="ph_wrong" if bad_credentials else "ph_test", base_url=peer.url,
+            stream_ahead_of_real_time=True, max_queued_events=max_queued_events,
+            reconnect_grace_s=5.0))
+
+    async def agent_speaks(self, peer: FakePhonic, call: Call, ms: int) -> None:
+        await peer.speak(ms)
+
+    async def agent_speaks_unobserved(
+        self, peer: FakePhonic, adapter: VoiceModelAdapter, ms: int
+    ) -> None:
+        await peer.speak(ms)
+
+    async def start_long_speech(self, peer: FakePhonic, call: Call, ms: int) -> None:
+        # A reply the caller talks over must still be playing: send it at real time.
+        peer.start_speaking(ms, paced=True)
+        await asyncio.sleep(0)
+
+    async def peer_error(self, peer: FakePhonic) -> None:
+        await peer.send_error()
+
+    async def peer_close(self, peer: FakePhonic, code: int) -> None:
+        if code == 4600:
+            await peer.end_conversation()
+        else:
+            reason = {1011: "internal error", 4010: "concurrency limit reached"}.get(code, "")
+            await peer.close(code, reason)
+
+    async def peer_vanish(self, peer: FakePhonic) -> None:
+        # A vanished service does not come back: resumption must fail (4800) in bounded time.
+        peer.grace_s = 0.0
+        await peer.vanish()
+
+    async def peer_restart(self, peer: FakePhonic) -> bool:
+        await peer.restart(1012, "restarting")
+        session = await peer.wait_session(count=2, timeout_s=15)
+        return session.query.get("reconnect_conv_id") == peer.sessions[0].state["conv"].id
+
+    def check_peer_side(self, peer: FakePhonic, scenario: str) -> None:
+        s = peer.sessions[0]
+        assert s.received[0]["type"] == "config"
+        for msg in s.of_type("audio_chunk"):
+            assert len(msg["audio"]) * 3 // 4 <= 40 * 8 * 2, "audio_chunk over 40 ms"
+        assert not [m for m in s.sent if m["type"] == "error"] or scenario == "peer-error"
+
+
+# -- Moshi ---------------------------------------------------------------------------------
+
+_MOSHI_NO_ERRORS = (
+    "Kyutai's moshi.server never sends an error message (the Python server has no 0x05 "
+    "path; only the Rust servers do)"
+)
+
+
+def _require_moshi() -> None:
+    import pytest
+
+    if importlib.util.find_spec("moshi") is None:
+        pytest.skip("n/a: the Moshi providers need the 'embedded' extra (moshi, torch)")
+
+
+class _MoshiBase(Provider):
+    pace = 1.0  # Moshi is clocked by its input: one 80 ms output frame per input frame
+
+    async def agent_speaks(self, peer: Any, call: Call, ms: int) -> None:
+        # Moshi talks continuously (silence included): wait for that much of its audio.
+        await _wait_audio_frames(call, ms)
+
+    async def agent_speaks_unobserved(
+        self, peer: Any, adapter: VoiceModelAdapter, ms: int
+    ) -> None:
+        # Moshi's pace is the engine's: count the frames it produced, not wall time.
+        counters = adapter.counters  # type: ignore[attr-defined]
+        need = counters.get("chunks_out", 0) + ms // 20
+        async with asyncio.timeout(EVENT_TIMEOUT_S):
+            # The adapter exposes counters, not a notification: poll them.
+            while counters.get("chunks_out", 0) < need:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+
+    async def start_long_speech(self, peer: Any, call: Call, ms: int) -> None:
+        await _wait_audio_frames(call, 200)
+
+
+class MoshiRemoteProvider(_MoshiBase):
+    """The Moshi adapter's remote transport against Kyutai's own ``moshi.server``."""
+
+    name = "moshi (moshi.server)"
+    cannot: ClassVar[dict[str, str]] = {
+        "connect-refused": "Kyutai's moshi.server has no authentication to refuse",
+        "peer-error": _MOSHI_NO_ERRORS,
+        "peer-closes": "moshi.server never closes a call itself; it has no close codes",
+        "peer-restarts": "Kyutai's protocol has no session resumption",
+    }
+
+    @contextlib.asynccontextmanager
+    async def peer(self, request: Any) -> AsyncIterator[Any]:
+        _require_moshi()
+        if request.node.get_closest_marker("private_peer") is not None:
+            # This test kills its server: a private one, not the session's shared one.
+            start = request.getfixturevalue("moshi_server_factory")
+            yield await asyncio.get_running_loop().run_in_executor(None, start)
+        else:
+            yield request.getfixturevalue("moshi_server")
+
+    def make_adapter(self, peer: Any, *, max_queued_events: int = 500,
+                     bad_credentials: bool = False) -> VoiceModelAdapter:
+        from voice_server_moshi.moshi.adapter import MoshiAdapter
+        from voice_server_moshi.moshi.settings import MoshiSettings
+
+        return MoshiAdapter(MoshiSettings(url=peer.url, max_queued_events=max_queued_events,
+                                          connect_timeout_s=60.0))
+
+    async def peer_vanish(self, peer: Any) -> None:
+        # SIGKILL: the OS drops the socket, no WebSocket close frame is ever sent.
+        await asyncio.get_running_loop().run_in_executor(None, peer.kill)
+
+
+class MoshiEmbeddedProvider(_MoshiBase):
+    """The Moshi adapter with the in-process engine on the generated dev checkpoint."""
+
+    name = "moshi (embedded)"
+    cannot: ClassVar[dict[str, str]] = {
+        "connect-refused": "the embedded engine has no credentials to refuse",
+        "peer-error": "the in-process engine has no error messages to send",
+        "peer-closes": "the in-process engine has no socket to close",
+        "peer-vanishes": "the in-process engine has no socket to drop",
+        "peer-restarts": "the in-process engine has no session resumption",
+    }
+
+    @contextlib.asynccontextmanager
+    async def peer(self, request: Any) -> AsyncIterator[Any]:
+        _require_moshi()
+        yield request.getfixturevalue("dev_checkpoint")
+
+    def make_adapter(self, peer: Any, *, max_queued_events: int = 500,
+                     bad_credentials: bool = False) -> VoiceModelAdapter:
+        from voice_server_moshi.moshi.adapter import MoshiAdapter
+        from voice_server_moshi.moshi.settings import MoshiSettings
+
+        return MoshiAdapter(MoshiSettings(transport="embedded", checkpoint=str(peer),
+                                          device="cpu", max_queued_events=max_queued_events))
+
+
+def builtin_providers() -> list[Provider]:
+    return [OpenAIProvider(), ElevenLabsProvider(), PhonicProvider(), MoshiRemoteProvider(),
+            MoshiEmbeddedProvider()]
+

@@ -1,0 +1,82 @@
+"""`bench engine`: its JSON, its slot search, the full-size paths."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("moshi")
+
+from voice_server_moshi.bench import engine as bench
+from voice_server_moshi.moshi.checkpoint import DEV_LM_CONFIG, make_dev_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
+    d = tmp_path_factory.mktemp("bench") / "dev"
+    make_dev_checkpoint(d)
+    return str(d)
+
+
+def run(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict[str, Any]:
+    assert bench.main(argv) == 0
+    text = capsys.readouterr().out
+    # Unconfigured structlog prints to stdout in tests; the JSON object starts at "{\n".
+    out: dict[str, Any] = json.loads(text[text.index('{\n  "bench"'):])
+    return out
+
+
+def test_fixed_slot_counts_with_profile(ckpt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = run(capsys, ["--checkpoint", ckpt, "--device", "cpu", "--slots", "1,2",
+                       "--seconds", "0.4", "--profile"])
+    assert [p["slots"] for p in out["points"]] == [1, 2]
+    for p in out["points"]:
+        assert 0 < p["tick_p50_ms"] <= p["tick_p99_ms"] <= p["tick_max_ms"]
+        assert p["realtime_margin_ms"] == pytest.approx(80.0 - p["tick_p99_ms"], abs=1e-6)
+        assert p["state_bytes_per_slot"] > 0 and p["ticks"] == 5
+    assert out["max_realtime_slots"] in (0, 1, 2)
+    assert out["profile"]["top_ops"] and out["profile"]["top_ops"][0]["op"].startswith("aten::")
+
+
+def test_search_doubles_then_bisects(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+
+    def fake_measure(models: Any, slots: int, *a: Any) -> dict[str, Any]:
+        seen.append(slots)
+        return {"slots": slots, "realtime": slots <= 37}
+
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    _, best = bench.search(None, 64, 1.0, 10.0, None, 1)
+    assert best == 37
+    assert seen[:7] == [1, 2, 4, 8, 16, 32, 64]  # doubling until the first miss
+    assert len(seen) == len(set(seen)) <= 13  # then a bisection, each count measured once
+    _, best_all = bench.search(None, 20, 1.0, 10.0, None, 1)  # everything holds up to 20
+    assert best_all == 20
+
+
+def test_full_size_memory_is_sized_without_allocating(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = run(capsys, ["--memory-only", "--context", "3000"])["full_size_memory"]
+    kv = 32 * 2 * 3000 * 4096 * 2  # layers x (k, v) x steps x dim x bfloat16
+    assert kv < out["state_bytes_per_slot"] < kv * 1.05
+    assert 15e9 < out["weights_bytes"] < 16.5e9
+    half = run(capsys, ["--memory-only", "--context", "1500"])["full_size_memory"]
+    fits, fits_half = out["slots_fitting_by_memory"], half["slots_fitting_by_memory"]
+    assert fits_half["H100-80GB"] > fits["H100-80GB"]
+
+
+@pytest.mark.slow
+def test_full_architecture_path_runs(monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    # The full LM needs ~16 GB; the code path is the same with a small LM config in its
+    # place. Mimi is the real full-size one.
+    from moshi.models import loaders
+
+    monkeypatch.setattr(loaders, "_lm_kwargs", dict(DEV_LM_CONFIG, card=2048))
+    out = run(capsys, ["--architecture", "full", "--device", "cpu", "--slots", "1",
+                       "--seconds", "0.24"])
+    assert out["architecture"] == "full" and out["points"][0]["ticks"] == 3

@@ -1,0 +1,73 @@
+"""``voice-server-moshi make-corpus DIR``: synthesize the labelled call corpus.
+
+Writes ``DIR/clips/`` (espeak-ng + sox, 8 kHz µ-law), then for each call
+``DIR/calls/<id>/caller.wav`` (8 kHz µ-law, telephone band, noise at the SNR),
+``agent.wav`` (the scripted agent's track, 8 kHz PCM16) and ``labels.json``, and
+``DIR/labels.json`` with every call's labels. ``--bundled-clips`` skips synthesis and uses
+the clips committed in the package (no espeak-ng or sox needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from ..audio import g711
+from ..call.wavio import to_int16, write_wav_g711, write_wav_pcm16
+from .assemble import standard_set
+from .clips import ToolMissingError, load_clips, synthesize_all
+from .store import bundled_clip_dir
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="voice-server-moshi make-corpus", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", help="output directory")
+    p.add_argument("--calls", type=int, default=12, help="calls per SNR (default 12)")
+    p.add_argument("--snr", default="20,10", help="SNRs in dB (default 20,10)")
+    p.add_argument("--seed", type=int, default=1, help="first seed (default 1)")
+    p.add_argument("--bundled-clips", action="store_true",
+                   help="use the committed clips instead of synthesizing them")
+    p.add_argument("--clips-only", action="store_true", help="only synthesize the clips")
+    args = p.parse_args(argv)
+    try:
+        snrs = tuple(float(x) for x in args.snr.split(","))
+    except ValueError:
+        sys.stderr.write(f"error: --snr must be numbers separated by commas, got {args.snr!r}\n")
+        return 2
+    if args.calls < 1:
+        sys.stderr.write("error: --calls must be >= 1\n")
+        return 2
+    out = Path(args.dir)
+    clip_dir = out / "clips"
+    if args.bundled_clips:
+        clip_dir.mkdir(parents=True, exist_ok=True)
+        for f in bundled_clip_dir().iterdir():
+            shutil.copy2(f, clip_dir / f.name)
+    else:
+        try:
+            synthesize_all(clip_dir)
+        except ToolMissingError as exc:
+            sys.stderr.write(f"error: {exc}\n(or pass --bundled-clips to use the clips that "
+                             "ship with the package)\n")
+            return 2
+    sys.stderr.write(f"[make-corpus] clips in {clip_dir}\n")
+    if args.clips_only:
+        return 0
+    calls = standard_set(load_clips(clip_dir), args.calls, snrs, args.seed)
+    index = []
+    for call in calls:
+        d = out / "calls" / call.call_id
+        d.mkdir(parents=True, exist_ok=True)
+        write_wav_g711(d / "caller.wav", g711.encode(to_int16(call.caller), "mulaw"), "mulaw")
+        write_wav_pcm16(d / "agent.wav", call.agent, 8000)
+        labels = call.labels()
+        (d / "labels.json").write_text(json.dumps(labels, indent=1) + "\n", "utf-8")
+        index.append(labels)
+    (out / "labels.json").write_text(json.dumps(index, indent=1) + "\n", "utf-8")
+    sys.stderr.write(f"[make-corpus] {len(calls)} calls in {out / 'calls'}, labels in "
+                     f"{out / 'labels.json'}\n")
+    return 0

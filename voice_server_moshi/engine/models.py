@@ -1,0 +1,118 @@
+"""Loading Mimi + the Moshi LM through the ``moshi`` package's own loaders.
+
+Three sources: ``dev`` (the generated tiny checkpoint), a local directory with a
+``config.json``, or a Hugging Face repo name (downloaded by ``huggingface_hub``, so
+``HF_HUB_OFFLINE=1`` makes it cache-only). For benchmarks, ``architecture="full"`` builds the
+full-size Moshi 7B and Mimi configurations with random weights: no download, the same
+compute and memory as the real weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from .._log import get_logger
+
+log = get_logger(__name__)
+
+Architecture = Literal["checkpoint", "full"]
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is the first CUDA device when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported: use cpu, cuda, cuda:N or auto")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bfloat16 on GPU (Moshi's own choice) and float32 on CPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: use auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+@dataclass
+class LoadedModels:
+    """Mimi, the LM and the text tokenizer, ready for an engine."""
+
+    mimi: Any  # moshi.models.MimiModel
+    lm: Any  # moshi.models.LMModel
+    tokenizer: Any | None  # sentencepiece.SentencePieceProcessor; None for random full-size
+    model_type: str
+    lm_gen_config: dict[str, Any] = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    description: str = ""
+
+    def text_piece(self, token: int) -> str | None:
+        """The text a token stands for, as Kyutai's server sends it; None for PAD/EPAD."""
+        if token in (self.lm.text_padding_token_id, self.lm.end_of_text_padding_id):
+            return None
+        if self.tokenizer is None or token < 0 or token >= self.tokenizer.vocab_size():
+            return None
+        piece: str = self.tokenizer.id_to_piece(token)
+        return piece.replace("▁", " ")
+
+
+def load_models(
+    checkpoint: str = "dev",
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    context: int | None = None,
+    architecture: Architecture = "checkpoint",
+) -> LoadedModels:
+    """Load Mimi + LM. ``context`` (LM steps of 80 ms) sets the KV cache, i.e. memory per
+    slot; None keeps the checkpoint's (3000 for Moshi)."""
+    from moshi.models import loaders
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if context is not None and context < 8:
+        raise ValueError(f"context must be >= 8 steps, got {context}")
+    overrides: dict[str, Any] = {} if context is None else {"context": context}
+    if architecture == "full":
+        # Random weights, full size: init straight on the device (meta-free) in the dtype.
+        mimi = loaders.get_mimi(None, device=dev, num_codebooks=8)
+        lm = loaders.get_moshi_lm(None, lm_kwargs=None, device=dev, dtype=dt,
+                                  lm_kwargs_overrides=overrides)
+        desc = "full-size Moshi 7B + Mimi, random weights"
+        log.info("models built", architecture="full", device=str(dev), dtype=str(dt))
+        return LoadedModels(mimi, lm, None, "moshi", {}, dev, dt, desc)
+    if architecture != "checkpoint":
+        raise ValueError(f"architecture must be 'checkpoint' or 'full', got {architecture!r}")
+
+    from ..moshi.checkpoint import resolve_checkpoint
+
+    info = resolve_checkpoint(checkpoint)
+    if info.model_type != "moshi":
+        raise ValueError(
+            f"checkpoint {checkpoint!r} is a {info.model_type!r} model; the engine serves "
+            "Moshi dialogue models only"
+        )
+    mimi = info.get_mimi(device=dev)
+    lm = info.get_moshi(device=dev, dtype=dt, lm_kwargs_overrides=overrides)
+    tok = info.get_text_tokenizer()
+    log.info("models loaded", checkpoint=checkpoint, device=str(dev), dtype=str(dt))
+    return LoadedModels(mimi, lm, tok, info.model_type, dict(info.lm_gen_config), dev, dt,
+                        f"checkpoint {checkpoint}")

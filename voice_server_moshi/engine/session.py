@@ -1,0 +1,123 @@
+"""One call on an engine, seen from asyncio: frames in, agent outputs out.
+
+The engine's tick thread hands each output to :meth:`EngineCall._sink`, which only
+schedules delivery on the call's event loop (``loop.call_soon_threadsafe``); the loop then
+appends it to a bounded queue that drops the oldest item when the consumer is slow, so a
+stuck consumer costs at most ``max_queued`` frames of memory and never stalls the tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator
+
+from .._log import get_logger
+from .core import PCM, Engine, Slot, SlotError, SlotEvent, SlotOutput
+
+log = get_logger(__name__)
+
+#: About 12 s of 80 ms frames.
+DEFAULT_MAX_QUEUED = 150
+
+
+class EngineCall:
+    """A call's slot plus its output queue. Use from one event loop."""
+
+    def __init__(self, engine: Engine, call_id: str, *,
+                 max_queued: int = DEFAULT_MAX_QUEUED) -> None:
+        if max_queued < 1:
+            raise ValueError(f"max_queued must be >= 1, got {max_queued}")
+        self.engine = engine
+        self.call_id = call_id
+        self.max_queued = max_queued
+        self.slot: Slot | None = None
+        self.dropped_outputs = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: deque[SlotEvent] = deque()
+        self._has_items = asyncio.Event()
+        self._space = asyncio.Event()
+        self._ended = False
+        self.log = log.bind(call_id=call_id)
+
+    async def open(self, wait_s: float = 0.0) -> Slot:
+        """Take a slot (waiting up to ``wait_s``); raises ServerBusyError when none frees."""
+        if self.slot is not None or self._ended:
+            raise RuntimeError("EngineCall.open() may be called once")
+        self._loop = asyncio.get_running_loop()
+        self.slot = await self.engine.open(self.call_id, self._sink, wait_s)
+        self.log = self.log.bind(slot=self.slot.index)
+        return self.slot
+
+    def send(self, pcm: PCM) -> None:
+        """Queue one 80 ms caller frame (see :meth:`Slot.push`)."""
+        if self.slot is None:
+            raise RuntimeError("send() before open()")
+        if self._ended:
+            return
+        self.slot.push(pcm)
+
+    async def send_paced(self, pcm: PCM) -> None:
+        """Like :meth:`send`, but first wait while the slot's input queue is full, so a
+        sender faster than real time is slowed to the engine's clock instead of losing
+        audio to overruns (the embedded transport; a network server drops instead)."""
+        if self.slot is None:
+            raise RuntimeError("send_paced() before open()")
+        limit = self.engine.config.queue_frames
+        while not self._ended and not self.slot.closed and self.slot.queued >= limit:
+            self._space.clear()
+            # Woken by the next output (a frame was consumed); the timeout covers ticks
+            # that consume without output (the first frame, silence fills).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._space.wait(), self.engine.config.tick_s)
+        self.send(pcm)
+
+    async def events(self) -> AsyncIterator[SlotEvent]:
+        """Outputs in order; ends after a :class:`SlotError` or after :meth:`close`."""
+        while True:
+            while self._queue:
+                ev = self._queue.popleft()
+                yield ev
+                if isinstance(ev, SlotError):
+                    return
+            if self._ended:
+                return
+            self._has_items.clear()
+            await self._has_items.wait()
+
+    def close(self) -> None:
+        """Leave the engine; idempotent; ends :meth:`events`."""
+        self._ended = True
+        if self.slot is not None:
+            self.slot.close()
+        self._has_items.set()
+        self._space.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._ended
+
+    # -- engine thread side --------------------------------------------------------------
+
+    def _sink(self, event: SlotEvent) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        # Raises RuntimeError if the loop is closed; the engine then frees the slot.
+        loop.call_soon_threadsafe(self._deliver, event)
+
+    def _deliver(self, event: SlotEvent) -> None:
+        if self._ended and isinstance(event, SlotOutput):
+            return
+        self._queue.append(event)
+        if isinstance(event, SlotError):
+            self._ended = True
+        while len(self._queue) > self.max_queued:
+            # Drop the oldest output, never the error that ends the call.
+            if isinstance(self._queue[0], SlotError):
+                break
+            self._queue.popleft()
+            self.dropped_outputs += 1
+        self._has_items.set()
+        self._space.set()

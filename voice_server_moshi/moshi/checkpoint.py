@@ -1,0 +1,529 @@
+"""The dev checkpoint: a tiny, random, Moshi-shaped checkpoint made on the spot.
+
+It has Moshi's structure (Mimi at 24 kHz and 12.5 Hz with 1920-sample frames, an LM with
+8 + 8 audio streams and a depformer of 8, Moshi's delays and text special ids) at a
+fraction of the size, with random weights. It **babbles**: it exists for plumbing, tests
+and benchmarks, never for conversation quality. It loads through the ``moshi`` package's
+own ``CheckpointInfo.from_hf_repo`` with no network, and Kyutai's ``moshi.server`` runs on
+it (``--config-path DIR/config.json``).
+
+The weights and the tokenizer are a pure function of the seed (same bytes every time);
+``config.json`` holds ``file://`` paths to the files, so it names the directory it is in.
+Needs the ``embedded`` extra (torch, moshi, sentencepiece, safetensors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .._log import get_logger
+
+log = get_logger(__name__)
+
+#: Bump when the files the maker writes change, so caches are rebuilt. (2: Mimi codebooks
+#: drawn from encoded audio, so the model hears its input.)
+DEV_CHECKPOINT_VERSION = 2
+
+CONFIG_NAME = "config.json"
+MOSHI_WEIGHTS_NAME = "dev_moshi.safetensors"
+MIMI_WEIGHTS_NAME = "dev_mimi.safetensors"
+MIMI_CONFIG_NAME = "dev_mimi_config.json"
+TOKENIZER_NAME = "dev_tokenizer.model"
+README_NAME = "README.txt"
+
+#: Text vocabulary (``text_card``) of the dev LM; the tokenizer is trained to this size.
+TEXT_CARD = 128
+#: Audio codebook size of the dev Mimi (``bins``) and LM (``card``).
+AUDIO_CARD = 256
+
+#: Tiny Mimi. Only the sizes shrink: ratios [8, 6, 5, 4] (hop 960, 25 Hz encoder frames,
+#: one learnt 2x downsample to 12.5 Hz), 24 kHz, causal, split RVQ of 8 codebooks.
+DEV_MIMI_CONFIG: dict[str, Any] = {
+    "sample_rate": 24000,
+    "channels": 1,
+    "frame_rate": 12.5,
+    "seanet": {
+        "channels": 1,
+        "dimension": 32,
+        "causal": True,
+        "n_filters": 4,
+        "n_residual_layers": 1,
+        "activation": "ELU",
+        "compress": 2,
+        "dilation_base": 2,
+        "disable_norm_outer_blocks": 0,
+        "kernel_size": 7,
+        "residual_kernel_size": 3,
+        "last_kernel_size": 3,
+        "norm": "none",
+        "pad_mode": "constant",
+        "ratios": [8, 6, 5, 4],
+        "true_skip": True,
+    },
+    "quantizer": {
+        "dimension": 16,
+        "n_q": 8,
+        "bins": AUDIO_CARD,
+        "input_dimension": 32,
+        "output_dimension": 32,
+    },
+    "transformer": {
+        "d_model": 32,
+        "num_heads": 2,
+        "num_layers": 1,
+        "causal": True,
+        "layer_scale": 0.01,
+        "context": 250,
+        "conv_layout": True,
+        "max_period": 10000,
+        "gating": "none",
+        "norm": "layer_norm",
+        "positional_embedding": "rope",
+        "dim_feedforward": 64,
+        "input_dimension": 32,
+        "output_dimensions": [32],
+    },
+}
+
+#: Tiny LM with Moshi's stream layout: text + 8 agent + 8 user codebooks, depformer over
+#: the 8 agent codebooks, Moshi's delays, PAD = 3 and EPAD = 0 as in the real tokenizer.
+DEV_LM_CONFIG: dict[str, Any] = {
+    "dim": 64,
+    "text_card": TEXT_CARD,
+    "existing_text_padding_id": 3,
+    "n_q": 16,
+    "dep_q": 8,
+    "card": AUDIO_CARD,
+    "num_heads": 4,
+    "num_layers": 2,
+    "hidden_scale": 4.125,
+    "causal": True,
+    "layer_scale": None,
+    "context": 3000,
+    "max_period": 10000,
+    "gating": "silu",
+    "norm": "rms_norm_f32",
+    "positional_embedding": "rope",
+    "depformer_dim": 32,
+    "depformer_dim_feedforward": 132,
+    "depformer_num_heads": 2,
+    "depformer_num_layers": 1,
+    "depformer_layer_scale": None,
+    "depformer_multi_linear": True,
+    "depformer_context": 8,
+    "depformer_max_period": 10000,
+    "depformer_gating": "silu",
+    "depformer_pos_emb": "none",
+    "depformer_weights_per_step": True,
+    "delays": [0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1],
+}
+
+# Training text for the tokenizer: enough distinct material for a 128-piece unigram model.
+_CORPUS = """\
+Hello, thank you for calling. How can I help you today?
+I would like to check the status of my order, please.
+Sure, can you give me your order number and the name on the account?
+The weather is lovely this morning, with a light breeze from the west.
+Please hold the line while I transfer you to the right department.
+We are open from nine in the morning until six in the evening.
+Could you repeat that more slowly? The connection is a little noisy.
+Of course. My phone number is five five five, one two three four.
+The quick brown fox jumps over the lazy dog near the river bank.
+She sells sea shells by the sea shore, and the shells she sells are surely sea shells.
+Yesterday we walked to the market, bought fresh bread, cheese and a few apples.
+Would you like a receipt by email or by text message?
+Thanks a lot, have a wonderful day and goodbye.
+Your appointment is confirmed for Tuesday at half past two in the afternoon.
+I am sorry to hear that. Let me see what I can do for you right now.
+Numbers: zero, one, two, three, four, five, six, seven, eight, nine, ten.
+Questions, answers, jokes and stories: people talk about everything on the phone.
+A journey of a thousand miles begins with a single step, they say.
+Just a moment, I am looking that up in our system.
+Everything looks fine on our side; the package should arrive on Friday.
+"""
+
+
+class DevCheckpointError(RuntimeError):
+    """The dev checkpoint could not be written where asked."""
+
+
+def _train_tokenizer(vocab_size: int, seed: int) -> bytes:
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    lines = _CORPUS.splitlines()
+    # The seed picks a deterministic rotation of the corpus, so different seeds give
+    # different (still deterministic) tokenizers without randomness inside sentencepiece.
+    k = seed % len(lines)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines[k:] + lines[:k]),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        character_coverage=1.0,
+        # Moshi's ids: 0 is EPAD (here <unk>), 3 is PAD; the server hides both.
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=3,
+        num_threads=1,
+        shuffle_input_sentence=False,
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def _state_bytes(state: dict[str, Any]) -> bytes:
+    from safetensors.torch import save
+
+    # One metadata key only: safetensors writes its metadata map in hash order.
+    # Copies: safetensors refuses tensors that share storage, and wants contiguous data.
+    flat = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    data: bytes = save(flat, metadata={"format": "pt"})
+    return data
+
+
+def _init_codebooks(mimi: Any, seed: int) -> None:
+    """Give every RVQ level centroids drawn from the latents it will see.
+
+    An untrained codebook is all zeros, and random centroids far from the random encoder's
+    latents make every input map to the same code, so the LM would never hear the caller.
+    Sampling centroids from encoded audio (k-means++'s first step, level by level on the
+    residuals) keeps the dev model input-dependent, which the equivalence tests need.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    sr = DEV_MIMI_CONFIG["sample_rate"]
+    seconds = 24  # 300 latent frames at 12.5 Hz, more than AUDIO_CARD centroids per level
+    t = torch.arange(seconds * sr, dtype=torch.float32) / sr
+    # Gliding tones under a syllable-rate envelope, plus noise: varied, speech-like input.
+    f0 = 120 + 80 * torch.sin(2 * torch.pi * 0.3 * t) + 40 * torch.rand(1, generator=gen)
+    phase = 2 * torch.pi * torch.cumsum(f0, 0) / sr
+    env = 0.5 + 0.5 * torch.sin(2 * torch.pi * 4.0 * t + torch.rand(1, generator=gen) * 6)
+    audio = 0.3 * env * (torch.sin(phase) + 0.5 * torch.sin(3.1 * phase))
+    audio = audio + 0.05 * torch.randn(audio.shape, generator=gen)
+    with torch.no_grad():
+        emb = mimi._encode_to_unquantized_latent(audio[None, None])  # [1, D, T]
+        q = mimi.quantizer
+        for rvq in (q.rvq_first, q.rvq_rest):
+            residual = rvq.input_proj(emb)  # [1, d, T]
+            for layer in rvq.vq.layers:
+                cb = layer._codebook
+                x = layer._rearrange_input(residual)  # [1, T, d]
+                x = layer.project_in(x)[0]  # [T, d]
+                pick = torch.randperm(x.shape[0], generator=gen)[: cb.codebook_size]
+                cb.embedding_sum.copy_(x[pick] + 1e-3 * torch.randn(
+                    (cb.codebook_size, x.shape[1]), generator=gen))
+                cb.cluster_usage.fill_(1.0)
+                cb._initialized.fill_(1.0)
+                cb._embedding = None  # drop the cached centroids
+                residual = residual - layer.decode(layer.encode(residual))
+
+
+def _build_weights(seed: int) -> tuple[bytes, bytes]:
+    import torch
+    from moshi.models import loaders
+    from moshi.models.lm import LMModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mimi = loaders.get_mimi(None, DEV_MIMI_CONFIG, device="cpu", num_codebooks=8)
+        _init_codebooks(mimi, seed)
+        mimi_bytes = _state_bytes(mimi.state_dict())
+
+        torch.manual_seed(seed + 2)
+        lm = LMModel(device="cpu", dtype=torch.float32, **DEV_LM_CONFIG)
+        lm_bytes = _state_bytes(lm.state_dict())
+    return mimi_bytes, lm_bytes
+
+
+def _config(final_dir: Path) -> dict[str, Any]:
+    # ``file://`` makes moshi's hf_get read local files instead of asking the hub.
+    cfg: dict[str, Any] = {
+        "moshi_name": f"file://{final_dir / MOSHI_WEIGHTS_NAME}",
+        "mimi_name": f"file://{final_dir / MIMI_WEIGHTS_NAME}",
+        "mimi_config_name": f"file://{final_dir / MIMI_CONFIG_NAME}",
+        "tokenizer_name": f"file://{final_dir / TOKENIZER_NAME}",
+        "model_type": "moshi",
+    }
+    cfg.update(DEV_LM_CONFIG)
+    return cfg
+
+
+_README = """\
+voice-server-moshi dev checkpoint (version {version}, seed {seed})
+
+A tiny Moshi-shaped checkpoint with RANDOM weights. It babbles. Use it for plumbing,
+tests and benchmarks, never to judge conversation quality.
+
+Load with the moshi package:
+    CheckpointInfo.from_hf_repo("{dir}", config_path="{dir}/config.json")
+Run Kyutai's server on it (CPU, no network):
+    HF_HUB_OFFLINE=1 NO_TORCH_COMPILE=1 python -m moshi.server --hf-repo {dir} \\
+        --config-path {dir}/config.json --static none --device cpu
+(on a machine without CUDA, neutralise torch.cuda.synchronize first; see
+voice_server_moshi.moshi.checkpoint.MOSHI_SERVER_LAUNCHER)
+"""
+
+#: A ``python -c`` launcher for Kyutai's server on a CPU-only machine: its warm-up calls
+#: ``torch.cuda.synchronize()``, which fails without CUDA; nothing else is altered.
+MOSHI_SERVER_LAUNCHER = (
+    "import runpy, sys, torch; "
+    "torch.cuda.synchronize = lambda *a, **k: None; "
+    "sys.argv[0] = 'moshi.server'; "
+    "runpy.run_module('moshi.server', run_name='__main__', alter_sys=True)"
+)
+
+
+#: Environment for Kyutai's server on CPU: no hub, no torch.compile, and one OpenMP thread
+#: (with one thread per core, a loaded machine made its frames take 0.6 s instead of 10 ms).
+MOSHI_SERVER_ENV: dict[str, str] = {
+    "HF_HUB_OFFLINE": "1",
+    "NO_TORCH_COMPILE": "1",
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def moshi_server_argv(checkpoint_dir: Path, port: int, host: str = "127.0.0.1") -> list[str]:
+    """The command line that runs Kyutai's ``moshi.server`` on a checkpoint directory on
+    CPU (environment: ``HF_HUB_OFFLINE=1 NO_TORCH_COMPILE=1``)."""
+    d = Path(checkpoint_dir).resolve()
+    return [
+        sys.executable, "-c", MOSHI_SERVER_LAUNCHER,
+        "--hf-repo", str(d), "--config-path", str(d / CONFIG_NAME),
+        "--static", "none", "--device", "cpu", "--host", host, "--port", str(port),
+    ]
+
+
+def _write_files(target: Path, final_dir: Path, seed: int) -> None:
+    mimi_bytes, lm_bytes = _build_weights(seed)
+    (target / MIMI_WEIGHTS_NAME).write_bytes(mimi_bytes)
+    (target / MOSHI_WEIGHTS_NAME).write_bytes(lm_bytes)
+    (target / MIMI_CONFIG_NAME).write_text(json.dumps(DEV_MIMI_CONFIG, indent=2, sort_keys=True))
+    (target / TOKENIZER_NAME).write_bytes(_train_tokenizer(TEXT_CARD, seed))
+    (target / README_NAME).write_text(
+        _README.format(version=DEV_CHECKPOINT_VERSION, seed=seed, dir=final_dir)
+    )
+    # config.json last: its presence marks a complete checkpoint.
+    (target / CONFIG_NAME).write_text(json.dumps(_config(final_dir), indent=2, sort_keys=True))
+
+
+def _is_complete(directory: Path) -> bool:
+    names = (CONFIG_NAME, MOSHI_WEIGHTS_NAME, MIMI_WEIGHTS_NAME, MIMI_CONFIG_NAME, TOKENIZER_NAME)
+    return all((directory / n).is_file() for n in names)
+
+
+def make_dev_checkpoint(directory: Path, seed: int = 0) -> Path:
+    """Write the dev checkpoint into ``directory`` (created if missing) and return the
+    path of its ``config.json``.
+
+    The directory must be empty, missing, or hold an earlier dev checkpoint (which is
+    overwritten); anything else is refused rather than mixed with our files.
+    """
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    directory = Path(directory).expanduser().resolve()
+    if directory.exists():
+        if not directory.is_dir():
+            raise DevCheckpointError(f"{directory} exists and is not a directory")
+        ours = {CONFIG_NAME, MOSHI_WEIGHTS_NAME, MIMI_WEIGHTS_NAME, MIMI_CONFIG_NAME,
+                TOKENIZER_NAME, README_NAME}
+        foreign = sorted(p.name for p in directory.iterdir() if p.name not in ours)
+        if foreign:
+            raise DevCheckpointError(
+                f"{directory} holds files that are not a dev checkpoint ({', '.join(foreign)}); "
+                "choose an empty or new directory"
+            )
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_NAME).unlink(missing_ok=True)  # incomplete until rewritten
+    _write_files(directory, directory, seed)
+    log.info("dev checkpoint written", directory=str(directory), seed=seed)
+    return directory / CONFIG_NAME
+
+
+def cache_root() -> Path:
+    """``$XDG_CACHE_HOME/voice-server-moshi`` (default ``~/.cache/voice-server-moshi``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "voice-server-moshi"
+
+
+def dev_checkpoint_dir() -> Path:
+    """Get or create the shared dev checkpoint (seed 0) in the user cache and return its
+    directory. Creation is atomic (a temporary sibling renamed into place), so processes
+    that race all end up with the same complete checkpoint."""
+    final = cache_root() / f"dev-checkpoint-v{DEV_CHECKPOINT_VERSION}"
+    if _is_complete(final):
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".dev-checkpoint-tmp-", dir=final.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache copy is for every user tool
+        _write_files(tmp, final, seed=0)
+        try:
+            os.rename(tmp, final)
+            log.info("dev checkpoint created", directory=str(final))
+        except OSError:
+            # Another process won the race (final exists and is not empty) or left a
+            # broken directory behind; use a complete one, replace a broken one.
+            if not _is_complete(final):
+                shutil.rmtree(final, ignore_errors=True)
+                os.rename(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not _is_complete(final):
+        raise DevCheckpointError(f"could not create the dev checkpoint in {final}")
+    return final
+
+
+def resolve_checkpoint(name: str) -> Any:
+    """A ``moshi.models.loaders.CheckpointInfo`` for ``dev``, a local directory (with a
+    ``config.json``) or a Hugging Face repo name, through the moshi package's loader."""
+    from moshi.models import loaders
+
+    if name == "dev":
+        d = dev_checkpoint_dir()
+        return loaders.CheckpointInfo.from_hf_repo(str(d), config_path=d / CONFIG_NAME)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        cfg = path / CONFIG_NAME
+        if not cfg.is_file():
+            raise DevCheckpointError(
+                f"{path} has no {CONFIG_NAME}; a local checkpoint directory needs one "
+                "(see 'voice-server-moshi make-dev-checkpoint')"
+            )
+        return loaders.CheckpointInfo.from_hf_repo(str(path), config_path=cfg)
+    if name.count("/") != 1 or name.startswith((".", "/")):
+        raise DevCheckpointError(
+            f"checkpoint {name!r} is neither 'dev', an existing directory, nor a Hugging Face "
+            "repo name such as kyutai/moshiko-pytorch-bf16"
+        )
+    return loaders.CheckpointInfo.from_hf_repo(name)
+
+
+def check_kyutai_server(checkpoint_dir: Path, frames: int = 25,
+                        timeout_s: float = 120.0) -> dict[str, Any]:
+    """Start Kyutai's ``moshi.server`` on ``checkpoint_dir`` (CPU, loopback), stream
+    ``frames`` 80 ms frames of a tone to it in real time like Kyutai's client, and report
+    what came back and its own "frame handled in" times. Stops the server."""
+    import asyncio
+    import re
+    import socket
+    import subprocess
+    import time
+
+    import numpy as np
+    import sphn
+    import websockets
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    env = dict(os.environ, **MOSHI_SERVER_ENV)
+    t0 = time.monotonic()
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(moshi_server_argv(checkpoint_dir, port), env=env,
+                                stdout=out, stderr=subprocess.STDOUT, text=True)
+
+        async def talk() -> dict[str, Any]:
+            url = f"ws://127.0.0.1:{port}/api/chat"
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    ws = await websockets.connect(url, proxy=None, compression=None)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise DevCheckpointError("moshi.server did not start") from None
+                    await asyncio.sleep(0.1)
+            ready_s = time.monotonic() - t0
+            handshake = bytes(await asyncio.wait_for(ws.recv(decode=False), 30))
+            writer, reader = sphn.OpusStreamWriter(24000), sphn.OpusStreamReader(24000)
+            got = {"audio_messages": 0, "samples": 0, "texts": 0}
+
+            async def recv() -> None:
+                async for m in ws:
+                    if isinstance(m, bytes) and m[:1] == b"\x01":
+                        got["audio_messages"] += 1
+                        got["samples"] += int(reader.append_bytes(m[1:]).shape[-1])
+                    elif isinstance(m, bytes) and m[:1] == b"\x02":
+                        got["texts"] += 1
+
+            task = asyncio.create_task(recv())
+            t = np.arange(1920) / 24000
+            for i in range(frames):
+                pcm = (0.2 * np.sin(2 * np.pi * 220 * (t + i * 0.08))).astype(np.float32)
+                data = writer.append_pcm(pcm)
+                if len(data):
+                    await ws.send(b"\x01" + bytes(data))
+                await asyncio.sleep(0.08)
+            await asyncio.sleep(1.0)
+            await ws.close()
+            task.cancel()
+            return {"ready_s": round(ready_s, 2), "handshake": handshake.hex(), **got}
+
+        try:
+            result = asyncio.run(talk())
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        out.seek(0)
+        ms = sorted(float(x) for x in re.findall(r"frame handled in ([\d.]+)ms", out.read()))
+    result.update(frames_sent=frames, frames_handled=len(ms),
+                  frame_ms_median=ms[len(ms) // 2] if ms else None,
+                  frame_ms_max=ms[-1] if ms else None)
+    return result
+
+
+def main(argv: list[str]) -> int:
+    """``voice-server-moshi make-dev-checkpoint DIR [--seed N]``."""
+    parser = argparse.ArgumentParser(
+        prog="voice-server-moshi make-dev-checkpoint",
+        description="Write a tiny random Moshi checkpoint (it babbles: for plumbing, tests "
+        "and benchmarks only). Prints JSON: the directory, config path and how to serve it.",
+    )
+    parser.add_argument("directory", type=Path, nargs="?",
+                        help="where to write it (default: the shared cache copy)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--check-server", action="store_true",
+                        help="then run Kyutai's moshi.server on it (CPU) and stream 25 frames")
+    args = parser.parse_args(argv)
+    try:
+        if args.directory is None:
+            if args.seed != 0:
+                parser.error("--seed needs DIR (the cache copy is always seed 0)")
+            d = dev_checkpoint_dir()
+        else:
+            d = make_dev_checkpoint(args.directory, seed=args.seed).parent
+    except (DevCheckpointError, ValueError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    sizes = {p.name: p.stat().st_size for p in sorted(d.iterdir())}
+    out = {
+        "directory": str(d),
+        "config": str(d / CONFIG_NAME),
+        "bytes": sum(sizes.values()),
+        "files": sizes,
+        "moshi_server": moshi_server_argv(d, 8998),
+        "env": MOSHI_SERVER_ENV,
+    }
+    if args.check_server:
+        try:
+            out["kyutai_server_check"] = check_kyutai_server(d)
+        except DevCheckpointError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return 1
+    sys.stdout.write(json.dumps(out, indent=2) + "\n")
+    return 0

@@ -1,0 +1,114 @@
+"""``voice-server-moshi serve``: the batched Moshi server on Kyutai's protocol.
+
+Prints one JSON line on stdout when it listens (``{"event": "listening", ...}``, handy
+with ``--port 0``); logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+
+from ..moshi import protocol
+from ..moshi.settings import DEFAULT_HF_REPO
+
+AUTH_ENV = "VOICE_SERVER_MOSHI_AUTH_TOKEN"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="voice-server-moshi serve",
+        description="Serve many Moshi calls from one batched engine over Kyutai's /api/chat "
+        "protocol, with /healthz, /readyz, /capacity and /metrics.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8998, help="port (default 8998; 0 = any)")
+    p.add_argument("--slots", type=int, default=4, help="concurrent calls (default 4)")
+    p.add_argument("--checkpoint", default="dev",
+                   help=f"'dev' (tiny random, babbles), a local dir, or a HF repo such as "
+                   f"{DEFAULT_HF_REPO}")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--context", type=int, default=None,
+                   help="LM context in 80 ms steps (memory per slot); default the checkpoint's")
+    p.add_argument("--auth-token", default=None,
+                   help=f"require this bearer token (or set {AUTH_ENV})")
+    p.add_argument("--admission-wait-s", type=float, default=0.0,
+                   help="how long a new call may wait for a free slot before it is refused")
+    p.add_argument("--queue-frames", type=int, default=4,
+                   help="per-call input queue in 80 ms frames; beyond it the oldest is dropped")
+    p.add_argument("--fill-after-ms", type=float, default=None,
+                   help="feed silence to a call whose input stalls this long (default: never; "
+                   "the call then pauses, like Kyutai's server)")
+    p.add_argument("--max-message-bytes", type=int, default=protocol.DEFAULT_MAX_MESSAGE_BYTES)
+    p.add_argument("--greedy", action="store_true",
+                   help="greedy decoding (deterministic; for tests)")
+    p.add_argument("--instance-name", default="voice-server-moshi")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    token = args.auth_token or os.environ.get(AUTH_ENV) or None
+    try:
+        from ..engine.core import Engine, EngineConfig, Sampling
+        from ..engine.models import load_models
+        from .app import ServerConfig, run_server
+    except ImportError as exc:
+        sys.stderr.write(f"error: 'serve' needs the embedded extra "
+                         f"(pip install 'voice-server-moshi[embedded]'): {exc}\n")
+        return 2
+    try:
+        fill = (None if args.fill_after_ms is None
+                else max(0, math.ceil(args.fill_after_ms / 80.0)))
+        ecfg = EngineConfig(slots=args.slots, queue_frames=args.queue_frames,
+                            fill_after_ticks=fill,
+                            sampling=Sampling(use_sampling=False) if args.greedy else None)
+        scfg = ServerConfig(host=args.host, port=args.port, auth_token=token,
+                            max_message_bytes=args.max_message_bytes,
+                            admission_wait_s=args.admission_wait_s,
+                            instance_name=args.instance_name)
+    except ValueError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    try:
+        models = load_models(args.checkpoint, device=args.device, dtype=args.dtype,
+                             context=args.context)
+        engine = Engine(models, ecfg)
+    except (ValueError, RuntimeError, OSError) as exc:
+        sys.stderr.write(f"error: could not load checkpoint {args.checkpoint!r} on "
+                         f"{args.device}: {exc}\n")
+        return 2
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+
+        def listening(server: object) -> None:
+            from .app import BatchedServer
+
+            assert isinstance(server, BatchedServer)
+            sys.stdout.write(json.dumps({
+                "event": "listening", "host": args.host, "port": server.port,
+                "slots": engine.slots, "device": str(engine.device),
+                "url": f"ws://{args.host}:{server.port}/api/chat",
+            }) + "\n")
+            sys.stdout.flush()
+
+        await run_server(engine, scfg, on_listening=listening, stop=stop)
+
+    try:
+        asyncio.run(serve())
+    except OSError as exc:  # e.g. the port is taken
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    return 0
