@@ -72,11 +72,21 @@ BENCHES: dict[str, tuple[str, str]] = {
 }
 
 
+class _Stderr:
+    """Writes to whatever ``sys.stderr`` is now (test runners swap and close it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str | None = None) -> None:
     """structlog to stderr, so stdout stays clean for JSON output."""
     name = (level or os.environ.get("VOICE_SERVER_MOSHI_LOG_LEVEL", "warning")).upper()
     lvl = getattr(logging, name, logging.WARNING)
-    logging.basicConfig(level=lvl, stream=sys.stderr, format="%(message)s")
+    logging.basicConfig(level=lvl, stream=_Stderr(), format="%(message)s")
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -85,7 +95,7 @@ def configure_logging(level: str | None = None) -> None:
             structlog.dev.ConsoleRenderer(colors=False),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
 

@@ -137,7 +137,7 @@ async def test_peer_vanishing_gives_error_then_one_disconnected(corpus_call) -> 
     names = rec.names()
     assert names.count("disconnected") == 1 and names[-1] == "disconnected"
     err = rec.of("error")
-    assert err and err[0].data["fatal"] and err[0].data["code"] == "peer-closed"
+    assert err and err[0].data["fatal"] and err[0].data["code"] == "peer_vanished"
 
 
 async def test_a_failing_host_callback_does_not_break_the_call(corpus_call) -> None:  # type: ignore[no-untyped-def]

@@ -237,22 +237,24 @@ async def test_peer_error_is_non_fatal() -> None:
     tr = ScriptedTransport()
     call = await _start(tr)
     tr.push(PeerError("model overloaded"))
-    tr.push(PeerError("malformed message from the Moshi server: x", code="protocol"))
+    tr.push(PeerError("malformed message from the Moshi server: x", code="protocol_error"))
     await call.wait_for(lambda: len(call.of(Error)) == 2)
     assert call.adapter.state == "connected"
     await call.adapter.send_audio(b"\xff" * 160)
     await call.end()
     errors = call.of(Error)
-    assert [(e.code, e.fatal) for e in errors] == [("peer-error", False), ("protocol", False)]
+    assert [(e.code, e.fatal) for e in errors] == [("peer_error", False), ("protocol_error", False)]
 
 
 @pytest.mark.parametrize(
-    ("closed", "clean_word"),
-    [(PeerClosed(1011, "internal error", clean=True), "closed the session"),
-     (PeerClosed(1006, "connection lost", clean=False), "vanished")],
+    ("closed", "code", "reason", "word"),
+    [(PeerClosed(1011, "internal error", clean=True), "peer_closed", "peer-error",
+      "closed the session"),
+     (PeerClosed(1006, "connection lost", clean=False), "peer_vanished", "peer-vanished",
+      "vanished")],
 )
 async def test_peer_close_gives_fatal_error_then_disconnected(
-    closed: PeerClosed, clean_word: str
+    closed: PeerClosed, code: str, reason: str, word: str
 ) -> None:
     tr = ScriptedTransport()
     call = await _start(tr)
@@ -263,13 +265,24 @@ async def test_peer_close_gives_fatal_error_then_disconnected(
     tail = call.events[-3:]
     assert isinstance(tail[0], Transcript) and tail[0].final and tail[0].text == "bye"
     err, disc = tail[1], tail[2]
-    assert isinstance(err, Error) and err.fatal and err.code == "peer-closed"
-    assert clean_word in err.message and str(closed.code) in err.message
+    assert isinstance(err, Error) and err.fatal and err.code == code
+    assert word in err.message and str(closed.code) in err.message
     assert isinstance(disc, Disconnected)
-    assert disc.close_code == closed.code and disc.reason == "peer-closed"
+    assert disc.close_code == closed.code and disc.reason == reason
     assert tr.closed
     await call.adapter.disconnect()  # idempotent after the peer ended it
     assert [e.name for e in call.events].count("disconnected") == 1
+
+
+async def test_normal_close_by_the_peer_ends_the_call_without_error() -> None:
+    tr = ScriptedTransport()
+    call = await _start(tr)
+    tr.push(PeerClosed(1000, "session over", clean=True))
+    await call.wait_for(lambda: call.adapter.state == "closed", within_s=5)
+    await asyncio.wait_for(call._task, 5)  # type: ignore[arg-type]
+    assert call.of(Error) == []
+    disc = call.events[-1]
+    assert isinstance(disc, Disconnected) and disc.reason == "peer" and disc.close_code == 1000
 
 
 async def test_caller_vad_in_caller_stream_time() -> None:

@@ -154,6 +154,9 @@ async def test_http_refusals(status: int, exc: type[Exception], text: str) -> No
 
 async def test_closed_before_handshake_and_wrong_first_message() -> None:
     async def close_now(ws: ServerConnection) -> None:
+        await ws.close(1011, "internal error")
+
+    async def try_later(ws: ServerConnection) -> None:
         await ws.close(1013, "try later")
 
     async def text_first(ws: ServerConnection) -> None:
@@ -162,6 +165,9 @@ async def test_closed_before_handshake_and_wrong_first_message() -> None:
 
     async with await _peer(close_now) as srv:
         with pytest.raises(ConnectError, match="closed the connection before the handshake"):
+            await RemoteTransport(MoshiSettings(url=_url(srv))).open("c")
+    async with await _peer(try_later) as srv:
+        with pytest.raises(ServerBusyError, match="1013"):
             await RemoteTransport(MoshiSettings(url=_url(srv))).open("c")
     async with await _peer(text_first) as srv:
         with pytest.raises(ConnectError, match="Text before the handshake"):
@@ -212,10 +218,10 @@ async def test_rust_style_peer_every_kind_on_the_wire() -> None:
     kinds = [type(e).__name__ for e in events]
     assert kinds == ["PeerError", "AgentText", "AgentText", "PeerError", "AgentAudio",
                      "PeerClosed"]
-    assert isinstance(events[0], PeerError) and events[0].code == "protocol"
+    assert isinstance(events[0], PeerError) and events[0].code == "protocol_error"
     assert "UTF-8" in events[0].message
     assert [e.text for e in events if isinstance(e, AgentText)] == [" hi", " there"]
-    assert isinstance(events[3], PeerError) and events[3].code == "peer-error"
+    assert isinstance(events[3], PeerError) and events[3].code == "peer_error"
     audio = events[4]
     assert isinstance(audio, AgentAudio) and audio.pcm.dtype == np.float32
     assert len(audio.pcm) > 0

@@ -84,8 +84,8 @@ async def test_killed_server_gives_error_then_disconnected_within_2s(
     await asyncio.wait_for(sender, 5)
     tail = call.events[-2:]
     err, disc = tail
-    assert isinstance(err, Error) and err.fatal and err.code == "peer-closed"
-    assert isinstance(disc, Disconnected) and disc.reason == "peer-closed"
+    assert isinstance(err, Error) and err.fatal and err.code == "peer_vanished"
+    assert isinstance(disc, Disconnected) and disc.reason == "peer-vanished"
     assert disc.close_code is not None
     assert call.times[-1] - killed_at <= 2.0
     assert [e.name for e in call.events].count("disconnected") == 1

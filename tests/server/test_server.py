@@ -294,3 +294,23 @@ def test_serve_refuses_bad_flags_with_a_clear_error(capsys: pytest.CaptureFixtur
     assert "could not load checkpoint 'no-such-thing'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--port", "not-a-number"])
+
+
+async def test_remote_transport_reports_a_full_serve_as_server_busy(
+    inproc: BatchedServer,
+) -> None:
+    from voice_server_moshi.errors import ServerBusyError
+    from voice_server_moshi.moshi.remote import RemoteTransport
+    from voice_server_moshi.moshi.settings import MoshiSettings
+
+    settings = MoshiSettings(
+        url=f"ws://127.0.0.1:{inproc.port}/api/chat", auth_token="s3cret", connect_timeout_s=30
+    )
+    held = [RemoteTransport(settings) for _ in range(2)]
+    for i, t in enumerate(held):
+        await t.open(f"hold-{i}")
+    third = RemoteTransport(settings)
+    with pytest.raises(ServerBusyError, match="server busy"):
+        await third.open("third")
+    for t in held:
+        await t.close()

@@ -53,6 +53,8 @@ __all__ = ["MAX_OUTBOUND_FRAMES", "MoshiAdapter"]
 
 #: Caller frames queued for the transport while it is slow (2 s); beyond, the oldest go.
 MAX_OUTBOUND_FRAMES = 25
+#: WebSocket close code of a normal end of session.
+NORMAL_CLOSE = 1000
 
 
 def _to_int16(x: NDArray[Any]) -> NDArray[np.int16]:
@@ -238,14 +240,20 @@ class MoshiAdapter(BaseAdapter):
         await self._peer_gone(PeerClosed(code=None, reason="transport ended", clean=False))
 
     async def _peer_gone(self, event: PeerClosed) -> None:
+        # The vendor adapters' rules (ADR 0054), so hosts see one behaviour: a normal close
+        # (1000) ends the call without an error; any other close is a fatal
+        # ``peer_closed``; no close frame at all is a fatal ``peer_vanished``.
         if self.state != "connected":
             return
         self._emit_all(self._words.flush())
+        if event.clean and event.code == NORMAL_CLOSE:
+            await self._peer_closed(close_code=event.code, reason="peer")
+            return
         how = "closed the session" if event.clean else "vanished (no close frame)"
         await self._fail(
-            "peer-closed",
+            "peer_closed" if event.clean else "peer_vanished",
             f"Moshi {how}: code {event.code}, {event.reason}",
             close_code=event.code,
-            reason="peer-closed",
+            reason="peer-error" if event.clean else "peer-vanished",
         )
 

@@ -234,9 +234,13 @@ class RemoteTransport(MoshiTransport):
             ) from None
         except ConnectionClosed as exc:
             await self._abort()
+            code = exc.rcvd.code if exc.rcvd else 1006
+            if code == 1013:  # "try again later": a full batched server
+                raise ServerBusyError(
+                    f"server busy: {shown} closed with 1013 (try again later)"
+                ) from None
             raise ConnectError(
-                f"{shown} closed the connection before the handshake "
-                f"(code {exc.rcvd.code if exc.rcvd else 1006})"
+                f"{shown} closed the connection before the handshake (code {code})"
             ) from None
         except BaseException:
             # Cancelled by the host while waiting: never leave the socket behind (queued
@@ -249,6 +253,10 @@ class RemoteTransport(MoshiTransport):
         except protocol.ProtocolError as exc:
             await self._abort()
             raise ConnectError(f"{shown} sent a malformed first message: {exc}") from None
+        if isinstance(msg, protocol.ErrorMessage) and msg.message.lower().startswith("server busy"):
+            # voice-server-moshi serve refuses a call with this error before any handshake.
+            await self._abort()
+            raise ServerBusyError(f"{shown}: {msg.message}")
         if not isinstance(msg, protocol.Handshake):
             await self._abort()
             raise ConnectError(
@@ -380,7 +388,8 @@ class RemoteTransport(MoshiTransport):
         except protocol.ProtocolError as exc:
             self.counters["protocol_errors"] += 1
             self.log.warning("moshi_malformed_message", error=str(exc))
-            return [PeerError(f"malformed message from the Moshi server: {exc}", code="protocol")]
+            message = f"malformed message from the Moshi server: {exc}"
+            return [PeerError(message, code="protocol_error")]
         match msg:
             case protocol.Audio(data=ogg):
                 pcm = self._decoder.decode(ogg)

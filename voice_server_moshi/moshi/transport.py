@@ -39,11 +39,11 @@ class AgentText:
 
 @dataclass(frozen=True, slots=True)
 class PeerError:
-    """A non-fatal error: the peer's error message (Kyutai's ``0x05``, ``code="peer-error"``)
-    or a malformed message from it that was skipped (``code="protocol"``)."""
+    """A non-fatal error: the peer's error message (Kyutai's ``0x05``, ``code="peer_error"``)
+    or a malformed message from it that was skipped (``code="protocol_error"``)."""
 
     message: str
-    code: str = "peer-error"
+    code: str = "peer_error"
 
 
 @dataclass(frozen=True, slots=True)
