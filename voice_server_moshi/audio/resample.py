@@ -1,9 +1,10 @@
 """Streaming low-latency rational resampler (polyphase FIR, designed here in numpy).
 
 Why not ``soxr.ResampleStream``: it hides its filter's group delay by withholding output
-(on 8k<->24k in 20 ms chunks, 43 ms on average at HQ, 84 ms at VHQ). Telephony audio carries nothing above 4 kHz, so a
-short linear-phase filter is enough, and it can emit every output sample the moment the
-input that it depends on has arrived. See docs/adr/0010-low-latency-resampler.md.
+(on 8k<->24k in 20 ms chunks, 43 ms on average at HQ, 84 ms at VHQ). Telephony audio
+carries nothing above 4 kHz, so a short linear-phase filter is enough, and it can emit
+every output sample the moment the input that it depends on has arrived. See
+docs/adr/0010-low-latency-resampler.md.
 
 Sample accounting (the contract the tests check): after ``N`` input samples in total, over
 any chunking, ``process`` has returned exactly ``ceil(N * L / M)`` samples (``L/M`` =

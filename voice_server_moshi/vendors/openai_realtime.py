@@ -78,7 +78,8 @@ class OpenAIRealtimeAdapter(WsVendorAdapter):
         ``ms`` is cumulative over the session (all ``audio-chunk`` audio played out since
         ``connected``), never more than was emitted. Used on barge-in to truncate the
         server's copy of the reply to what the caller heard. Optional: without it, every
-        emitted chunk counts as played.
+        emitted chunk counts as played; once called, the latest report is what counts, so a
+        host that reports keeps reporting (e.g. on each frame it plays).
         """
         if ms < 0:
             raise ValueError(f"played ms must be >= 0, got {ms}")
