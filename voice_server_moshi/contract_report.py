@@ -79,6 +79,7 @@ def render(record: dict[str, Any]) -> str:
             k.startswith("peer-closes ") for k in results))},
         key=_sort_key,
     )
+    failed = sum(c["status"] == "FAILED" for cells in results.values() for c in cells.values())
     lines = [
         "# Contract parity",
         "",
@@ -86,8 +87,9 @@ def render(record: dict[str, Any]) -> str:
         "(`contract_tests/`). Each cell is the adapter's event sequence in that scenario, "
         "normalized: runs collapse to `name×N`, and agent output (audio and agent "
         "transcripts, however interleaved) forms one group joined by `~`. Counts of audio "
-        "frames depend on timing and vary a little from run to run. Every sequence passed "
-        "the parity rules: `connected` first and once, `disconnected` last and exactly once, "
+        "frames depend on timing and vary a little from run to run. "
+        + ("Every sequence passed" if not failed else f"{failed} cell(s) marked FAILED broke")
+        + " the parity rules: `connected` first and once, `disconnected` last and exactly once, "
         "every `audio-chunk` exactly one frame of the call's format, nothing the capabilities "
         "declare absent, a fatal `error` followed only by `disconnected`.",
         "",

@@ -32,6 +32,7 @@ def test_render_table() -> None:
     assert "`x\\|y`" in scen[1] and "127.0.0.1:PORT" in scen[1]
     assert "n/a (peer cannot): never closes" in scen[1]
     assert not any(r.startswith("| peer-closes |") for r in rows)
+    assert "1 cell(s) marked FAILED broke the parity rules" in text
 
 
 def test_main_from_json(tmp_path: Path) -> None:

@@ -198,3 +198,13 @@ def test_settings_parse_redact_and_register() -> None:
         "voice_server_moshi.plugin", fromlist=["plugin"])])
     adapter = reg.create_adapter("openai-realtime", {"api_key": "k"})
     assert isinstance(adapter, OpenAIRealtimeAdapter)
+
+
+async def test_scripted_caller_turn_on_the_fake() -> None:
+    async with fake_openai_realtime() as fake, Collector(_adapter(fake)) as call:
+        await call.caller(200, loud=False)
+        await fake.caller_started()
+        await fake.caller_stopped()
+        await call.wait_name("speech-ended")
+    started = next(e for e in call.events if e.name == "speech-started")
+    assert started.t_ms == 0  # 200 ms received, minus the 300 ms prefix padding, floored

@@ -269,9 +269,12 @@ class FakeOpenAIRealtime(FakePeer):
 
     # -- caller turn (server VAD) ------------------------------------------------------
 
-    async def caller_started(self, t_ms: int, session: FakeSession | None = None) -> None:
-        """Server VAD heard the caller start (also callable from a test)."""
+    async def caller_started(self, t_ms: int | None = None,
+                             session: FakeSession | None = None) -> None:
+        """Server VAD heard the caller start (also callable from a test: at ``t_ms``, by
+        default the audio received so far)."""
         s = session or self.session
+        t_ms = int(s.state["buffer_ms"]) if t_ms is None else t_ms
         prefix = int((s.state["session"]["audio"]["input"].get("turn_detection") or {})
                      .get("prefix_padding_ms", 300))
         item = self._id("item")
@@ -282,9 +285,11 @@ class FakeOpenAIRealtime(FakePeer):
         if s.state["response"] is not None and td.get("interrupt_response", True):
             await self._cancel(s, "turn_detected")
 
-    async def caller_stopped(self, t_ms: int, session: FakeSession | None = None) -> None:
+    async def caller_stopped(self, t_ms: int | None = None,
+                             session: FakeSession | None = None) -> None:
         """Server VAD heard the caller stop: commit, transcribe, maybe reply."""
         s = session or self.session
+        t_ms = int(s.state["buffer_ms"]) if t_ms is None else t_ms
         item = s.state.get("user_item") or self._id("item")
         await self._event(s, "input_audio_buffer.speech_stopped", audio_end_ms=t_ms, item_id=item)
         await self._event(s, "input_audio_buffer.committed", item_id=item,
@@ -338,6 +343,9 @@ class FakeOpenAIRealtime(FakePeer):
         out_fmt = s.state["session"]["audio"]["output"]["format"]["type"]
         enc, rate = _FORMATS[out_fmt]
         await self._event(s, "response.created", response=self._response(resp, "in_progress"))
+        await self._event(s, "rate_limits.updated", rate_limits=[
+            {"name": "requests", "limit": 1000, "remaining": 999, "reset_seconds": 0.06},
+            {"name": "tokens", "limit": 40000, "remaining": 39000, "reset_seconds": 1.5}])
         await self._event(s, "response.output_item.added", response_id=resp.id, output_index=0,
                           item=self._item(resp, "in_progress", None))
         await self._event(s, "conversation.item.added", item=self._item(resp, "in_progress", None),
