@@ -36,6 +36,7 @@ from ..moshi.transport import (
     AgentAudio,
     MoshiTransport,
     TransportEvent,
+    queued_events,
 )
 
 GOAL_CALLS_PER_CORE = 100
@@ -73,7 +74,7 @@ class _OpusLoopTransport(MoshiTransport):
             self._events.put_nowait(AgentAudio(out))
 
     async def receive(self) -> AsyncIterator[TransportEvent]:
-        while (event := await self._events.get()) is not None:
+        async for event in queued_events(self._events):
             yield event
 
     async def close(self) -> None:

@@ -28,6 +28,7 @@ from ..moshi.transport import (
     MoshiTransport,
     PeerClosed,
     TransportEvent,
+    queued_events,
 )
 from .assemble import Segment
 
@@ -61,7 +62,7 @@ class ScriptedAgentTransport(MoshiTransport):
         self._text = sorted(text)
         self._text_i = 0
         self._frames = 0
-        self._queue: asyncio.Queue[TransportEvent] = asyncio.Queue()
+        self._queue: asyncio.Queue[TransportEvent | None] = asyncio.Queue()
         self._open = False
         self._closed = False
         self.frames_in = 0
@@ -89,11 +90,8 @@ class ScriptedAgentTransport(MoshiTransport):
         self._queue.put_nowait(AgentAudio(frame))
 
     async def receive(self) -> AsyncIterator[TransportEvent]:
-        while True:
-            event = await self._queue.get()
+        async for event in queued_events(self._queue):
             yield event
-            if isinstance(event, PeerClosed):
-                return
 
     async def close(self) -> None:
         if not self._closed:

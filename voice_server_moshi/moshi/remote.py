@@ -48,6 +48,7 @@ from .transport import (
     PeerClosed,
     PeerError,
     TransportEvent,
+    queued_events,
 )
 
 __all__ = ["RemoteTransport", "build_url", "redact_url"]
@@ -301,13 +302,8 @@ class RemoteTransport(MoshiTransport):
         self.counters["messages_out"] += 1
 
     async def receive(self) -> AsyncIterator[TransportEvent]:
-        while True:
-            event = await self._events.get()
-            if event is None:
-                return
+        async for event in queued_events(self._events):
             yield event
-            if isinstance(event, PeerClosed):
-                return
 
     async def close(self) -> None:
         self._closing = True

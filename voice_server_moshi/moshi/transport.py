@@ -8,6 +8,7 @@ slot of the in-process batched engine; tests use scripted transports.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -56,6 +57,19 @@ class PeerClosed:
 
 
 TransportEvent = AgentAudio | AgentText | PeerError | PeerClosed
+
+
+async def queued_events(
+    queue: asyncio.Queue[TransportEvent | None],
+) -> AsyncIterator[TransportEvent]:
+    """A transport's ``receive()`` over its event queue: ends after a PeerClosed or a None."""
+    while True:
+        event = await queue.get()
+        if event is None:
+            return
+        yield event
+        if isinstance(event, PeerClosed):
+            return
 
 
 class MoshiTransport(ABC):

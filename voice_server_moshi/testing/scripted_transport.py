@@ -19,8 +19,8 @@ from ..moshi.transport import (
     PCM,
     AgentAudio,
     MoshiTransport,
-    PeerClosed,
     TransportEvent,
+    queued_events,
 )
 
 __all__ = ["ScriptedTransport"]
@@ -68,13 +68,8 @@ class ScriptedTransport(MoshiTransport):
         self._events.put_nowait(event)
 
     async def receive(self) -> AsyncIterator[TransportEvent]:
-        while True:
-            event = await self._events.get()
-            if event is None:
-                return
+        async for event in queued_events(self._events):
             yield event
-            if isinstance(event, PeerClosed):
-                return
 
     async def close(self) -> None:
         self.closed = True
