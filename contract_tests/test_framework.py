@@ -14,8 +14,7 @@ from voice_server_moshi.events import (
     SpeechStarted,
     Transcript,
 )
-
-from .framework import TELEPHONY, check_parity, normalize
+from voice_server_moshi.testing.contract import TELEPHONY, check_parity, normalize
 
 CAPS = Capabilities(server_vad=True, interruption=False, agent_transcript=True)
 FRAME = AudioChunk(audio=b"\xff" * 160, format=TELEPHONY)

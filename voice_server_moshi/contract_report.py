@@ -1,8 +1,9 @@
 """``voice-server-moshi contract-report``: the parity table of the contract suite.
 
-Runs the suite (``contract_tests/``, with pytest) with ``--contract-record`` and renders what
-it recorded as Markdown: one row per scenario, one column per adapter, each cell the
-adapter's normalized event sequence, or why the peer cannot enact the scenario.
+Runs the suite with pytest and ``--contract-record`` (``./contract_tests`` in a checkout of this
+project, else the suite installed with the package, :mod:`voice_server_moshi.testing.contract`)
+and renders what it recorded as Markdown: one row per scenario, one column per adapter, each
+cell the adapter's normalized event sequence, or why the peer cannot enact the scenario.
 """
 
 from __future__ import annotations
@@ -118,8 +119,15 @@ def render(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_suite(suite: Path, record: Path, extra: list[str]) -> int:
-    cmd = [sys.executable, "-m", "pytest", str(suite), "-q", "-p", "no:cacheprovider",
+#: pytest arguments that run the suite installed with the package (no checkout needed).
+PACKAGED_SUITE = ("-p", "voice_server_moshi.testing.contract.plugin",
+                  "--pyargs", "voice_server_moshi.testing.contract.scenarios")
+
+
+def run_suite(suite: Path | None, record: Path, extra: list[str]) -> int:
+    """Run the suite at ``suite``, or the packaged one when ``suite`` is None."""
+    target = [str(suite)] if suite is not None else list(PACKAGED_SUITE)
+    cmd = [sys.executable, "-m", "pytest", *target, "-q", "-p", "no:cacheprovider",
            f"--contract-record={record}", *extra]
     log.info("running_contract_suite", command=" ".join(cmd))
     return subprocess.call(cmd)
@@ -130,8 +138,9 @@ def main(argv: list[str]) -> int:
         prog="voice-server-moshi contract-report",
         description="Run the contract suite and write the parity table (Markdown).")
     parser.add_argument("--out", default="-", help="Markdown file to write ('-': stdout)")
-    parser.add_argument("--suite", default="contract_tests",
-                        help="path of the contract suite (default: ./contract_tests)")
+    parser.add_argument("--suite", default=None,
+                        help="path of the contract suite (default: ./contract_tests when "
+                             "present, else the suite installed with the package)")
     parser.add_argument("--from-json", default=None,
                         help="render an existing --contract-record file instead of running")
     parser.add_argument("--json", default=None, help="also keep the recorded JSON here")
@@ -143,11 +152,16 @@ def main(argv: list[str]) -> int:
     if args.from_json:
         record = json.loads(Path(args.from_json).read_text())
     else:
-        suite = Path(args.suite)
-        if not suite.is_dir():
-            sys.stderr.write(f"contract suite not found at {suite}; pass --suite PATH "
-                             "(it lives in the source checkout)\n")
-            return 2
+        suite: Path | None
+        if args.suite is not None:
+            suite = Path(args.suite)
+            if not suite.is_dir():
+                sys.stderr.write(f"contract suite not found at {suite}; leave --suite out to "
+                                 "run the suite installed with the package\n")
+                return 2
+        else:
+            # ./contract_tests in a checkout of this project, else the packaged suite.
+            suite = Path("contract_tests") if Path("contract_tests").is_dir() else None
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(args.json) if args.json else Path(tmp) / "record.json"
             status = run_suite(suite, path, args.pytest_args)

@@ -1,4 +1,10 @@
-"""pytest wiring of the contract suite: providers, the recorder, and the report options.
+"""pytest plugin of the contract suite: options, providers, the ``peer`` and ``rec``
+fixtures, and the recorder behind ``--contract-record``.
+
+Enable it with ``-p voice_server_moshi.testing.contract.plugin`` (or
+``pytest_plugins = ["voice_server_moshi.testing.contract.plugin"]`` in a root conftest.py);
+the scenarios are the test module :mod:`voice_server_moshi.testing.contract.scenarios`.
+It also enables :mod:`voice_server_moshi.testing.fixtures` (the Moshi peers' fixtures).
 
 Options:
     --contract-provider MODULE:ATTR   add a provider (a Provider subclass or instance, or a
@@ -12,11 +18,12 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from voice_server_moshi.capabilities import Capabilities
 from voice_server_moshi.events import Event
@@ -24,6 +31,8 @@ from voice_server_moshi.formats import AudioFormat
 
 from .framework import Provider, check_parity, normalize
 from .providers import builtin_providers
+
+pytest_plugins = ["voice_server_moshi.testing.fixtures"]
 
 _KEY = pytest.StashKey[tuple[str, str]]()
 _RESULTS: dict[str, dict[str, dict[str, Any]]] = {}
@@ -80,7 +89,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("provider", providers, ids=[p.name for p in providers])
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def peer(provider: Provider, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     async with provider.peer(request) as started:
         yield started
@@ -124,7 +133,9 @@ def rec(request: pytest.FixtureRequest, provider: Provider) -> Recorder:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     key = item.stash.get(_KEY, None)
     if key is not None and report.failed:

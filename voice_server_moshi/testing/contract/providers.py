@@ -199,7 +199,8 @@ class PhonicProvider(Provider):
     async def peer_restart(self, peer: FakePhonic) -> bool:
         await peer.restart(1012, "restarting")
         session = await peer.wait_session(count=2, timeout_s=15)
-        return session.query.get("reconnect_conv_id") == peer.sessions[0].state["conv"].id
+        resumed: bool = session.query.get("reconnect_conv_id") == peer.sessions[0].state["conv"].id
+        return resumed
 
     def check_peer_side(self, peer: FakePhonic, scenario: str) -> None:
         s = peer.sessions[0]
