@@ -61,6 +61,52 @@ def test_loads_through_moshi_loaders_offline(made: Path, monkeypatch: pytest.Mon
         assert pcm.shape == (1, 1, 1920) and bool(torch.isfinite(pcm).all())
 
 
+def test_agent_babble_is_audible_and_comes_in_turns(made: Path) -> None:
+    """The agent's decoded audio has speech-like level (not a DC offset), silence for the
+    quiet codes, and stretches of each, so agent-activity detection sees turns."""
+    import numpy as np
+
+    info = loaders.CheckpointInfo.from_hf_repo(str(made), config_path=made / "config.json")
+    mimi = info.get_mimi(device="cpu")
+    lm = info.get_moshi(device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        codes = torch.full((1, 8, 16), ck.QUIET_CODES, dtype=torch.long)
+        codes[0, 0, 8:] = 0  # semantic code quiet from frame 8 (acoustic ones unchanged)
+        pcm = mimi.decode(codes)[0, 0].reshape(16, 1920)
+    rms = pcm.pow(2).mean(1).sqrt()
+    assert 0.01 < float(rms[4]) < 0.5  # audible, as speech is
+    assert abs(float(pcm[4].mean())) < 0.2 * float(rms[4])  # not a DC offset
+    # The decoder's causal convolutions remember ~320 ms, then the quiet code is silence
+    # (>= 20 dB under the speech-like frames).
+    assert float(rms[8 + 5:].max()) < float(rms[4]) / 10
+
+    gen = LMGen(lm, temp=0.8, temp_text=0.7)
+    sem, levels = [], []
+    with (torch.random.fork_rng(devices=[]), mimi.streaming(1), gen.streaming(1),
+          torch.no_grad(), no_compile()):
+        torch.manual_seed(3)
+        for i in range(200):
+            t = (torch.arange(1920) + i * 1920) / 24000
+            x = 0.2 * torch.sin(2 * torch.pi * 220 * t) * float((i // 40) % 2 == 0)
+            tokens = gen.step(mimi.encode(x[None, None]))
+            if tokens is not None:
+                sem.append(int(tokens[0, 1, 0]))
+                out = mimi.decode(tokens[:, 1:])[0, 0]
+                levels.append(20 * np.log10(float(out.pow(2).mean().sqrt()) + 1e-9))
+    quiet = [c < ck.QUIET_CODES for c in sem]
+    runs: list[tuple[bool, int]] = []
+    for q in quiet:
+        if runs and runs[-1][0] == q:
+            runs[-1] = (q, runs[-1][1] + 1)
+        else:
+            runs.append((q, 1))
+    # Turns and pauses of seconds (12.5 frames a second), not frame-by-frame flicker.
+    assert max(n for q, n in runs if q) >= 8 and max(n for q, n in runs if not q) >= 12
+    assert 3 <= len(runs) <= 60
+    lo, hi = np.percentile(levels, [10, 90])
+    assert hi - lo >= 15, (lo, hi)  # a detector with a 12 dB threshold separates them
+
+
 def test_same_seed_same_bytes_other_seed_other_bytes(made: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
     other = tmp_path / "other"
@@ -77,6 +123,21 @@ def test_same_seed_same_bytes_other_seed_other_bytes(made: Path, tmp_path: Path)
         k: v for k, v in b.items() if not k.endswith("_name")
     }
     assert a["moshi_name"] == f"file://{made.resolve() / ck.MOSHI_WEIGHTS_NAME}"
+
+
+def test_bytes_do_not_depend_on_the_thread_count(made: Path) -> None:
+    # The codebooks and the decoder's scale come from convolutions, whose float sums
+    # depend on the thread split; the maker builds on one thread and restores the count.
+    before = torch.get_num_threads()
+    other = 2 if before == 1 else 1
+    try:
+        torch.set_num_threads(other)
+        mimi_bytes, lm_bytes = ck._build_weights(0)
+        assert torch.get_num_threads() == other
+    finally:
+        torch.set_num_threads(before)
+    assert mimi_bytes == (made / ck.MIMI_WEIGHTS_NAME).read_bytes()
+    assert lm_bytes == (made / ck.MOSHI_WEIGHTS_NAME).read_bytes()
 
 
 def test_small(made: Path) -> None:

@@ -29,8 +29,9 @@ from .._log import get_logger
 log = get_logger(__name__)
 
 #: Bump when the files the maker writes change, so caches are rebuilt. (2: Mimi codebooks
-#: drawn from encoded audio, so the model hears its input.)
-DEV_CHECKPOINT_VERSION = 2
+#: drawn from encoded audio, so the model hears its input. 3: the agent is audible and
+#: takes turns: bias-free Mimi decoder, quiet codes, a wired speaking/quiet state in the LM.)
+DEV_CHECKPOINT_VERSION = 3
 
 CONFIG_NAME = "config.json"
 MOSHI_WEIGHTS_NAME = "dev_moshi.safetensors"
@@ -43,6 +44,16 @@ README_NAME = "README.txt"
 TEXT_CARD = 128
 #: Audio codebook size of the dev Mimi (``bins``) and LM (``card``).
 AUDIO_CARD = 256
+
+#: The first QUIET_CODES codes of Mimi's first (semantic) codebook decode to silence, and
+#: the LM keeps emitting them once it has started (see ``_wire_turn_taking``).
+QUIET_CODES = 12
+#: RMS the dev Mimi decoder is scaled to for non-quiet codes (about -20 dBFS).
+AGENT_RMS = 0.1
+#: Spread of the per-code gains of the semantic codebook, so the level follows the tokens.
+#: Wide, as between syllables: the agent detector's floor is the quietest frame of the last
+#: 3 s, and with 15 dB a turn longer than that became the floor and went undetected.
+GAIN_SPREAD_DB = 30.0
 
 #: Tiny Mimi. Only the sizes shrink: ratios [8, 6, 5, 4] (hop 960, 25 Hz encoder frames,
 #: one learnt 2x downsample to 12.5 Hz), 24 kHz, causal, split RVQ of 8 codebooks.
@@ -229,7 +240,97 @@ def _init_codebooks(mimi: Any, seed: int) -> None:
                 residual = residual - layer.decode(layer.encode(residual))
 
 
+def _shape_decoder(mimi: Any, seed: int) -> None:
+    """Make the random Mimi decoder audible, and silent for the quiet codes.
+
+    At PyTorch's default init every layer shrinks its input (the code-dependent signal
+    reached the output at ~5e-5 RMS) while the biases add a constant at each layer, so the
+    output was a fixed ~0.08 DC offset plus a hop-periodic ripple, the same whatever the
+    codes. And the decoder transformer's branches, fed layer-normalised copies of that
+    tiny signal, outweighed its residual path and smeared past frames into silent ones.
+    So: no biases on the decode path (zero latent -> zero audio), no transformer branches
+    (a pass-through, layer scales 0), the last conv scaled so that ordinary codes decode
+    at ``AGENT_RMS``, the acoustic levels (``rvq_rest``) turned down under the semantic
+    one, per-code gains on the semantic codebook (``GAIN_SPREAD_DB``, so the level follows
+    the tokens), and the first ``QUIET_CODES`` semantic centroids set to zero: silence.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed + 3)
+    with torch.no_grad():
+        for name, param in mimi.named_parameters():
+            if name.endswith(".bias") and name.startswith(("decoder", "upsample")):
+                param.zero_()
+        for layer in mimi.decoder_transformer.transformer.layers:
+            layer.layer_scale_1.scale.zero_()
+            layer.layer_scale_2.scale.zero_()
+        # Real Mimi's first levels carry most of the energy; -30 dB keeps the acoustic
+        # codes audible as texture but leaves quiet frames ~20 dB under speech.
+        mimi.quantizer.rvq_rest.output_proj.weight.mul_(0.03)
+        cb = mimi.quantizer.rvq_first.vq.layers[0]._codebook
+        gains = 10 ** (-GAIN_SPREAD_DB / 20 * torch.rand(AUDIO_CARD, generator=gen))
+        cb.embedding_sum.mul_(gains[:, None])
+        cb.embedding_sum[:QUIET_CODES] = 0.0
+        cb._embedding = None  # drop the cached centroids
+        codes = torch.randint(QUIET_CODES, AUDIO_CARD, (1, 8, 50), generator=gen)
+        rms = float(mimi.decode(codes).pow(2).mean().sqrt())
+        # Three significant digits: the factor is computed through convolutions, and
+        # rounding it keeps last-bit differences between kernels out of the bytes.
+        scale = float(f"{AGENT_RMS / rms:.3g}")
+        mimi.decoder.model[-1].conv.conv.weight.mul_(scale)
+
+
+def _wire_turn_taking(lm: Any) -> None:
+    """Give the random LM a speaking/quiet state, so its babble comes in turns.
+
+    Sampled from random logits, the agent's semantic codes are close to independent frame
+    to frame, so a quiet code would only ever make 80 ms gaps. Real Moshi stays silent
+    once it is, because its silence tokens predict silence. The same is wired here through
+    channel 0 of the residual streams, which only this circuit writes: the embedding of a
+    quiet agent semantic code (the main transformer's input at the next step) puts a
+    constant there, the transformer layers and other embeddings never write it, the
+    depformer's first step reads it and nothing else into its own channel 0, and the
+    first codebook's output layer turns that channel into a logit bonus for the quiet
+    codes. Falling quiet happens at the random-weight rate (~5% a frame with 12 of 256
+    codes), staying quiet at ~94% a frame (mean ~1.3 s), so turns of a few seconds
+    alternate with pauses of a second or so; the user streams still steer the other logits.
+    """
+    import torch
+
+    with torch.no_grad():
+        for emb in [lm.text_emb, *lm.emb]:
+            emb.weight[:, 0] = 0.0
+        lm.emb[0].weight[:QUIET_CODES, 0] = 4.0  # emb[0]: the agent's semantic stream
+        for layer in lm.transformer.layers:
+            layer.self_attn.out_projs[0].weight[0, :] = 0.0
+            layer.gating.linear_out.weight[0, :] = 0.0
+        dep_in = lm.depformer_in[0].weight  # depformer step 0: the semantic codebook
+        dep_in[0, :] = 0.0
+        dep_in[:, 0] = 0.0
+        dep_in[0, 0] = 1.0
+        lm.depformer_text_emb.weight[:, 0] = 0.0
+        for layer in lm.depformer.layers:
+            layer.self_attn.out_projs[0].weight[0, :] = 0.0
+            layer.gating[0].linear_out.weight[0, :] = 0.0
+        lm.linears[0].weight[:, 0] = 0.0
+        lm.linears[0].weight[:QUIET_CODES, 0] = 1.5
+
+
 def _build_weights(seed: int) -> tuple[bytes, bytes]:
+    import torch
+
+    # One intra-op thread while building: the codebooks and the decoder's scale come from
+    # convolutions over audio, whose float sums depend on how the work is split between
+    # threads: built with 1 and with 2 threads, the same seed gave different Mimi bytes.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _build_weights_one_thread(seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build_weights_one_thread(seed: int) -> tuple[bytes, bytes]:
     import torch
     from moshi.models import loaders
     from moshi.models.lm import LMModel
@@ -238,10 +339,12 @@ def _build_weights(seed: int) -> tuple[bytes, bytes]:
         torch.manual_seed(seed)
         mimi = loaders.get_mimi(None, DEV_MIMI_CONFIG, device="cpu", num_codebooks=8)
         _init_codebooks(mimi, seed)
+        _shape_decoder(mimi, seed)
         mimi_bytes = _state_bytes(mimi.state_dict())
 
         torch.manual_seed(seed + 2)
         lm = LMModel(device="cpu", dtype=torch.float32, **DEV_LM_CONFIG)
+        _wire_turn_taking(lm)
         lm_bytes = _state_bytes(lm.state_dict())
     return mimi_bytes, lm_bytes
 
