@@ -9,6 +9,7 @@ cell the adapter's normalized event sequence, or why the peer cannot enact the s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import subprocess
@@ -18,26 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from ._log import get_logger
+from .capabilities import Capabilities
+from .testing.contract.framework import SCENARIOS
 
 log = get_logger(__name__)
 
-#: Report order; ``peer-closes N`` rows sort by code after ``peer-closes``.
-ORDER = (
-    "connect",
-    "connect-refused",
-    "caller-speaks-then-pauses",
-    "agent-speaks",
-    "barge-in",
-    "peer-error",
-    "peer-closes",
-    "peer-vanishes",
-    "peer-restarts",
-    "malformed-audio",
-    "host-disconnects-mid-speech",
-    "slow-consumer",
-)
-CAPABILITY_FLAGS = ("full_duplex", "server_vad", "interruption", "caller_transcript",
-                    "agent_transcript")
+#: Report order (the suite's own); ``peer-closes N`` rows sort by code after ``peer-closes``.
+ORDER = SCENARIOS
+CAPABILITY_FLAGS = tuple(f.name for f in dataclasses.fields(Capabilities))
 
 _PORT = re.compile(r"127\.0\.0\.1:\d+")
 
