@@ -84,7 +84,8 @@ def render(record: dict[str, Any]) -> str:
         "declare absent, a fatal `error` followed only by `disconnected`.",
         "",
         "The vendor adapters run against the fake peers in `voice_server_moshi.testing`; "
-        "Moshi runs against Kyutai's own `moshi.server` and the embedded engine, both on the "
+        "Moshi runs against Kyutai's own `moshi.server`, this project's batched server "
+        "(`voice-server-moshi serve`, in process) and the embedded engine, all on the "
         "generated dev checkpoint.",
         "",
     ]

@@ -7,6 +7,7 @@ Clients are raw ``websockets`` connections sending ``0x01`` + Ogg/Opus from
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import struct
@@ -314,3 +315,59 @@ async def test_remote_transport_reports_a_full_serve_as_server_busy(
         await third.open("third")
     for t in held:
         await t.close()
+
+
+async def test_operator_closes_one_call_then_all_and_the_server_goes_on(
+    inproc: BatchedServer,
+) -> None:
+    url = f"ws://127.0.0.1:{inproc.port}/api/chat?auth_token=s3cret"
+    a, b = Client(url), Client(url)
+    await a.connect()
+    await b.connect()
+    assert len(inproc.call_ids) == 2
+    assert await inproc.close_call("srv-no-such-call") == 0
+
+    first = inproc.call_ids[0]
+    assert await inproc.close_call(first, code=1001, reason="draining") == 1
+    tasks = [c._task for c in (a, b) if c._task is not None]
+    done, _ = await asyncio.wait(tasks, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    assert len(done) == 1
+    closed, survivor = (a, b) if a._task in done else (b, a)
+    assert closed.ws is not None and closed.ws.close_code == 1001
+    assert closed.ws.close_reason == "draining"
+    await survivor.talk(tone(1, 4), pace_s=0.02)
+    await survivor.wait_audio(3)  # the other call goes on
+    for _ in range(100):  # the handler frees the slot once it sees its close
+        if first not in inproc.call_ids:
+            break
+        await asyncio.sleep(0.02)
+    assert first not in inproc.call_ids
+
+    assert await inproc.close_call(code=1001) == 1  # all that are left
+    assert survivor._task is not None
+    await asyncio.wait_for(survivor._task, 10)
+    assert survivor.ws is not None and survivor.ws.close_code == 1001
+    assert survivor.ws.close_reason == "closed by the operator"
+
+    # Still serving: a new call is admitted.
+    c = Client(url)
+    await c.connect()
+    assert c.first is not None and c.first[:1] == b"\x00"
+    await c.close()
+
+
+async def test_a_call_whose_engine_stops_gets_the_error_and_close_1011(
+    inproc: BatchedServer,
+) -> None:
+    c = Client(f"ws://127.0.0.1:{inproc.port}/api/chat?auth_token=s3cret")
+    await c.connect()
+    talking = asyncio.create_task(c.talk(tone(2, 40), pace_s=0.02))
+    await c.wait_audio(3)
+    await asyncio.to_thread(inproc.engine.stop, "engine stopped under the call")
+    assert c._task is not None
+    await asyncio.wait_for(c._task, 10)
+    talking.cancel()
+    with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+        await talking
+    assert c.errors == ["engine stopped under the call"]
+    assert c.ws is not None and c.ws.close_code == 1011

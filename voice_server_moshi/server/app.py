@@ -13,6 +13,10 @@ zeros), a ``0x04`` metadata JSON, then ``0x01`` Ogg/Opus audio and ``0x02`` text
 ways. A call that finds every slot taken gets a ``0x05`` error and a close (1013, "try
 again later"), never a silent wait. Optional bearer-token auth guards ``/api/chat`` and
 ``/metrics``.
+
+Operators can end calls without stopping the server: :meth:`BatchedServer.close_call`
+closes one call, or all of them, with a close code of their choice (1001 "going away" by
+default, what a shutdown sends too).
 """
 
 from __future__ import annotations
@@ -107,6 +111,8 @@ class BatchedServer:
         self.counters = ServerCounters()
         self._server: Server | None = None
         self._calls: set[EngineCall] = set()
+        #: call id -> its connection, for :meth:`close_call`.
+        self._connections: dict[str, ServerConnection] = {}
         self._closing = False
 
     @property
@@ -143,6 +149,37 @@ class BatchedServer:
             call.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._server.wait_closed(), 10)
+
+    @property
+    def call_ids(self) -> list[str]:
+        """Ids of the calls in progress (the ``call_id`` of the server's log lines)."""
+        return list(self._connections)
+
+    async def close_call(
+        self,
+        call_id: str | None = None,
+        *,
+        code: int = CLOSE_GOING_AWAY,
+        reason: str = "closed by the operator",
+    ) -> int:
+        """Operator action: end one call (``call_id``) or every call (None) with a WebSocket
+        close frame of ``code``, e.g. to drain an instance without stopping it. The server
+        keeps serving new calls. Returns how many calls were closed (0 for an unknown id)."""
+        if call_id is None:
+            targets = list(self._connections.values())
+        else:
+            conn = self._connections.get(call_id)
+            targets = [] if conn is None else [conn]
+
+        async def close_one(ws: ServerConnection) -> None:
+            with contextlib.suppress(Exception):
+                await ws.close(code, reason)
+
+        await asyncio.gather(*(close_one(ws) for ws in targets))
+        if targets:
+            log.info("calls closed by the operator", count=len(targets), code=code,
+                     reason=reason)
+        return len(targets)
 
     async def serve_forever(self) -> None:
         if self._server is None:
@@ -222,6 +259,7 @@ class BatchedServer:
         assert call.slot is not None
         clog = clog.bind(slot=call.slot.index)
         self._calls.add(call)
+        self._connections[call_id] = ws
         self.counters.active_connections += 1
         sender: asyncio.Task[None] | None = None
         try:
@@ -235,11 +273,16 @@ class BatchedServer:
             clog.info("call started")
             sender = asyncio.create_task(self._send_loop(ws, call, clog), name=f"send:{call_id}")
             await self._receive_loop(ws, call, clog)
+            if call.slot.closed:
+                # The engine ended the call under us: give the sender the moment it needs
+                # to send the engine's error and close with 1011 before it is cancelled.
+                await asyncio.wait({sender}, timeout=2.0)
         except ConnectionClosed:
             pass
         finally:
             call.close()
             self._calls.discard(call)
+            self._connections.pop(call_id, None)
             self.counters.active_connections -= 1
             if sender is not None:
                 sender.cancel()

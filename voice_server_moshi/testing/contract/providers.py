@@ -1,12 +1,15 @@
 """The built-in providers: the three vendor adapters against their fakes, and the Moshi
-adapter against Kyutai's own ``moshi.server`` and against the embedded engine."""
+adapter against Kyutai's own ``moshi.server``, against this project's batched server
+(``voice-server-moshi serve``) and against the embedded engine."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import importlib.util
+import threading
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from voice_server_moshi.adapter import VoiceModelAdapter
@@ -307,7 +310,117 @@ class MoshiEmbeddedProvider(_MoshiBase):
                                           device="cpu", max_queued_events=max_queued_events))
 
 
+#: Loaded dev-checkpoint models, handed from one test's serve peer to the next (loading
+#: takes seconds; an engine gives its models back with ``Engine.detach()``).
+_SERVE_MODELS: list[Any] = []
+_SERVE_MODELS_LOCK = threading.Lock()
+
+
+def _take_serve_models(checkpoint: str) -> Any:
+    from voice_server_moshi.engine.models import load_models
+
+    with _SERVE_MODELS_LOCK:
+        if _SERVE_MODELS:
+            return _SERVE_MODELS.pop()
+    return load_models(checkpoint, device="cpu", dtype="float32")
+
+
+@dataclass
+class ServePeer:
+    """A :class:`~voice_server_moshi.server.app.BatchedServer` on loopback, in process."""
+
+    server: Any
+    url: str
+    token: str
+    #: The MoshiAdapters made for this peer, newest last.
+    adapters: list[Any] = field(default_factory=list)
+
+
+class MoshiServeProvider(_MoshiBase):
+    """The Moshi adapter's remote transport against this project's own batched server
+    (``voice-server-moshi serve``: :class:`~voice_server_moshi.server.app.BatchedServer`
+    over an :class:`~voice_server_moshi.engine.core.Engine`), run in process on loopback
+    with the dev checkpoint on CPU, bearer-token auth on. Every scenario is the server's
+    real behaviour:
+
+    * connect-refused: a wrong token is answered HTTP 401 before the upgrade;
+    * peer-error: a stray malformed message on the call's socket (an empty one) is what
+      makes serve send a ``0x05`` error and keep the call; it has no other mid-call error
+      that does not close;
+    * peer-closes 1001: the operator closes the call (``BatchedServer.close_call``; a
+      graceful shutdown closes with the same code);
+    * peer-closes 1011: the engine under the call stops (``Engine.stop``, what a failed
+      tick does to its calls too): serve sends the ``0x05`` and closes with 1011;
+    * peer-vanishes: the server side of the call's TCP connection is aborted, so no close
+      frame is ever sent (a crashed process or a dropped network looks the same).
+
+    Its other close codes are not in ``close_codes`` because no peer-initiated close in
+    a call reaches them: 1007 and 1009 answer a client's bad payload (which the adapter
+    never sends), and 1013 ("busy") comes before the handshake, a connect error.
+    """
+
+    name = "moshi (serve)"
+    close_codes = (1001, 1011)
+    token: ClassVar[str] = "contract-token"
+    cannot: ClassVar[dict[str, str]] = {
+        "peer-restarts": "Kyutai's protocol, which serve speaks, has no session resumption",
+    }
+
+    @contextlib.asynccontextmanager
+    async def peer(self, request: Any) -> AsyncIterator[ServePeer]:
+        _require_moshi()
+        from voice_server_moshi.engine.core import Engine, EngineConfig
+        from voice_server_moshi.server.app import BatchedServer, ServerConfig
+
+        checkpoint = str(request.getfixturevalue("dev_checkpoint"))
+        models = await asyncio.to_thread(_take_serve_models, checkpoint)
+        engine = Engine(models, EngineConfig(slots=2))
+        await asyncio.to_thread(engine.start)
+        server = BatchedServer(engine, ServerConfig(port=0, auth_token=self.token))
+        try:
+            await server.start()
+            yield ServePeer(server, f"ws://127.0.0.1:{server.port}/api/chat", self.token)
+        finally:
+            await server.close()
+            models = await asyncio.to_thread(engine.detach)
+            with _SERVE_MODELS_LOCK:
+                _SERVE_MODELS.append(models)
+
+    def make_adapter(self, peer: ServePeer, *, max_queued_events: int = 500,
+                     bad_credentials: bool = False) -> VoiceModelAdapter:
+        from voice_server_moshi.moshi.adapter import MoshiAdapter
+        from voice_server_moshi.moshi.settings import MoshiSettings
+
+        adapter = MoshiAdapter(MoshiSettings(
+            url=peer.url, auth_token="wrong-token" if bad_credentials else peer.token,
+            max_queued_events=max_queued_events, connect_timeout_s=30.0))
+        peer.adapters.append(adapter)
+        return adapter
+
+    async def peer_error(self, peer: ServePeer) -> None:
+        # Serve answers a malformed message with a 0x05 and goes on with the call. The
+        # adapter never sends one, so put it on the call's socket beside the adapter.
+        ws = peer.adapters[-1].transport._ws  # the RemoteTransport's socket
+        await ws.send(b"")
+
+    async def peer_close(self, peer: ServePeer, code: int) -> None:
+        if code == 1011:
+            await asyncio.to_thread(peer.server.engine.stop, "engine stopped under the call")
+        else:
+            assert await peer.server.close_call(code=code, reason="going away") == 1
+
+    async def peer_vanish(self, peer: ServePeer) -> None:
+        # The server side drops the TCP connection: no close frame is ever sent.
+        for conn in peer.server._server.connections:
+            conn.transport.abort()
+
+    def check_peer_side(self, peer: ServePeer, scenario: str) -> None:
+        counters = peer.server.counters
+        assert counters.auth_failures == 0, "serve refused the adapter's token"
+        assert counters.protocol_errors == 0, "serve could not decode the adapter's audio"
+
+
 def builtin_providers() -> list[Provider]:
     return [OpenAIProvider(), ElevenLabsProvider(), PhonicProvider(), MoshiRemoteProvider(),
-            MoshiEmbeddedProvider()]
+            MoshiServeProvider(), MoshiEmbeddedProvider()]
 
