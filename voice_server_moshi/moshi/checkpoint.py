@@ -520,70 +520,55 @@ def check_kyutai_server(checkpoint_dir: Path, frames: int = 25,
     what came back and its own "frame handled in" times. Stops the server."""
     import asyncio
     import re
-    import socket
-    import subprocess
     import time
 
     import numpy as np
     import sphn
     import websockets
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    env = dict(os.environ, **MOSHI_SERVER_ENV)
+    from ..testing.moshi_server import MoshiServerError, start_moshi_server
+
     t0 = time.monotonic()
-    with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen(moshi_server_argv(checkpoint_dir, port), env=env,
-                                stdout=out, stderr=subprocess.STDOUT, text=True)
+    try:
+        server = start_moshi_server(checkpoint_dir, startup_timeout_s=timeout_s)
+    except MoshiServerError as exc:
+        raise DevCheckpointError(f"moshi.server did not start: {exc}") from None
+    ready_s = time.monotonic() - t0
 
-        async def talk() -> dict[str, Any]:
-            url = f"ws://127.0.0.1:{port}/api/chat"
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    ws = await websockets.connect(url, proxy=None, compression=None)
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise DevCheckpointError("moshi.server did not start") from None
-                    await asyncio.sleep(0.1)
-            ready_s = time.monotonic() - t0
-            handshake = bytes(await asyncio.wait_for(ws.recv(decode=False), 30))
-            writer, reader = sphn.OpusStreamWriter(24000), sphn.OpusStreamReader(24000)
-            got = {"audio_messages": 0, "samples": 0, "texts": 0}
+    async def talk() -> dict[str, Any]:
+        ws = await websockets.connect(server.url, proxy=None, compression=None)
+        handshake = bytes(await asyncio.wait_for(ws.recv(decode=False), 30))
+        writer, reader = sphn.OpusStreamWriter(24000), sphn.OpusStreamReader(24000)
+        got = {"audio_messages": 0, "samples": 0, "texts": 0}
 
-            async def recv() -> None:
-                async for m in ws:
-                    if isinstance(m, bytes) and m[:1] == b"\x01":
-                        got["audio_messages"] += 1
-                        got["samples"] += int(reader.append_bytes(m[1:]).shape[-1])
-                    elif isinstance(m, bytes) and m[:1] == b"\x02":
-                        got["texts"] += 1
+        async def recv() -> None:
+            async for m in ws:
+                if isinstance(m, bytes) and m[:1] == b"\x01":
+                    got["audio_messages"] += 1
+                    got["samples"] += int(reader.append_bytes(m[1:]).shape[-1])
+                elif isinstance(m, bytes) and m[:1] == b"\x02":
+                    got["texts"] += 1
 
-            task = asyncio.create_task(recv())
-            t = np.arange(1920) / 24000
-            for i in range(frames):
-                pcm = (0.2 * np.sin(2 * np.pi * 220 * (t + i * 0.08))).astype(np.float32)
-                data = writer.append_pcm(pcm)
-                if len(data):
-                    await ws.send(b"\x01" + bytes(data))
-                await asyncio.sleep(0.08)
-            await asyncio.sleep(1.0)
-            await ws.close()
-            task.cancel()
-            return {"ready_s": round(ready_s, 2), "handshake": handshake.hex(), **got}
+        task = asyncio.create_task(recv())
+        t = np.arange(1920) / 24000
+        for i in range(frames):
+            pcm = (0.2 * np.sin(2 * np.pi * 220 * (t + i * 0.08))).astype(np.float32)
+            data = writer.append_pcm(pcm)
+            if len(data):
+                await ws.send(b"\x01" + bytes(data))
+            await asyncio.sleep(0.08)
+        await asyncio.sleep(1.0)
+        await ws.close()
+        task.cancel()
+        return {"ready_s": round(ready_s, 2), "handshake": handshake.hex(), **got}
 
-        try:
-            result = asyncio.run(talk())
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        out.seek(0)
-        ms = sorted(float(x) for x in re.findall(r"frame handled in ([\d.]+)ms", out.read()))
+    try:
+        result = asyncio.run(talk())
+        # Read the server's own per-frame log before stop() removes it.
+        log_text = server.log_path.read_text(errors="replace")
+    finally:
+        server.stop()
+    ms = sorted(float(x) for x in re.findall(r"frame handled in ([\d.]+)ms", log_text))
     result.update(frames_sent=frames, frames_handled=len(ms),
                   frame_ms_median=ms[len(ms) // 2] if ms else None,
                   frame_ms_max=ms[-1] if ms else None)

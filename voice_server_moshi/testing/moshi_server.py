@@ -115,16 +115,16 @@ def start_moshi_server(
 ) -> MoshiServer:
     """Start the server and return once it accepts TCP connections. Raises
     :class:`MoshiServerError` with its output if it exits or does not listen in time."""
-    from ..moshi.checkpoint import dev_checkpoint_dir, moshi_server_argv
+    from ..moshi.checkpoint import MOSHI_SERVER_ENV, dev_checkpoint_dir, moshi_server_argv
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else dev_checkpoint_dir()
     port = port or free_port(host)
     argv = moshi_server_argv(ckpt, port, host=host)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", NO_TORCH_COMPILE="1", PYTHONUNBUFFERED="1")
-    # One intra-op thread: the tiny model gains nothing from more, and on small shared
-    # machines OpenMP threads spinning against the test process made single frames take
-    # 0.7 to 1.7 s instead of ~20 ms. An explicit setting in the environment wins.
-    env.setdefault("OMP_NUM_THREADS", "1")
+    env = dict(os.environ, **MOSHI_SERVER_ENV, PYTHONUNBUFFERED="1")
+    # MOSHI_SERVER_ENV pins one OpenMP thread (on small shared machines more made single
+    # frames take 0.7 to 1.7 s instead of ~20 ms); an explicit setting in the environment wins.
+    if "OMP_NUM_THREADS" in os.environ:
+        env["OMP_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]
     fd, name = tempfile.mkstemp(prefix=f"moshi-server-{port}-", suffix=".log")
     log_path = Path(name)
     out: IO[bytes] = os.fdopen(fd, "wb")
