@@ -1,25 +1,76 @@
 """voice-server-moshi: Kyutai's Moshi as a voice model for turn-based telephony voice-servers.
 
 The public contract lives in small modules: :mod:`~voice_server_moshi.events`,
-:mod:`~voice_server_moshi.adapter`, :mod:`~voice_server_moshi.hookspecs` and
-:mod:`~voice_server_moshi.registry`.
+:mod:`~voice_server_moshi.adapter`, :mod:`~voice_server_moshi.hookspecs`,
+:mod:`~voice_server_moshi.registry` and the extension points
+(:mod:`~voice_server_moshi.vads`, :mod:`~voice_server_moshi.modes.protocol`). What a host
+handles, the events an adapter emits and the errors it raises, is exported here too (as
+httpx exports its exceptions), so ``from voice_server_moshi import ConnectError`` works.
 """
 
 from __future__ import annotations
 
 from .adapter import BaseAdapter, VoiceModelAdapter, VoiceModelConfig
 from .capabilities import Capabilities
+from .errors import (
+    ConnectError,
+    ConnectTimeoutError,
+    LifecycleError,
+    ServerBusyError,
+    SettingsError,
+    UnknownNameError,
+    VoiceServerMoshiError,
+)
+from .events import (
+    AudioChunk,
+    Connected,
+    Disconnected,
+    Error,
+    Event,
+    Interruption,
+    Role,
+    SpeechEnded,
+    SpeechStarted,
+    Transcript,
+)
 from .formats import AudioFormat
-from .registry import load_registry
+from .modes.callbacks import HostCallbacks
+from .modes.protocol import Mode
+from .registry import Registry, load_registry
+from .vads import Vad, VadConfig, VadFactory, VadTransition
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AudioChunk",
     "AudioFormat",
     "BaseAdapter",
     "Capabilities",
+    "ConnectError",
+    "ConnectTimeoutError",
+    "Connected",
+    "Disconnected",
+    "Error",
+    "Event",
+    "HostCallbacks",
+    "Interruption",
+    "LifecycleError",
+    "Mode",
+    "Registry",
+    "Role",
+    "ServerBusyError",
+    "SettingsError",
+    "SpeechEnded",
+    "SpeechStarted",
+    "Transcript",
+    "UnknownNameError",
+    "Vad",
+    "VadConfig",
+    "VadFactory",
+    "VadTransition",
     "VoiceModelAdapter",
     "VoiceModelConfig",
+    "VoiceServerMoshiError",
     "__version__",
     "load_registry",
 ]

@@ -18,7 +18,7 @@ import structlog
 COMMANDS: dict[str, tuple[str, str]] = {
     "plugins": (
         "voice_server_moshi.cli:plugins_main",
-        "list the adapters and modes that plugins register",
+        "list the adapters, modes, caller VADs and Moshi transports that plugins register",
     ),
     "make-dev-checkpoint": (
         "voice_server_moshi.moshi.checkpoint:main",
@@ -161,7 +161,8 @@ def plugins_main(argv: list[str]) -> int:
             }
             for name, r in sorted(table.items())
         }
-        for kind, table in (("adapters", reg.adapters), ("modes", reg.modes))
+        for kind, table in (("adapters", reg.adapters), ("modes", reg.modes),
+                            ("vads", reg.vads), ("moshi_transports", reg.moshi_transports))
     }
     sys.stdout.write(json.dumps(out, indent=2 if "--verbose" in argv else None) + "\n")
     return 0

@@ -60,3 +60,15 @@ def voice_server_register_vads(register: Register) -> None:
     :class:`~voice_server_moshi.vads.Vad` for one call. Hosts select one by name
     (``vad = "name"`` in the ``[moshi]`` section); this package registers ``"energy"``.
     """
+
+
+@hookspec
+def voice_server_register_moshi_transports(register: Register) -> None:
+    """Register Moshi transports: ``register(name, factory, description="...")``.
+
+    ``factory(settings)`` gets the adapter's
+    :class:`~voice_server_moshi.moshi.settings.MoshiSettings` and returns a new
+    :class:`~voice_server_moshi.moshi.transport.MoshiTransport` for one call. Hosts select
+    one by name (``transport = "name"`` in ``[moshi]``); this package registers ``"remote"``
+    and ``"embedded"``.
+    """

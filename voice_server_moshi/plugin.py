@@ -70,3 +70,17 @@ def voice_server_register_vads(register: Register) -> None:
         _lazy("voice_server_moshi.vads:energy_vad"),
         description="frame energy over an adaptive noise floor, with hangover (ADR 0011)",
     )
+
+
+@hookimpl
+def voice_server_register_moshi_transports(register: Register) -> None:
+    register(
+        "remote",
+        _lazy("voice_server_moshi.moshi.transports:remote_transport"),
+        description="Kyutai's /api/chat WebSocket protocol to a Moshi server (needs url)",
+    )
+    register(
+        "embedded",
+        _lazy("voice_server_moshi.moshi.transports:embedded_transport"),
+        description="a slot of the in-process batched engine (the 'embedded' extra)",
+    )

@@ -24,6 +24,9 @@ from .settings import parse_settings
 BLOCKED_ENV = "VOICE_SERVER_BLOCKED_PLUGINS"
 
 if TYPE_CHECKING:
+    from .adapter import VoiceModelAdapter
+    from .modes.protocol import Mode
+    from .moshi.transports import TransportFactory
     from .vads import VadFactory
 
 log = get_logger(__name__)
@@ -45,13 +48,14 @@ class Registration:
 
 
 class Registry:
-    """Adapters, modes and caller VADs registered by the loaded plugins."""
+    """Adapters, modes, caller VADs and Moshi transports registered by the loaded plugins."""
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
         self.adapters: dict[str, Registration] = {}
         self.modes: dict[str, Registration] = {}
         self.vads: dict[str, Registration] = {}
+        self.moshi_transports: dict[str, Registration] = {}
         self._collect()
 
     def _collect(self) -> None:
@@ -59,6 +63,8 @@ class Registry:
             (self.pm.hook.voice_server_register_adapters, self.adapters, "adapter"),
             (self.pm.hook.voice_server_register_modes, self.modes, "mode"),
             (self.pm.hook.voice_server_register_vads, self.vads, "VAD"),
+            (self.pm.hook.voice_server_register_moshi_transports, self.moshi_transports,
+             "transport"),
         )
         for _, target, _ in kinds:
             target.clear()
@@ -106,32 +112,59 @@ class Registry:
             )
         return parse_settings(reg.settings, raw, section=f"{kind} {reg.name!r}")
 
-    def create_adapter(self, name: str, settings: Mapping[str, Any] | Any | None = None) -> Any:
+    def create_adapter(
+        self, name: str, settings: Mapping[str, Any] | object | None = None
+    ) -> VoiceModelAdapter:
         """A new adapter ``name`` with validated ``settings`` (a mapping or the dataclass)."""
+        from .adapter import VoiceModelAdapter
+
         reg = self.adapters.get(name)
         if reg is None:
             raise UnknownNameError("adapter", name, list(self.adapters))
         with self.active():
-            return reg.factory(self._settings(reg, "adapter", settings))
+            adapter = reg.factory(self._settings(reg, "adapter", settings))
+        if not isinstance(adapter, VoiceModelAdapter):
+            raise TypeError(f"adapter {name!r} from plugin {reg.plugin!r}: its factory returned "
+                            f"{type(adapter).__name__}, not a VoiceModelAdapter")
+        return adapter
 
     def create_mode(
-        self, name: str, settings: Mapping[str, Any] | Any | None = None, **kwargs: Any
-    ) -> Any:
-        """A new orchestration mode ``name``; ``kwargs`` go to the mode's factory."""
+        self, name: str, settings: Mapping[str, Any] | object | None = None, **kwargs: Any
+    ) -> Mode:
+        """A new orchestration mode ``name``; ``kwargs`` go to the mode's factory (the
+        full-duplex mode takes ``adapter``, ``host``, ``config`` and ``clock``)."""
+        from .modes.protocol import Mode
+
         reg = self.modes.get(name)
         if reg is None:
             raise UnknownNameError("mode", name, list(self.modes))
         with self.active():
-            return reg.factory(self._settings(reg, "mode", settings), **kwargs)
+            mode = reg.factory(self._settings(reg, "mode", settings), **kwargs)
+        if not isinstance(mode, Mode):
+            raise TypeError(f"mode {name!r} from plugin {reg.plugin!r}: its factory returned "
+                            f"{type(mode).__name__}, which lacks part of the Mode protocol")
+        return mode
+
+    def _named(self, table: dict[str, Registration], what: str, key: str, name: str,
+               section: str) -> Callable[..., Any]:
+        reg = table.get(name)
+        if reg is None:
+            known = ", ".join(sorted(table)) or "(none)"
+            raise SettingsError(section, [f"{key}: no {what} named {name!r}; registered: {known}"])
+        return reg.factory
 
     def vad_factory(self, name: str, *, section: str = "moshi") -> VadFactory:
         """The factory of the caller VAD ``name``; a :class:`SettingsError` of ``section``
         naming the registered VADs when there is none."""
-        reg = self.vads.get(name)
-        if reg is None:
-            known = ", ".join(sorted(self.vads)) or "(none)"
-            raise SettingsError(section, [f"vad: no VAD named {name!r}; registered: {known}"])
-        factory: VadFactory = reg.factory
+        factory: VadFactory = self._named(self.vads, "VAD", "vad", name, section)
+        return factory
+
+    def transport_factory(self, name: str, *, section: str = "moshi") -> TransportFactory:
+        """The factory of the Moshi transport ``name``; a :class:`SettingsError` of
+        ``section`` naming the registered transports when there is none."""
+        factory: TransportFactory = self._named(
+            self.moshi_transports, "transport", "transport", name, section
+        )
         return factory
 
     @contextmanager
@@ -179,6 +212,7 @@ def load_registry(
         adapters=sorted(registry.adapters),
         modes=sorted(registry.modes),
         vads=sorted(registry.vads),
+        moshi_transports=sorted(registry.moshi_transports),
     )
     return registry
 

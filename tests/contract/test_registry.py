@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from voice_server_moshi import BaseAdapter, Mode, VoiceModelAdapter, VoiceModelConfig
 from voice_server_moshi.errors import SettingsError, UnknownNameError
 from voice_server_moshi.hookspecs import Register, hookimpl
+from voice_server_moshi.modes.overlap import OverlapDecision
 from voice_server_moshi.registry import BLOCKED_ENV, load_registry
 
 
@@ -18,29 +20,91 @@ class ToySettings:
     greeting: str = "hi"
 
 
+class ToyAdapter(BaseAdapter):
+    def __init__(self, settings: ToySettings) -> None:
+        super().__init__()
+        self.settings = settings
+
+    async def _open(self, config: VoiceModelConfig) -> str:
+        return "toy"
+
+    async def _send_audio(self, chunk: bytes) -> None:
+        pass
+
+    async def _close(self) -> None:
+        pass
+
+
+class ToyMode:
+    """The whole Mode protocol, doing nothing."""
+
+    mode_name = "toy-mode"
+
+    def __init__(self, settings: None, **kwargs: Any) -> None:
+        self.settings, self.kwargs = settings, kwargs
+        self.t_ms = 0.0
+        self.response_wall_ms: list[float] = []
+        self.arrival_ms: list[float] = []
+
+    async def start(self) -> None: ...
+    def push_caller_audio(self, chunk: bytes) -> None: ...
+    async def tick(self) -> None: ...
+    async def settle(self, max_lag_ms: float = 160.0, timeout_s: float = 10.0) -> bool:
+        return True
+    async def stop(self, reason: str = "host") -> None: ...
+    async def wait_ended(self) -> None: ...
+    @property
+    def ended(self) -> bool:
+        return False
+    def create_response(self, **request: Any) -> None: ...
+    def commit_turn(self, **request: Any) -> None: ...
+    def cancel_response(self, **request: Any) -> None: ...
+    @property
+    def overlaps(self) -> list[OverlapDecision]:
+        return []
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+
 class ToyPlugin:
     @hookimpl
     def voice_server_register_adapters(self, register: Register) -> None:
-        register("toy", lambda s: ("toy-adapter", s), settings=ToySettings, description="toy")
+        register("toy", ToyAdapter, settings=ToySettings, description="toy")
+        register("not-an-adapter", lambda s: ("toy-adapter", s))
 
     @hookimpl
     def voice_server_register_modes(self, register: Register) -> None:
-        register("toy-mode", lambda s, **kw: ("toy-mode", s, kw))
+        register("toy-mode", ToyMode)
+        register("half-a-mode", lambda s, **kw: object())
 
 
 def test_inline_plugin_registers_adapter_and_mode() -> None:
     reg = load_registry(plugins=[ToyPlugin()], entry_points=False)
-    kind, settings = reg.create_adapter("toy", {"greeting": "hello"})
-    assert kind == "toy-adapter" and settings == ToySettings("hello")
-    assert reg.create_mode("toy-mode", None, host="h") == ("toy-mode", None, {"host": "h"})
+    adapter = reg.create_adapter("toy", {"greeting": "hello"})
+    assert isinstance(adapter, ToyAdapter) and adapter.settings == ToySettings("hello")
+    assert isinstance(adapter, VoiceModelAdapter)
+    mode = reg.create_mode("toy-mode", None, host="h")
+    assert isinstance(mode, ToyMode) and isinstance(mode, Mode)
+    assert mode.kwargs == {"host": "h"}
     assert reg.adapters["toy"].description == "toy"
+
+
+def test_factories_must_return_what_the_protocols_promise() -> None:
+    reg = load_registry(plugins=[ToyPlugin()], entry_points=False)
+    with pytest.raises(TypeError, match=r"'not-an-adapter' .* returned tuple, not a "
+                       "VoiceModelAdapter"):
+        reg.create_adapter("not-an-adapter")
+    with pytest.raises(TypeError, match="lacks part of the Mode protocol"):
+        reg.create_mode("half-a-mode")
 
 
 def test_unknown_names_list_what_is_available() -> None:
     reg = load_registry(plugins=[ToyPlugin()], entry_points=False)
-    with pytest.raises(UnknownNameError, match=r"no adapter named 'tyo'; available: toy"):
+    with pytest.raises(UnknownNameError,
+                       match=r"no adapter named 'tyo'; available: not-an-adapter, toy"):
         reg.create_adapter("tyo", {})
-    with pytest.raises(UnknownNameError, match=r"no mode named 'x'; available: toy-mode"):
+    with pytest.raises(UnknownNameError,
+                       match=r"no mode named 'x'; available: half-a-mode, toy-mode"):
         reg.create_mode("x")
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .._log import get_logger
-from ..adapter import VoiceModelAdapter, VoiceModelConfig
+from ..adapter import BaseAdapter, VoiceModelAdapter, VoiceModelConfig
 from ..modes.clock import ManualClock, RealClock
 from ..modes.overlap import OverlapDecision
 from ..registry import Registry, load_registry
@@ -85,10 +85,7 @@ class ReferenceHost:
         """The configured adapter, or the injected factory's (tests plug a scripted agent)."""
         if self._adapter_factory is not None:
             return self._adapter_factory()
-        adapter: VoiceModelAdapter = self.registry.create_adapter(
-            self.config.adapter, self.config.adapter_settings
-        )
-        return adapter
+        return self.registry.create_adapter(self.config.adapter, self.config.adapter_settings)
 
     async def run_call(
         self,
@@ -167,13 +164,12 @@ class ReferenceHost:
             await mode.stop()
         if progress is not None:
             progress(mode.t_ms, total_ms, state)
-        counters = dict(getattr(adapter, "counters", {}))
+        counters = dict(adapter.counters) if isinstance(adapter, BaseAdapter) else {}
         log.info("call_ended", call_ms=mode.t_ms, settle_timeouts=timeouts)
         return CallResult(
             cfg.call_id, recorder.records, bytes(caller_audio), bytes(recorder.agent_audio),
             mode.overlaps, mode.stats(), counters, time.perf_counter() - wall0, mode.t_ms,
-            timeouts, list(getattr(mode, "response_wall_ms", [])),
-            list(getattr(mode, "arrival_ms", [])),
+            timeouts, list(mode.response_wall_ms), list(mode.arrival_ms),
         )
 
 

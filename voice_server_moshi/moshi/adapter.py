@@ -23,7 +23,6 @@ audio, in caller stream time.
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections import deque
 from typing import Any, ClassVar
 
@@ -35,7 +34,6 @@ from ..audio import g711
 from ..audio.framing import SampleFramer
 from ..audio.resample import Resampler
 from ..capabilities import Capabilities
-from ..errors import ConnectError
 from ..events import AudioChunk, Error, SpeechEnded, SpeechStarted, Transcript
 from ..vads import AgentAudioSink, Vad, VadConfig, VadFactory, resolve_vad
 from .settings import MoshiSettings
@@ -50,6 +48,7 @@ from .transport import (
     PeerClosed,
     PeerError,
 )
+from .transports import TransportFactory, resolve_transport
 
 __all__ = ["MAX_OUTBOUND_FRAMES", "MoshiAdapter"]
 
@@ -82,12 +81,16 @@ class MoshiAdapter(BaseAdapter):
         *,
         transport: MoshiTransport | None = None,
         vad: VadFactory | None = None,
+        transport_factory: TransportFactory | None = None,
     ) -> None:
         self.settings = settings or MoshiSettings()
         super().__init__(max_queued_events=self.settings.max_queued_events)
         self._injected = transport
-        # Resolved now, so a VAD name nobody registered fails when the adapter is made.
+        # Names resolve now, so one nobody registered fails when the adapter is made.
         self._vad_factory = vad if vad is not None else resolve_vad(self.settings.vad)
+        self._transport_factory = transport_factory
+        if transport is None and transport_factory is None:
+            self._transport_factory = resolve_transport(self.settings)
         self.transport: MoshiTransport | None = None
         self._outbound: deque[PCM] = deque()
         self._outbound_ready = asyncio.Event()
@@ -151,19 +154,8 @@ class MoshiAdapter(BaseAdapter):
     # -- transports ----------------------------------------------------------------------
 
     def _make_transport(self) -> MoshiTransport:
-        if self.settings.resolved_transport == "remote":
-            from .remote import RemoteTransport
-
-            return RemoteTransport(self.settings)
-        try:
-            module = importlib.import_module("voice_server_moshi.moshi.embedded")
-        except ImportError as exc:
-            raise ConnectError(
-                "the embedded Moshi transport needs the 'embedded' extra: pip install "
-                f"'voice-server-moshi[embedded]' (or set moshi.url for a remote server); {exc}"
-            ) from None
-        transport: MoshiTransport = module.EmbeddedTransport(self.settings)
-        return transport
+        assert self._transport_factory is not None  # set whenever no transport was injected
+        return self._transport_factory(self.settings)
 
     # -- caller side ---------------------------------------------------------------------
 

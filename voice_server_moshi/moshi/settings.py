@@ -17,9 +17,11 @@ class MoshiSettings:
         metadata={"help": "WebSocket URL of a Moshi server, e.g. ws://127.0.0.1:8998/api/chat; "
                   "setting it selects the remote transport"},
     )
-    transport: Literal["auto", "remote", "embedded"] = field(
+    transport: str = field(
         default="auto",
-        metadata={"help": "auto: remote when url is set, else embedded"},
+        metadata={"help": "Moshi transport, by registered name: remote, embedded (plugins add "
+                  "more through voice_server_register_moshi_transports); auto: remote when "
+                  "url is set, else embedded"},
     )
     connect_timeout_s: float = field(
         default=10.0,
@@ -107,7 +109,7 @@ class MoshiSettings:
             raise ValueError(f"url must start with ws:// or wss://, got {self.url!r}")
 
     @property
-    def resolved_transport(self) -> Literal["remote", "embedded"]:
+    def resolved_transport(self) -> str:
         if self.transport == "auto":
             return "remote" if self.url else "embedded"
         return self.transport
