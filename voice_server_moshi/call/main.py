@@ -42,21 +42,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="call-output", help="output directory (default: "
                    "./call-output)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--url", help="remote Moshi server, e.g. ws://127.0.0.1:8998/api/chat")
-    src.add_argument("--hf-repo", help="embedded, real weights from this Hugging Face repo")
-    src.add_argument("--checkpoint", help="embedded, weights from this local directory")
+    src.add_argument("--url", help="remote Moshi server, e.g. ws://127.0.0.1:8998/api/chat "
+                     "(default: none, Moshi runs embedded)")
+    src.add_argument("--hf-repo", help="embedded, real weights from this Hugging Face repo "
+                     "(default: none, the generated dev checkpoint)")
+    src.add_argument("--checkpoint", help="embedded, weights from this local directory "
+                     "(default: none, the generated dev checkpoint)")
     src.add_argument("--scripted-agent", action="store_true",
                      help="no model: the corpus's scripted agent answers (deterministic)")
     p.add_argument("--config", help="host config (.toml or .json: adapter, mode, [audio], "
-                   "[moshi], [full-duplex]); the flags above override its moshi section")
+                   "[moshi], [full-duplex]); the flags above override its moshi section "
+                   "(default: none, every setting at its default)")
     p.add_argument("--device", help="embedded: cpu, cuda, cuda:N (default auto)")
-    p.add_argument("--clock", choices=["realtime", "virtual"], default="realtime",
-                   help="realtime: media at --speed x real time (a live call); virtual: as "
-                   "fast as the model answers, frame by frame")
-    p.add_argument("--speed", type=float, default=1.0, help="realtime clock speed factor")
+    p.add_argument("--clock", choices=["virtual", "realtime"], default="virtual",
+                   help="virtual (default): frame by frame as fast as the model answers; the "
+                   "same input and settings give the same timeline. realtime: media at "
+                   "--speed x real time, as a live call (results then depend on the "
+                   "machine's timing)")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="realtime clock speed factor (default 1.0)")
     p.add_argument("--tail-ms", type=float, default=2000.0,
                    help="silence after the recording before hanging up (default 2000)")
-    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--seed", type=int, default=0,
+                   help="embedded: seed of torch's random generator, set before the call so "
+                   "the model's sampling repeats from run to run (default 0)")
+    p.add_argument("--no-plot", action="store_true",
+                   help="skip the PNG (it needs matplotlib: pip install "
+                   "'voice-server-moshi[plot]'; without it the call runs and says so)")
     return p
 
 
@@ -76,8 +88,9 @@ def _config(args: argparse.Namespace) -> HostConfig:
         moshi["device"] = args.device
     if args.clock == "virtual" and "stall_fill_ms" not in cfg.adapter_settings:
         # The mode keeps Moshi's input continuous on the virtual clock; the adapter's
-        # wall-clock fill would insert silence whenever a slow model lets virtual time lag.
-        moshi["stall_fill_ms"] = 2000
+        # wall-clock fill would insert silence whenever a slow model lets virtual time lag
+        # (and make the call depend on the machine's speed).
+        moshi["stall_fill_ms"] = None
     return cfg.with_sections(adapter=moshi)
 
 
@@ -118,6 +131,16 @@ def main(argv: list[str]) -> int:
     except ConnectError as exc:
         sys.stderr.write(f"error: could not start the call: {exc}\n")
         return 1
+
+
+def _seed_torch(seed: int) -> None:
+    # One call per process here, so the global generator is this call's. (Per-call seeds in
+    # the engine, for calls that share it, are separate work.)
+    try:
+        import torch
+    except ImportError:
+        return  # the embedded transport will say what is missing
+    torch.manual_seed(seed)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -162,6 +185,8 @@ def _run(args: argparse.Namespace) -> int:
             sys.stderr.write(DEV_NOTICE)
         sys.stderr.write(f"[call] transport: {transport} "
                          f"({moshi.url if transport == 'remote' else moshi.checkpoint})\n")
+        if transport == "embedded":
+            _seed_torch(args.seed)
     host = ReferenceHost(cfg, adapter_factory=factory)
     progress = _Progress()
     clock: ClockKind = args.clock
@@ -174,14 +199,20 @@ def _run(args: argparse.Namespace) -> int:
     latency = latency_report(result, fmt, transport, result.response_wall_ms)
     paths = write_outputs(out, result, fmt, latency)
     if not args.no_plot:
-        paths["picture"] = out / "call.png"
+        picture = out / "call.png"
         d = describe(result)
         title = (f"{input_path.name} · {transport} · {result.call_ms / 1000:.1f} s · "
                  f"{d['user_turns']} user turns ({d['barge_ins']} barge-in) · "
                  f"{d['backchannels']} backchannels · {d['agent_turns']} agent turns · "
                  f"{d['errors']} errors")
-        plot_call(paths["picture"], result, decode_call_audio(result.caller_audio, fmt),
-                  decode_call_audio(result.agent_audio, fmt), fmt.sample_rate, title)
+        try:
+            plot_call(picture, result, decode_call_audio(result.caller_audio, fmt),
+                      decode_call_audio(result.agent_audio, fmt), fmt.sample_rate, title)
+            paths["picture"] = picture
+        except ImportError as exc:
+            # The light install has no matplotlib: every other output is written already.
+            sys.stderr.write(f"[call] note: no picture ({exc.name or exc} is not installed); "
+                             "pip install 'voice-server-moshi[plot]' draws call.png\n")
     summary = describe(result)
     sys.stderr.write(
         f"[call] done in {result.wall_s:.1f} s: {summary['user_turns']} user turns "

@@ -28,7 +28,10 @@ def _stats(values: list[float]) -> dict[str, Any]:
 def turn_latencies(result: CallResult) -> dict[str, list[float]]:
     """From the timeline: agent response after a caller turn, and detection delays."""
     cbs = [r for r in result.records if r.kind == "callback"]
-    response, vad_start, vad_end = [], [], []
+    response: list[float] = []
+    vad_start: list[float] = []
+    vad_end: list[float] = []
+    barge_in: list[float] = []
     for i, r in enumerate(cbs):
         if r.name == "user-turn-ended":
             vad_end.append(float(r.data["decided_ms"]) - r.t_ms)
@@ -36,9 +39,35 @@ def turn_latencies(result: CallResult) -> dict[str, list[float]]:
                         ("agent-turn-started", "user-turn-started")), None)
             if nxt is not None and nxt.name == "agent-turn-started":
                 response.append(nxt.t_ms - r.t_ms)
-        elif r.name == "user-turn-started" and not r.data.get("barge_in"):
-            vad_start.append(float(r.data["decided_ms"]) - r.t_ms)
-    return {"response": response, "vad_start": vad_start, "vad_end": vad_end}
+        elif r.name == "user-turn-started":
+            delay = float(r.data["decided_ms"]) - r.t_ms
+            (barge_in if r.data.get("barge_in") else vad_start).append(delay)
+    return {"response": response, "vad_start": vad_start, "vad_end": vad_end,
+            "barge_in": barge_in}
+
+
+#: What the fields of ``latency.json`` that are not self-explanatory mean (written into it).
+NOTES = {
+    "virtual_clock_settle_timeouts": "virtual clock only: frame periods after which the model "
+        "had not caught up with the caller audio within the settle timeout (10 s). 0 on a "
+        "healthy run; more means the model was too slow and its audio is late in the "
+        "timeline. Always 0 on the realtime clock.",
+    "call_ms": "call time: the caller recording plus --tail-ms of silence, in ms",
+    "wall_s": "how long the call took on this machine (the virtual clock runs as fast as "
+        "the model answers)",
+    "caller_vad_decision_delay_ms": "call ms from a caller turn's onset (or end) to when the "
+        "mode reported it. 'start' counts user turns that were not barge-ins; a user turn "
+        "that starts during agent speech is decided by the overlap rules instead, about "
+        "1.1 s after its onset by design (ADR 0041), and counted under 'barge_in'. So "
+        "'start' can have n: 0 although turns happened: every one was a barge-in.",
+    "mode_counters.ignored_requests": "turn-based requests (commit_turn, create_response) "
+        "that the reference host sends after each caller turn, as a turn-based voice-server "
+        "would; the full-duplex mode accepts and ignores them (Moshi takes turns by itself)",
+    "mode_counters.gap_fill_frames": "call frames with no caller media in time (the tail of "
+        "silence after the recording counts here), sent to the model as silence",
+    "adapter_counters": "the Moshi adapter's counters; silence_frames and late_frames are in "
+        "call frames, frames_sent and frames_received in 80 ms Moshi frames",
+}
 
 
 def latency_report(
@@ -57,6 +86,7 @@ def latency_report(
         "realtime_factor": round(result.call_ms / 1000.0 / result.wall_s, 2)
         if result.wall_s else None,
         "virtual_clock_settle_timeouts": result.settle_timeouts,
+        "notes": NOTES,
         "stages_ms": {
             "resampler_in": {"designed": round(rin.latency_ms, 2),
                              "note": f"{fmt.sample_rate}->{MOSHI_SAMPLE_RATE} Hz group delay"},
@@ -84,7 +114,8 @@ def latency_report(
         },
         "first_agent_audio_after_caller_turn_end_ms": _stats(turns["response"]),
         "caller_vad_decision_delay_ms": {"start": _stats(turns["vad_start"]),
-                                         "end": _stats(turns["vad_end"])},
+                                         "end": _stats(turns["vad_end"]),
+                                         "barge_in": _stats(turns["barge_in"])},
         "mode_counters": {k: v for k, v in result.mode_stats.items() if k != "playout"},
         "adapter_counters": result.adapter_counters,
     }

@@ -63,7 +63,10 @@ class CallResult:
     arrival_ms: list[float] = field(default_factory=list)
 
     def timeline(self) -> list[dict[str, Any]]:
-        return [r.to_json() for r in self.records]
+        """The records as JSON, in call-time order (``t_ms``; stable, so records of the
+        same instant keep the order they happened in). A record's ``decided_ms`` says when
+        the mode knew, which for a turn end or a barge-in is later than its ``t_ms``."""
+        return [r.to_json() for r in sorted(self.records, key=lambda r: r.t_ms)]
 
 
 class ReferenceHost:

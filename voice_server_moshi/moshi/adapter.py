@@ -7,6 +7,7 @@ call's frame size -> the call's encoding -> one ``audio-chunk`` per frame.
 
 Moshi is clocked by its input (one 80 ms frame out per frame in), so a pacing task on the
 call's clock sends silence when the caller's media stalls for more than ``stall_fill_ms``
+(unless it is null: a host that keeps the media continuous itself, on a virtual clock)
 (at least twice the call's frame and twice the largest chunk the host has sent); caller
 audio that then arrives for time already filled is dropped as late, which keeps the added
 delay bounded (ADR 0022). Counters: ``caller_ms``,
@@ -99,7 +100,7 @@ class MoshiAdapter(BaseAdapter):
         self._fill_debt_ms = 0.0  # fill not yet matched by late caller audio
         self._caller_ms = 0.0  # the caller's own stream time (VAD clock)
         self._agent_samples = 0  # 24 kHz samples received (transcript clock)
-        self._stall_ms = float(self.settings.stall_fill_ms)
+        self._stall_ms = float(self.settings.stall_fill_ms or 0)
 
     # -- BaseAdapter ---------------------------------------------------------------------
 
@@ -118,11 +119,12 @@ class MoshiAdapter(BaseAdapter):
         self.transport = self._injected or self._make_transport()
         session_id = await self.transport.open(config.call_id)
         # Never fill a gap a host's own chunking explains (see ADR 0022).
-        self._stall_ms = float(max(self.settings.stall_fill_ms, 2 * fmt.frame_ms))
+        self._stall_ms = float(max(self.settings.stall_fill_ms or 0, 2 * fmt.frame_ms))
         self._t0 = asyncio.get_running_loop().time()
         self._spawn(self._receive_loop(self.transport), "receive")
         self._spawn(self._sender_loop(self.transport), "sender")
-        self._spawn(self._pacing_loop(), "pacing")
+        if self.settings.stall_fill_ms is not None:
+            self._spawn(self._pacing_loop(), "pacing")
         return session_id
 
     async def _send_audio(self, chunk: bytes) -> None:

@@ -78,10 +78,11 @@ class MoshiSettings:
         metadata={"min": 0.0, "max": 600, "help": "embedded: how long a call waits for a free "
                   "slot before it is refused"},
     )
-    stall_fill_ms: int = field(
+    stall_fill_ms: int | None = field(
         default=100,
         metadata={"min": 20, "max": 2000, "help": "caller media gap after which silence is sent "
-                  "to keep Moshi's input clock running"},
+                  "to keep Moshi's input clock running; null: never (for a host that keeps "
+                  "the media continuous itself, e.g. the full-duplex mode on a virtual clock)"},
     )
     vad: str = field(
         default="energy",
