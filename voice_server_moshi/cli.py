@@ -108,7 +108,8 @@ def _run(target: str, argv: list[str]) -> int:
 
 def _usage() -> str:
     width = max(len(n) for n in [*COMMANDS, "bench NAME"])
-    lines = ["usage: voice-server-moshi [--log-level LEVEL] COMMAND [ARGS...]", "", "commands:"]
+    lines = ["usage: voice-server-moshi [--version] [--log-level LEVEL] COMMAND [ARGS...]", "",
+             "commands:"]
     lines += [f"  {n.ljust(width)}  {h}" for n, (_, h) in COMMANDS.items()]
     lines.append(f"  {'bench NAME'.ljust(width)}  measure and print JSON; NAME is one of:")
     lines += [f"  {'':{width}}    {n}: {h}" for n, (_, h) in BENCHES.items()]
@@ -123,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["--log-level"] and len(args) >= 2:
         level, args = args[1], args[2:]
     configure_logging(level)
+    if args[:1] in (["--version"], ["-V"]):
+        sys.stdout.write(f"voice-server-moshi {version()}\n")
+        return 0
     if not args or args[0] in ("-h", "--help", "help"):
         sys.stdout.write(_usage() + "\n")
         return 0 if args else 2
@@ -141,13 +145,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run(COMMANDS[cmd][0], rest)
 
 
+def version() -> str:
+    """The installed distribution's version (the package's own when run from a checkout)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    from . import __version__
+
+    try:
+        return dist_version("voice-server-moshi")
+    except PackageNotFoundError:
+        return __version__
+
+
 def plugins_main(argv: list[str]) -> int:
     """Print what the installed plugins register (honours VOICE_SERVER_BLOCKED_PLUGINS)."""
     import json
 
+    from ._cli_help import command_parser
     from .registry import load_registry
     from .settings import describe_settings
 
+    p = command_parser(
+        "voice-server-moshi plugins",
+        "Print, as JSON on stdout, every adapter, mode, caller VAD and Moshi transport the "
+        "installed plugins register (entry-point group 'voice_server'), with each setting's "
+        "key, type, default and meaning. Plugins named in $VOICE_SERVER_BLOCKED_PLUGINS "
+        "(comma-separated entry-point names) are not loaded.",
+    )
+    p.add_argument("--verbose", action="store_true", help="indent the JSON")
+    args = p.parse_args(argv)
     reg = load_registry()
     out = {
         kind: {
@@ -164,7 +191,7 @@ def plugins_main(argv: list[str]) -> int:
         for kind, table in (("adapters", reg.adapters), ("modes", reg.modes),
                             ("vads", reg.vads), ("moshi_transports", reg.moshi_transports))
     }
-    sys.stdout.write(json.dumps(out, indent=2 if "--verbose" in argv else None) + "\n")
+    sys.stdout.write(json.dumps(out, indent=2 if args.verbose else None) + "\n")
     return 0
 
 

@@ -8,7 +8,6 @@ cell the adapter's normalized event sequence, or why the peer cannot enact the s
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import re
@@ -18,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ._cli_help import command_parser
 from ._log import get_logger
 from .capabilities import Capabilities
 from .testing.contract.framework import SCENARIOS
@@ -124,9 +124,9 @@ def run_suite(suite: Path | None, record: Path, extra: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="voice-server-moshi contract-report",
-        description="Run the contract suite and write the parity table (Markdown).")
+    parser = command_parser(
+        "voice-server-moshi contract-report",
+        "Run the contract suite and write the parity table (Markdown).")
     parser.add_argument("--out", default="-", help="Markdown file to write ('-': stdout)")
     parser.add_argument("--suite", default=None,
                         help="path of the contract suite (default: ./contract_tests when "

@@ -12,7 +12,6 @@ Caller audio is sent faster than real time, and CPU time is the thread's own
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import platform
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .._cli_help import command_parser
 from ..adapter import VoiceModelConfig
 from ..audio import g711
 from ..audio.opus import OpusDecoder, OpusEncoder
@@ -248,7 +248,7 @@ def _stage_costs(fmt: AudioFormat, seconds: float) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="voice-server-moshi bench adapter", description=__doc__)
+    ap = command_parser("voice-server-moshi bench adapter", __doc__)
     ap.add_argument("--seconds", type=float, default=20.0, help="call length per run")
     ap.add_argument("--repeat", type=int, default=3, help="runs; the median is reported")
     ap.add_argument("--encoding", default="mulaw", choices=["mulaw", "alaw", "pcm16"])

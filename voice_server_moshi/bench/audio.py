@@ -8,7 +8,6 @@ Then CPU per frame of G.711, Opus (sphn) and the caller VAD, and the Opus codec'
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .._cli_help import command_parser
 from ..audio import g711
 from ..audio.measure import (
     SoxrStream,
@@ -180,7 +180,7 @@ def run(step_hz: float = 50.0, calls: int = 500) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="voice-server-moshi bench audio", description=__doc__)
+    p = command_parser("voice-server-moshi bench audio", __doc__)
     p.add_argument("--step-hz", type=float, default=50.0, help="tone grid spacing (Hz)")
     p.add_argument("--calls", type=int, default=500, help="timed calls per CPU figure")
     p.add_argument("--indent", type=int, default=2)

@@ -7,7 +7,6 @@ codec Kyutai's servers take on the wire. Needs the ``embedded`` extra for Mimi.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -16,6 +15,8 @@ import time
 from typing import Any
 
 import numpy as np
+
+from .._cli_help import command_parser
 
 FRAME = 1920  # 80 ms at 24 kHz
 
@@ -89,7 +90,7 @@ def bench_mimi(frames: int, threads: int | None) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="voice-server-moshi bench codecs", description=__doc__)
+    p = command_parser("voice-server-moshi bench codecs", __doc__)
     p.add_argument("--frames", type=int, default=25, help="timed 80 ms frames per codec")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default all)")
     p.add_argument("--skip-mimi", action="store_true", help="Opus only (no torch needed)")

@@ -15,7 +15,6 @@ Needs the ``embedded`` extra. Prints one JSON object on stdout.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .._cli_help import command_parser
 from .._log import get_logger
 
 log = get_logger(__name__)
@@ -264,9 +264,9 @@ def search(models: Any, max_slots: int, seconds: float, max_wall_s: float,
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="voice-server-moshi bench engine",
-        description="Batched engine: tick p50/p99, real-time margin, memory per slot, and the "
+    p = command_parser(
+        "voice-server-moshi bench engine",
+        "Batched engine: tick p50/p99, real-time margin, memory per slot, and the "
         "largest slot count whose p99 tick stays under 80 ms. Prints JSON.",
     )
     p.add_argument("--checkpoint", default="dev", help="dev | DIR | HF repo")

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .._cli_help import command_parser
 from ..corpus.assemble import CorpusCall, standard_set
 from ..corpus.evaluate import CallScore, score_call, summarize
 from ..corpus.run import run_corpus_call
@@ -174,7 +175,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="voice-server-moshi bench turns", description=__doc__)
+    p = command_parser("voice-server-moshi bench turns", __doc__)
     p.add_argument("--calls", type=int, default=12, help="corpus calls per SNR (default 12)")
     p.add_argument("--snr", default="20,10,5", help="SNRs in dB, comma separated; the goals "
                    "are checked at 20 (default 20,10,5)")

@@ -16,7 +16,6 @@ command says so and exits 2.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import io
 import json
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .._cli_help import command_parser
 from ..audio import g711
 from ..audio.vad import EnergyVad
 
@@ -265,8 +265,7 @@ def run(seed: int = 0, silero: bool = True) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="voice-server-moshi bench vad", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser("voice-server-moshi bench vad", __doc__)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-silero", action="store_true", help="measure the energy VAD only")
     p.add_argument("--indent", type=int, default=2)

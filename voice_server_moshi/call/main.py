@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .._cli_help import command_parser
 from ..adapter import VoiceModelAdapter
 from ..errors import ConnectError, SettingsError
 from ..host.config import HostConfig, load_config
@@ -32,9 +33,9 @@ DEV_NOTICE = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="voice-server-moshi call",
-        description="Run a phone call through the Moshi adapter in full-duplex mode and write "
+    p = command_parser(
+        "voice-server-moshi call",
+        "Run a phone call through the Moshi adapter in full-duplex mode and write "
         "the agent track, a stereo recording, the timeline, a latency report and a picture.",
     )
     p.add_argument("wav", nargs="?", help="caller recording (WAV: PCM any rate/channels, "

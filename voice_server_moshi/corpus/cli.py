@@ -9,12 +9,12 @@ the clips committed in the package (no espeak-ng or sox needed).
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
 from pathlib import Path
 
+from .._cli_help import command_parser
 from ..audio import g711
 from ..call.wavio import to_int16, write_wav_g711, write_wav_pcm16
 from .assemble import standard_set
@@ -23,8 +23,7 @@ from .store import bundled_clip_dir
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="voice-server-moshi make-corpus", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser("voice-server-moshi make-corpus", __doc__)
     p.add_argument("dir", help="output directory")
     p.add_argument("--calls", type=int, default=12, help="calls per SNR (default 12)")
     p.add_argument("--snr", default="20,10", help="SNRs in dB (default 20,10)")

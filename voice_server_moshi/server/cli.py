@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 
+from .._cli_help import command_parser
 from ..moshi import protocol
 from ..moshi.settings import DEFAULT_HF_REPO
 
@@ -22,9 +23,9 @@ AUTH_ENV = "VOICE_SERVER_MOSHI_AUTH_TOKEN"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="voice-server-moshi serve",
-        description="Serve many Moshi calls from one batched engine over Kyutai's /api/chat "
+    p = command_parser(
+        "voice-server-moshi serve",
+        "Serve many Moshi calls from one batched engine over Kyutai's /api/chat "
         "protocol, with /healthz, /readyz, /capacity and /metrics.",
     )
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
