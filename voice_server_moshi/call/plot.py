@@ -146,7 +146,7 @@ def describe(result: CallResult) -> dict[str, Any]:
         "user_turns": sum(r.name == "user-turn-started" for r in cbs),
         "barge_ins": sum(r.name == "user-turn-started" and bool(r.data.get("barge_in"))
                          for r in cbs),
-        "backchannels": sum(o.verdict == "backchannel" for o in result.overlaps),
+        "backchannels": int(result.mode_stats.get("backchannels", 0)),
         "agent_turns": sum(r.name == "agent-turn-started" for r in cbs),
         "errors": sum(r.name == "error" for r in cbs),
     }

@@ -45,6 +45,10 @@ class AgentInterval:
         return self.level_sum_db / self.level_frames if self.level_frames else None
 
 
+#: Agent turns kept per call (the state machine only looks at the most recent).
+MAX_INTERVALS = 64
+
+
 class AgentActivity:
     """Agent turn tracker; feed it every played frame in call-time order."""
 
@@ -55,7 +59,9 @@ class AgentActivity:
         self._levels: deque[float] = deque(maxlen=max(1, int(FLOOR_WINDOW_MS // frame_ms)))
         # Start times of recent voiced frames (10 s): was the agent heard in a window?
         self._voiced: deque[float] = deque(maxlen=max(1, int(10000 // frame_ms)))
-        self.intervals: list[AgentInterval] = []
+        # Recent agent turns only: overlaps are judged against the last few seconds, and
+        # a long call must not keep every turn it ever had.
+        self.intervals: deque[AgentInterval] = deque(maxlen=MAX_INTERVALS)
         self._run_ms = 0.0
         self._run_start = 0.0
         self._last_voice_end: float | None = None

@@ -58,7 +58,10 @@ from .overlap import CallerTurns, OverlapDecision, TurnAction
 from .playout import PlayoutBuffer
 from .settings import FullDuplexSettings
 
-__all__ = ["FullDuplexMode", "HostCallbacks"]
+__all__ = ["RECENT_FRAMES", "FullDuplexMode", "HostCallbacks"]
+
+#: Per-frame measurements kept per call: the last minute of 20 ms frames.
+RECENT_FRAMES = 3000
 
 
 class FullDuplexMode:
@@ -118,13 +121,15 @@ class FullDuplexMode:
         self._ticker: asyncio.Task[None] | None = None
         self._tick_lock = asyncio.Lock()
         # (caller ms sent, wall time) per tick: how long the model takes to answer media.
-        self._sent_walls: deque[tuple[float, float]] = deque()
+        # Bounded: a model that stops answering must not grow it for the rest of the call.
+        self._sent_walls: deque[tuple[float, float]] = deque(maxlen=RECENT_FRAMES)
         #: Wall ms from sending caller media to receiving the agent audio for the same
-        #: stream position (transport + engine step + the adapter's framing slack).
-        self.response_wall_ms: list[float] = []
-        #: Call time (ms) at which each agent frame arrived: replayed through
+        #: stream position (transport + engine step + the adapter's framing slack); the
+        #: most recent RECENT_FRAMES, so a one-hour call holds what a one-minute call does.
+        self.response_wall_ms: deque[float] = deque(maxlen=RECENT_FRAMES)
+        #: Call time (ms) at which each recent agent frame arrived: replayed through
         #: :func:`~.playout.simulate` to size the playout buffer (ADR 0042).
-        self.arrival_ms: list[float] = []
+        self.arrival_ms: deque[float] = deque(maxlen=RECENT_FRAMES)
 
     # -- host -> mode ------------------------------------------------------------------
 
@@ -359,9 +364,7 @@ class FullDuplexMode:
             else:
                 self._ducking = False
                 self._call("on_user_turn_ended", a.t_ms)
-        self.counters["backchannels"] = sum(
-            1 for o in self.callers.overlaps if o.verdict == "backchannel"
-        )
+        self.counters["backchannels"] = self.callers.verdicts["backchannel"]
 
     def _apply_barge_in_policy(self) -> None:
         policy = self.settings.barge_in_policy

@@ -23,6 +23,7 @@ depend on how late the events reach the mode.
 
 from __future__ import annotations
 
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,6 +54,10 @@ class OverlapDecision:
     reason: str
 
 
+#: Overlap decisions kept per call (the counts cover all of them).
+MAX_OVERLAPS = 256
+
+
 class CallerTurns:
     """State machine over caller speech-started / speech-ended and the call clock."""
 
@@ -61,7 +66,10 @@ class CallerTurns:
         self.agent = agent
         self.state: Literal["idle", "pending", "turn"] = "idle"
         self.onset_ms = 0.0
-        self.overlaps: list[OverlapDecision] = []
+        #: The most recent decisions (bounded: a long call keeps the last MAX_OVERLAPS);
+        #: :attr:`verdicts` counts them all.
+        self.overlaps: deque[OverlapDecision] = deque(maxlen=MAX_OVERLAPS)
+        self.verdicts: Counter[str] = Counter()
         self._caller_level_sum = 0.0
         self._caller_level_n = 0
 
@@ -139,6 +147,7 @@ class CallerTurns:
 
     def _decide(self, end_ms: float | None, verdict: Verdict, now_ms: float, reason: str) -> None:
         self.overlaps.append(OverlapDecision(self.onset_ms, end_ms, verdict, now_ms, reason))
+        self.verdicts[verdict] += 1
 
     def close(self, t_ms: float) -> list[TurnAction]:
         """The call ended: close an open user turn; a pending overlap is dropped."""

@@ -13,27 +13,32 @@ tick of hold is latency the caller hears.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(slots=True)
 class PlayoutStats:
+    """Counters and a running summary of the depth: constant memory whatever the call's
+    length (no per-tick history)."""
+
     frames_in: int = 0
     frames_out: int = 0
     underruns: int = 0
     silence_frames: int = 0
     dropped_overflow: int = 0
     flushed: int = 0
-    depth_samples: list[int] = field(default_factory=list)
+    depth_ticks: int = 0
+    depth_sum: int = 0
+    max_depth_frames: int = 0
+
+    def note_depth(self, depth: int) -> None:
+        self.depth_ticks += 1
+        self.depth_sum += depth
+        self.max_depth_frames = max(self.max_depth_frames, depth)
 
     @property
     def mean_depth_frames(self) -> float:
-        d = self.depth_samples
-        return sum(d) / len(d) if d else 0.0
-
-    @property
-    def max_depth_frames(self) -> int:
-        return max(self.depth_samples, default=0)
+        return self.depth_sum / self.depth_ticks if self.depth_ticks else 0.0
 
 
 class PlayoutBuffer:
@@ -64,7 +69,7 @@ class PlayoutBuffer:
 
     def pop(self) -> tuple[bytes, bool]:
         """The frame to play now and whether it is agent audio (False: filler silence)."""
-        self.stats.depth_samples.append(len(self._frames))
+        self.stats.note_depth(len(self._frames))
         if not self._playing and self._frames:
             if self._held >= self.prebuffer:
                 self._playing = True
