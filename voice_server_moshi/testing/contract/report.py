@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ._cli_help import command_parser
-from ._log import get_logger
-from .capabilities import Capabilities
-from .testing.contract.framework import SCENARIOS
+from ..._cli_help import command_parser
+from ..._log import get_logger
+from ...capabilities import Capabilities
+from .framework import SCENARIOS
 
 log = get_logger(__name__)
 
