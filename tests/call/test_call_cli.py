@@ -91,6 +91,7 @@ def test_default_call_runs_on_the_embedded_dev_checkpoint(
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "dev checkpoint" in err and "babbles" in err
+    assert "[call] dev checkpoint: " in err or "generating the dev checkpoint into" in err
     lat = json.loads((tmp_path / "o" / "latency.json").read_text())
     assert lat["transport"] == "embedded"
     assert lat["stages_ms"]["transport_and_engine_step"]["n"] > 0

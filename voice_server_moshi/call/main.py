@@ -134,6 +134,36 @@ def main(argv: list[str]) -> int:
         return 1
 
 
+def _prepare_dev_checkpoint() -> None:
+    """Say where the dev checkpoint is, and generate it now (with a notice) on first use."""
+    try:
+        from ..engine.checkpoints import dev_checkpoint_dir, dev_checkpoint_ready
+    except ImportError:
+        return  # no embedded extra: the transport says what to install
+    if dev_checkpoint_ready():
+        sys.stderr.write(f"[call] dev checkpoint: {dev_checkpoint_dir()}\n")
+        return
+    from ..engine.checkpoints import cache_root
+
+    sys.stderr.write(f"[call] generating the dev checkpoint into {cache_root()} (first run "
+                     "only; about a minute on a CPU)...\n")
+    t0 = time.monotonic()
+    path = dev_checkpoint_dir()
+    sys.stderr.write(f"[call] dev checkpoint written to {path} in "
+                     f"{time.monotonic() - t0:.0f} s\n")
+
+
+def _check_hub(repo: str) -> None:
+    try:
+        from ..engine.checkpoints import DevCheckpointError, check_hub_reachable
+    except ImportError:
+        return
+    try:
+        check_hub_reachable(repo)
+    except DevCheckpointError as exc:
+        raise ConnectError(str(exc)) from None
+
+
 def _seed_torch(seed: int) -> None:
     # One call per process here, so the global generator is this call's. (Per-call seeds in
     # the engine, for calls that share it, are separate work.)
@@ -184,6 +214,10 @@ def _run(args: argparse.Namespace) -> int:
         transport = moshi.resolved_transport
         if transport == "embedded" and moshi.checkpoint == "dev":
             sys.stderr.write(DEV_NOTICE)
+            _prepare_dev_checkpoint()
+        elif transport == "embedded" and moshi.checkpoint.count("/") == 1 \
+                and not Path(moshi.checkpoint).expanduser().is_dir():
+            _check_hub(moshi.checkpoint)
         sys.stderr.write(f"[call] transport: {transport} "
                          f"({moshi.url if transport == 'remote' else moshi.checkpoint})\n")
         if transport == "embedded":

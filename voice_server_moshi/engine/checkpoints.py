@@ -10,7 +10,6 @@ so it names the directory it is in.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .._cli_help import command_parser
 from .._log import get_logger
 from .devcheckpoint import DEV_LM_CONFIG, DEV_MIMI_CONFIG, TEXT_CARD, build_weights, train_tokenizer
 
@@ -154,6 +154,51 @@ def dev_checkpoint_dir() -> Path:
     return final
 
 
+def dev_checkpoint_ready() -> bool:
+    """Whether the shared dev checkpoint is already in the cache (else the first use
+    generates it, which takes a while on a CPU)."""
+    return _is_complete(cache_root() / f"dev-checkpoint-v{DEV_CHECKPOINT_VERSION}")
+
+
+#: How long the reachability check of the Hugging Face hub may take.
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+def check_hub_reachable(repo: str, timeout_s: float = HUB_PROBE_TIMEOUT_S) -> None:
+    """Fail fast, with one message, when the Hugging Face hub cannot be reached.
+
+    Without this the hub client retries for most of a minute before the moshi loader
+    gives up. Skipped when ``HF_HUB_OFFLINE`` is set (the hub client then reads its local
+    cache only, and fails at once when the repo is not there).
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import snapshot_download
+
+        try:
+            snapshot_download(repo, local_files_only=True)
+        except Exception as exc:  # the hub client's "not in the local cache" errors
+            raise DevCheckpointError(
+                f"HF_HUB_OFFLINE is set and {repo} is not in the Hugging Face cache "
+                f"({type(exc).__name__}). Point at weights on disk instead: --checkpoint DIR "
+                "(moshi: checkpoint = \"DIR\"), a directory with config.json and the "
+                "weights it names; or fetch the repo on a connected machine first"
+            ) from None
+        return
+    import httpx
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        httpx.head(f"{endpoint}/api/models/{repo}", timeout=timeout_s)
+    except httpx.TransportError as exc:
+        raise DevCheckpointError(
+            f"cannot reach the Hugging Face hub ({endpoint}) to fetch {repo}: "
+            f"{type(exc).__name__}: {exc}. Offline, point at weights on disk instead: "
+            "--checkpoint DIR (moshi: checkpoint = \"DIR\"), a directory with config.json "
+            "and the weights it names; or set HF_HUB_OFFLINE=1 to use a copy already in "
+            "the Hugging Face cache"
+        ) from None
+
+
 def resolve_checkpoint(name: str) -> Any:
     """A ``moshi.models.loaders.CheckpointInfo`` for ``dev``, a local directory (with a
     ``config.json``) or a Hugging Face repo name, through the moshi package's loader."""
@@ -176,20 +221,22 @@ def resolve_checkpoint(name: str) -> Any:
             f"checkpoint {name!r} is neither 'dev', an existing directory, nor a Hugging Face "
             "repo name such as kyutai/moshiko-pytorch-bf16"
         )
+    check_hub_reachable(name)
     return loaders.CheckpointInfo.from_hf_repo(name)
 
 
 def main(argv: list[str]) -> int:
     """``voice-server-moshi make-dev-checkpoint DIR [--seed N]``."""
-    parser = argparse.ArgumentParser(
-        prog="voice-server-moshi make-dev-checkpoint",
-        description="Write a tiny random Moshi checkpoint (it babbles: for plumbing, tests "
+    parser = command_parser(
+        "voice-server-moshi make-dev-checkpoint",
+        "Write a tiny random Moshi checkpoint (it babbles: for plumbing, tests "
         "and benchmarks only). Prints JSON: the directory, config path and how to serve it "
         "(this project's serve, or Kyutai's moshi.server).",
     )
     parser.add_argument("directory", type=Path, nargs="?",
                         help="where to write it (default: the shared cache copy)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed of the weights (default 0; needs DIR)")
     args = parser.parse_args(argv)
     try:
         if args.directory is None:
