@@ -251,6 +251,29 @@ class BaseAdapter(ABC):
         """End the session because the peer ended it normally: ``disconnected``, no error."""
         await self._terminate(reason=reason, close_code=close_code, error=None)
 
+    async def _peer_ended(
+        self,
+        close_code: int | None,
+        clean: bool,
+        message: str,
+        normal_codes: frozenset[int] = frozenset({1000}),
+    ) -> None:
+        """The peer's session ended: the one rule for every adapter (ADR 0054). A close
+        with a code in ``normal_codes`` ends the call without an error; any other close is
+        a fatal ``peer_closed``; no close frame at all (``clean`` False) a fatal
+        ``peer_vanished``. ``message`` describes the close for the error."""
+        if self._state != "connected":
+            return
+        if clean and close_code in normal_codes:
+            await self._peer_closed(close_code=close_code, reason="peer")
+            return
+        await self._fail(
+            "peer_closed" if clean else "peer_vanished",
+            message,
+            close_code=close_code,
+            reason="peer-error" if clean else "peer-vanished",
+        )
+
     # -- internals ---------------------------------------------------------------------
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from websockets.exceptions import InvalidStatus
 
 from voice_server_moshi.audio import g711
+from voice_server_moshi.audio.call_audio import OutputFramer, Transcoder, WireFormat
 from voice_server_moshi.formats import AudioFormat
 from voice_server_moshi.testing import fake_openai_realtime, fake_phonic
 from voice_server_moshi.testing.fakes._signal import SpeechDetector, decode, encode, tone
-from voice_server_moshi.vendors._audio import OutputFramer, Transcoder, WireFormat
 
 
 @pytest.mark.parametrize("enc", ["mulaw", "alaw"])

@@ -1,9 +1,11 @@
 """The Moshi voice-model adapter: telephony audio <-> Moshi frames, on any transport.
 
-Caller path: the call's format (PCM16 or G.711) -> int16 -> float -> streaming resample to
-24 kHz -> 80 ms frames -> ``transport.send_frame`` (by one sender task, in order).
-Agent path: 24 kHz PCM -> streaming resample to the call's rate -> whole frames of the
-call's frame size -> the call's encoding -> one ``audio-chunk`` per frame.
+Both directions go through the call-audio pipeline
+(:class:`~voice_server_moshi.audio.call_audio.CallAudio`). Caller path: the call's format
+(PCM16 or G.711) -> int16 (the VAD's input) -> float -> streaming resample to 24 kHz -> 80 ms
+frames -> ``transport.send_frame`` (by one sender task, in order). Agent path: 24 kHz PCM ->
+streaming resample to the call's rate -> whole frames of the call's frame size -> the call's
+encoding -> one ``audio-chunk`` per frame.
 
 Moshi is clocked by its input (one 80 ms frame out per frame in), so a pacing task on the
 call's clock sends silence when the caller's media stalls for more than ``stall_fill_ms``
@@ -25,15 +27,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, ClassVar
-
-import numpy as np
-from numpy.typing import NDArray
+from typing import ClassVar
 
 from ..adapter import BaseAdapter, VoiceModelConfig
-from ..audio import g711
-from ..audio.framing import SampleFramer
-from ..audio.resample import Resampler
+from ..audio.call_audio import CallAudio
 from ..capabilities import Capabilities
 from ..events import AudioChunk, Error, SpeechEnded, SpeechStarted, Transcript
 from ..vads import AgentAudioSink, Vad, VadConfig, VadFactory, resolve_vad
@@ -55,13 +52,6 @@ __all__ = ["MAX_OUTBOUND_FRAMES", "MoshiAdapter"]
 
 #: Caller frames queued for the transport while it is slow (2 s); beyond, the oldest go.
 MAX_OUTBOUND_FRAMES = 25
-#: WebSocket close code of a normal end of session.
-NORMAL_CLOSE = 1000
-
-
-def _to_int16(x: NDArray[Any]) -> NDArray[np.int16]:
-    return np.clip(np.rint(x * 32768.0), -32768, 32767).astype(np.int16)
-
 
 class MoshiAdapter(BaseAdapter):
     """Kyutai Moshi, full duplex, over a remote server, the embedded engine or an injected
@@ -106,10 +96,7 @@ class MoshiAdapter(BaseAdapter):
 
     async def _open(self, config: VoiceModelConfig) -> str:
         fmt = config.audio
-        self._in_resampler = Resampler(fmt.sample_rate, MOSHI_SAMPLE_RATE)
-        self._in_framer = SampleFramer(MOSHI_FRAME_SAMPLES, np.float32)
-        self._out_resampler = Resampler(MOSHI_SAMPLE_RATE, fmt.sample_rate)
-        self._out_framer = SampleFramer(fmt.samples_per_frame, np.int16)
+        self._audio = CallAudio(fmt, MOSHI_SAMPLE_RATE, MOSHI_FRAME_SAMPLES)
         self._vad: Vad = self._vad_factory(VadConfig(
             fmt.sample_rate, self.settings.vad_threshold_db, self.settings.vad_hangover_ms,
             config.call_id,
@@ -129,8 +116,8 @@ class MoshiAdapter(BaseAdapter):
 
     async def _send_audio(self, chunk: bytes) -> None:
         fmt = self.config.audio
-        pcm = g711.decode(chunk, fmt.encoding)
-        chunk_ms = 1000.0 * len(pcm) / fmt.sample_rate
+        pcm = self._audio.decode(chunk)  # the one decode: the VAD and Moshi share it
+        chunk_ms = self._audio.ms(len(pcm))
         self._caller_ms += chunk_ms
         self.counters["caller_ms"] = round(self._caller_ms)
         self._stall_ms = max(self._stall_ms, 2 * chunk_ms)
@@ -142,7 +129,7 @@ class MoshiAdapter(BaseAdapter):
             self._fill_debt_ms = max(0.0, self._fill_debt_ms - chunk_ms)
             self.counters["late_frames"] += max(1, round(chunk_ms / fmt.frame_ms))
             return
-        self._feed(pcm.astype(np.float32) / 32768.0)
+        self._feed(self._audio.to_model(pcm), chunk_ms)
 
     async def _close(self) -> None:
         if self.transport is not None:
@@ -164,11 +151,10 @@ class MoshiAdapter(BaseAdapter):
     def _wall_ms(self) -> float:
         return 1000.0 * (asyncio.get_running_loop().time() - self._t0)
 
-    def _feed(self, pcm: NDArray[np.float32]) -> None:
-        """Push call-rate float audio towards Moshi (caller audio or fill)."""
-        self._fed_ms += 1000.0 * len(pcm) / self.config.audio.sample_rate
-        up = self._in_resampler.process(pcm)
-        for frame in self._in_framer.push(np.asarray(up, dtype=np.float32)):
+    def _feed(self, frames: list[PCM], ms: float) -> None:
+        """Queue Moshi frames made from ``ms`` of call audio (caller audio or fill)."""
+        self._fed_ms += ms
+        for frame in frames:
             if len(self._outbound) >= MAX_OUTBOUND_FRAMES:
                 self._outbound.popleft()
                 self.counters["frames_dropped"] += 1
@@ -204,7 +190,8 @@ class MoshiAdapter(BaseAdapter):
                 continue
             self.counters["silence_frames"] += n
             self._fill_debt_ms += n * fmt.frame_ms
-            self._feed(np.zeros(n * fmt.samples_per_frame, dtype=np.float32))
+            self._feed(self._audio.silence_to_model(n * fmt.samples_per_frame),
+                       n * fmt.frame_ms)
 
     # -- agent side ----------------------------------------------------------------------
 
@@ -219,12 +206,10 @@ class MoshiAdapter(BaseAdapter):
         fmt = self.config.audio
         self.counters["frames_received"] += 1
         self._agent_samples += len(pcm)
-        down = self._out_resampler.process(np.asarray(pcm, dtype=np.float32))
-        for frame in self._out_framer.push(_to_int16(down)):
+        for audio, frame in self._audio.from_model(pcm):
             if self._vad_sink is not None:
-                t_ms = 1000.0 * self.counters["chunks_out"] * fmt.frame_ms
-                self._vad_sink.agent_audio(frame, t_ms)
-            self._emit(AudioChunk(audio=g711.encode(frame, fmt.encoding), format=fmt))
+                self._vad_sink.agent_audio(frame, self.counters["chunks_out"] * fmt.frame_ms)
+            self._emit(AudioChunk(audio=audio, format=fmt))
             self.counters["chunks_out"] += 1
         self._emit_all(self._words.advance(self._agent_ms()))
 
@@ -244,20 +229,11 @@ class MoshiAdapter(BaseAdapter):
         await self._peer_gone(PeerClosed(code=None, reason="transport ended", clean=False))
 
     async def _peer_gone(self, event: PeerClosed) -> None:
-        # The vendor adapters' rules (ADR 0054), so hosts see one behaviour: a normal close
-        # (1000) ends the call without an error; any other close is a fatal
-        # ``peer_closed``; no close frame at all is a fatal ``peer_vanished``.
+        # The vendor adapters' rules (BaseAdapter._peer_ended, ADR 0054): hosts see one
+        # behaviour whichever model is behind the adapter.
         if self.state != "connected":
             return
         self._emit_all(self._words.flush())
-        if event.clean and event.code == NORMAL_CLOSE:
-            await self._peer_closed(close_code=event.code, reason="peer")
-            return
         how = "closed the session" if event.clean else "vanished (no close frame)"
-        await self._fail(
-            "peer_closed" if event.clean else "peer_vanished",
-            f"Moshi {how}: code {event.code}, {event.reason}",
-            close_code=event.code,
-            reason="peer-error" if event.clean else "peer-vanished",
-        )
-
+        await self._peer_ended(event.code, event.clean,
+                               f"Moshi {how}: code {event.code}, {event.reason}")

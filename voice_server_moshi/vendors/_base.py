@@ -11,10 +11,10 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from ..adapter import BaseAdapter
+from ..audio.call_audio import OutputFramer, Transcoder, WireFormat
 from ..errors import ConnectError
 from ..events import AudioChunk
 from ..formats import AudioFormat
-from ._audio import OutputFramer, Transcoder, WireFormat
 from ._ws import CloseInfo, close_info, parse_json, send_json
 
 
@@ -123,19 +123,12 @@ class WsVendorAdapter(BaseAdapter):
         raise NotImplementedError
 
     async def _on_socket_closed(self, info: CloseInfo) -> None:
-        """The peer's socket ended: normal end, or a fatal error then ``disconnected``."""
-        if info.code in self.normal_close_codes:
-            await self._peer_closed(close_code=info.code, reason="peer")
-            return
+        """The peer's socket ended: normal end, or a fatal error then ``disconnected``
+        (the rule every adapter follows: :meth:`BaseAdapter._peer_ended`)."""
         message = info.describe()
         if self._last_peer_error:
             message += f"; last peer error: {self._last_peer_error}"
-        await self._fail(
-            "peer_closed" if info.clean else "peer_vanished",
-            message,
-            close_code=info.code,
-            reason="peer-error" if info.clean else "peer-vanished",
-        )
+        await self._peer_ended(info.code, info.clean, message, self.normal_close_codes)
 
     async def _close(self) -> None:
         ws = self._ws

@@ -20,10 +20,10 @@ from urllib.parse import quote
 import httpx
 
 from ..adapter import VoiceModelConfig
+from ..audio.call_audio import WireFormat
 from ..capabilities import Capabilities
 from ..errors import ConnectError, ConnectTimeoutError
 from ..events import Error, Interruption, SpeechEnded, SpeechStarted, Transcript
-from ._audio import WireFormat
 from ._base import WsVendorAdapter
 from ._ws import http_to_ws, open_ws, recv_json
 from .settings import OpenAIRealtimeSettings

@@ -24,11 +24,11 @@ from urllib.parse import quote
 from websockets.asyncio.client import ClientConnection
 
 from ..adapter import VoiceModelConfig
+from ..audio.call_audio import WireFormat
 from ..capabilities import Capabilities
 from ..errors import ConnectError, ConnectTimeoutError
 from ..events import Error, Interruption, SpeechEnded, SpeechStarted, Transcript
 from ..formats import AudioFormat
-from ._audio import WireFormat
 from ._base import WsVendorAdapter
 from ._ws import CloseInfo, open_ws, recv_json
 from .settings import PhonicSettings
