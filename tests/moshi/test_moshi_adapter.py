@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -17,7 +16,6 @@ from voice_server_moshi.events import (
     Connected,
     Disconnected,
     Error,
-    Event,
     SpeechEnded,
     SpeechStarted,
     Transcript,
@@ -26,41 +24,11 @@ from voice_server_moshi.formats import AudioFormat
 from voice_server_moshi.moshi.adapter import MoshiAdapter
 from voice_server_moshi.moshi.settings import MoshiSettings
 from voice_server_moshi.moshi.transport import AgentAudio, AgentText, PeerClosed, PeerError
+from voice_server_moshi.testing.calls import CallRecorder as Call
 from voice_server_moshi.testing.scripted_transport import ScriptedTransport
 
 MULAW = AudioFormat("mulaw", 8000, 20)
 PCM16 = AudioFormat("pcm16", 8000, 20)
-
-
-class Call:
-    """An adapter with a consumer task collecting its events."""
-
-    def __init__(self, adapter: MoshiAdapter) -> None:
-        self.adapter = adapter
-        self.events: list[Event] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self, fmt: AudioFormat = MULAW) -> Call:
-        await self.adapter.connect(VoiceModelConfig(call_id="t1", audio=fmt))
-        self._task = asyncio.create_task(self._consume())
-        return self
-
-    async def _consume(self) -> None:
-        async for e in self.adapter.events():
-            self.events.append(e)
-
-    async def wait_for(self, pred: Callable[[], bool], within_s: float = 10.0) -> None:
-        async with asyncio.timeout(within_s):
-            while not pred():  # noqa: ASYNC110 (polls counters and event lists)
-                await asyncio.sleep(0.01)
-
-    async def end(self) -> None:
-        await self.adapter.disconnect()
-        assert self._task is not None
-        await asyncio.wait_for(self._task, 10)
-
-    def of(self, cls: type[Event]) -> list[Event]:
-        return [e for e in self.events if isinstance(e, cls)]
 
 
 def tone(n: int, freq: float = 440.0, rate: int = 8000, amp: float = 8000.0) -> np.ndarray:
@@ -73,7 +41,7 @@ def settings(**kw: object) -> MoshiSettings:
 
 
 async def _start(transport: ScriptedTransport, fmt: AudioFormat = MULAW, **kw: object) -> Call:
-    return await Call(MoshiAdapter(settings(**kw), transport=transport)).start(fmt)
+    return await Call(MoshiAdapter(settings(**kw), transport=transport)).start("t1", fmt)
 
 
 async def test_lifecycle_and_capabilities() -> None:
@@ -86,7 +54,7 @@ async def test_lifecycle_and_capabilities() -> None:
     assert names[0] == "connected" and names[-1] == "disconnected"
     assert names.count("connected") == names.count("disconnected") == 1
     first = call.events[0]
-    assert isinstance(first, Connected) and first.session_id == "scripted-session"
+    assert isinstance(first, Connected) and first.session_id.startswith("scripted-")
     caps = first.capabilities
     assert caps.full_duplex and caps.agent_transcript
     assert not (caps.server_vad or caps.interruption or caps.caller_transcript)
@@ -261,7 +229,7 @@ async def test_peer_close_gives_fatal_error_then_disconnected(
     tr.push(AgentText(" bye"))
     tr.push(closed)
     await call.wait_for(lambda: call.adapter.state == "closed", within_s=5)
-    await asyncio.wait_for(call._task, 5)  # type: ignore[arg-type]
+    await call.wait_ended(5)
     tail = call.events[-3:]
     assert isinstance(tail[0], Transcript) and tail[0].final and tail[0].text == "bye"
     err, disc = tail[1], tail[2]
@@ -279,7 +247,7 @@ async def test_normal_close_by_the_peer_ends_the_call_without_error() -> None:
     call = await _start(tr)
     tr.push(PeerClosed(1000, "session over", clean=True))
     await call.wait_for(lambda: call.adapter.state == "closed", within_s=5)
-    await asyncio.wait_for(call._task, 5)  # type: ignore[arg-type]
+    await call.wait_ended(5)
     assert call.of(Error) == []
     disc = call.events[-1]
     assert isinstance(disc, Disconnected) and disc.reason == "peer" and disc.close_code == 1000

@@ -206,7 +206,7 @@ def _run(args: argparse.Namespace) -> int:
 
         def factory() -> VoiceModelAdapter:
             return MoshiAdapter(moshi, transport=ScriptedAgentTransport(
-                agent.agent, 8000, text_schedule(agent.agent_segments)))
+                agent.agent, 8000, text_schedule(agent.agent_segments), keep_sent=False))
 
         transport = "scripted"
     else:

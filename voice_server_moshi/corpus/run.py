@@ -30,7 +30,7 @@ async def run_corpus_call(
     cfg = HostConfig(mode_settings=dict(mode_settings or {}))
     moshi = MoshiSettings()
     transport = agent or ScriptedAgentTransport(
-        call.agent, 8000, text_schedule(call.agent_segments)
+        call.agent, 8000, text_schedule(call.agent_segments), keep_sent=False
     )
     host = ReferenceHost(
         cfg,

@@ -1,5 +1,12 @@
-"""Driving an adapter the way a host does, for tests: a consumer task records every event
-(with its arrival time), and caller audio goes in 20 ms chunks on an absolute schedule."""
+"""Driving an adapter the way a host does, for tests: the one harness.
+
+:class:`CallRecorder` connects an adapter, records every event (with its arrival time) from
+a consumer task, sends caller audio (as it comes, or in frames on an absolute schedule)
+and ends the call. The contract suite's caller (:mod:`.contract.framework`) and the
+corpus runner (the reference host, :mod:`voice_server_moshi.host`) drive adapters the same
+way, with the one scripted Moshi peer (:mod:`voice_server_moshi.moshi.scripted`) standing
+in for the model.
+"""
 
 from __future__ import annotations
 
@@ -37,13 +44,18 @@ class CallRecorder:
     """One call through ``adapter``: connect, record events, send audio, end."""
 
     def __init__(self, adapter: BaseAdapter, fmt: AudioFormat = MULAW_8K) -> None:
+        #: the adapter under test
         self.adapter = adapter
         self.format = fmt
         self.events: list[Event] = []
         self.times: list[float] = []
         self.task: asyncio.Task[None] | None = None
 
-    async def start(self, call_id: str | None = None) -> CallRecorder:
+    async def start(
+        self, call_id: str | None = None, fmt: AudioFormat | None = None
+    ) -> CallRecorder:
+        if fmt is not None:
+            self.format = fmt
         config = VoiceModelConfig(audio=self.format)
         if call_id is not None:
             config = VoiceModelConfig(call_id=call_id, audio=self.format)
@@ -55,6 +67,14 @@ class CallRecorder:
         async for e in self.adapter.events():
             self.events.append(e)
             self.times.append(time.monotonic())
+
+    def of(self, cls: type[Event]) -> list[Event]:
+        """The events of one class, in order."""
+        return [e for e in self.events if isinstance(e, cls)]
+
+    async def wait_for(self, pred: Callable[[], bool], within_s: float = 10.0) -> None:
+        """Wait until ``pred()`` holds; TimeoutError after ``within_s``."""
+        await self.until(pred, within_s)
 
     def agent_ms(self) -> float:
         """Agent audio received so far, in ms."""
@@ -80,6 +100,11 @@ class CallRecorder:
             except LifecycleError:
                 return
             await asyncio.sleep(max(0.0, t0 + (k + 1) * step - loop.time()))
+
+    async def wait_ended(self, within_s: float = 10.0) -> None:
+        """Wait for the event stream to end (the peer ended the call)."""
+        assert self.task is not None
+        await asyncio.wait_for(asyncio.shield(self.task), within_s)
 
     async def end(self, within_s: float = 10.0) -> None:
         """``disconnect()`` and wait for the consumer to see the end."""
