@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from ..errors import SteeringRequestError
 from .steering_layout import Pacing, Tokenizer, Word, timed_actions, words_of
 
 SteerStatus = Literal["started", "finished", "cancelled"]
@@ -44,7 +45,7 @@ MAX_QUEUED = 32
 MAX_AUDIO_FRAMES = 750
 
 
-class SteeringError(ValueError):
+class SteeringError(SteeringRequestError):
     """A steering request that cannot be accepted (empty text, queue full, bad audio)."""
 
 
