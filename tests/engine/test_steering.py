@@ -94,7 +94,7 @@ def test_forced_text_comes_out_in_order_complete_and_within_two_steps(eng: Engin
     assert steered[0].step - 12 <= 1
     assert steered[0].text == pieces[0]
     events = [(m.status, o.step) for o in run.out[0] for m in o.steering]
-    assert events == [("started", steered[0].step), ("finished", steered[-1].step)]
+    assert events == [("started", steered[0].step), ("finished", steered[-1].step + 1)]
     # Layout: an EPAD (None) starts every word after the first; pace within 5 s.
     assert sum(1 for o in steered if o.text_token == 0) == len(TEXT.split()) - 1
     assert len(steered) * 0.08 < 5.0

@@ -51,7 +51,8 @@ class SteeringError(SteeringRequestError):
 
 @dataclass(frozen=True, slots=True)
 class SteerEvent:
-    """A request's progress, delivered with the output frame where it happened."""
+    """A request's progress, delivered with an output frame: ``started`` with its first
+    steered frame, ``finished`` / ``cancelled`` with the first frame after its last."""
 
     request_id: str
     status: SteerStatus
@@ -340,7 +341,8 @@ class SlotSteering:
                 actual = actual_text if text == CHOOSE else text
                 cur.commit(self.spec.pad if actual is None else actual)
                 if not cur.speaking:
-                    self._step_events.append(SteerEvent(cur.id, "finished"))
+                    # Reported with the first frame after it: the request's speech is over.
+                    self._pending_events.append(SteerEvent(cur.id, "finished"))
                     self._retire(cur)
             self._history.append((steered, tuple(self._step_events)))
             self._step_events = []

@@ -281,6 +281,9 @@ class MoshiAdapter(BaseAdapter):
                 self._emit_all(self._words.feed(event.text, self._agent_ms()))
             elif isinstance(event, SteerUpdate):
                 if event.status != "queued":  # say_* reported queued already
+                    # Steered words never glue onto Moshi's own: a request's start and end
+                    # are word boundaries in the transcript.
+                    self._emit_all(self._words.flush())
                     self._emit(Steering(event.request_id, event.status, self._agent_ms(),
                                         event.message))
             elif isinstance(event, PeerError):
