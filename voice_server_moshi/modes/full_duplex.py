@@ -115,7 +115,8 @@ class FullDuplexMode:
             "agent_chunks": 0, "ignored_requests": 0, "backchannels": 0, "barge_ins": 0,
             "playout_flushes": 0, "steer_requests": 0,
         }
-        self.steering = SteeringMarks(host)
+        self.steering = SteeringMarks(
+            host, on_error=lambda msg: self._call("on_error", "steering_failed", msg, False))
         self._ducking = False
         self._started = False
         self._ended = False
@@ -264,14 +265,9 @@ class FullDuplexMode:
         if text is None and audio is None:
             self._ignored("create_response", request)
             return None
-        self.steering.require(self.adapter)
-        if audio is None and not (text or "").strip():
-            raise ValueError("create_response(text=...) needs some text to say")
-        say = getattr(self.adapter, "say_audio" if audio is not None else "say_text")
-        coro = (say(audio, text or "", sample_rate=sample_rate) if audio is not None
-                else say(text))
+        task = self.steering.say(self.adapter, text, audio, sample_rate)
         self.counters["steer_requests"] += 1
-        return self._steer_task(coro, "create_response")
+        return task
 
     def commit_turn(self, **request: Any) -> None:
         """The host commits the caller's turn: Moshi needs no commit. Does nothing."""
@@ -289,12 +285,7 @@ class FullDuplexMode:
         if flush_playout:
             self.counters["playout_flushes"] += 1
             self.playout.flush()
-
-        async def cancel() -> str:
-            await self.adapter.cancel_say(True)  # type: ignore[attr-defined]
-            return ""
-
-        return self._steer_task(cancel(), "cancel_response")
+        return self.steering.cancel(self.adapter)
 
     @property
     def overlaps(self) -> list[OverlapDecision]:
@@ -317,19 +308,6 @@ class FullDuplexMode:
         }
 
     # -- internals ---------------------------------------------------------------------
-
-    def _steer_task(self, coro: Any, name: str) -> asyncio.Task[str]:
-        task: asyncio.Task[str] = asyncio.get_running_loop().create_task(
-            coro, name=f"full-duplex:{name}")
-
-        def done(t: asyncio.Task[str]) -> None:
-            if not t.cancelled() and t.exception() is not None:
-                exc = t.exception()
-                self.log.warning("steering_request_failed", request=name, error=repr(exc))
-                self._call("on_error", "steering_failed", f"{name} failed: {exc}", False)
-
-        task.add_done_callback(done)
-        return task
 
     def _ignored(self, name: str, request: dict[str, Any]) -> None:
         self.counters["ignored_requests"] += 1

@@ -1,4 +1,5 @@
-"""Which agent speech the host steered, for the full-duplex mode (ADR 0070).
+"""The full-duplex mode's steering (ADR 0070): requests to the adapter, and which agent
+speech the host steered.
 
 The adapter reports each say request's progress as ``steering`` events (queued, started,
 finished, cancelled, failed), timed by agent audio as it arrives; the mode plays that audio
@@ -14,10 +15,12 @@ steered speech. The host learns it two ways, both optional so existing hosts kee
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
+from .._log import get_logger
 from ..errors import SteeringUnsupportedError
 from ..events import Steering
 
@@ -35,8 +38,11 @@ def _accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
 
 
 class SteeringMarks:
-    def __init__(self, host: Any, grace_ms: float = GRACE_MS) -> None:
+    def __init__(self, host: Any, grace_ms: float = GRACE_MS,
+                 on_error: Callable[[str], None] | None = None) -> None:
         self.grace_ms = grace_ms
+        self._on_error = on_error
+        self.log = get_logger(__name__)
         self._active: set[str] = set()
         self._ended_ms: float | None = None
         start = getattr(host, "on_agent_turn_started", None)
@@ -59,6 +65,36 @@ class SteeringMarks:
                 f"full-duplex: the {name} adapter cannot be steered (capabilities.steering "
                 "is False), so create_response(text=/audio=) cannot reach the model"
             )
+
+    def say(self, adapter: Any, text: str | None, audio: bytes | None,
+            sample_rate: int) -> asyncio.Task[str]:
+        """Start the adapter's say_text / say_audio (see the mode's create_response)."""
+        self.require(adapter)
+        if audio is None and not (text or "").strip():
+            raise ValueError("create_response(text=...) needs some text to say")
+        coro = (adapter.say_audio(audio, text or "", sample_rate=sample_rate)
+                if audio is not None else adapter.say_text(text))
+        return self._task(coro, "create_response")
+
+    def cancel(self, adapter: Any) -> asyncio.Task[str]:
+        async def cancel() -> str:
+            await adapter.cancel_say(True)
+            return ""
+
+        return self._task(cancel(), "cancel_response")
+
+    def _task(self, coro: Coroutine[Any, Any, str], name: str) -> asyncio.Task[str]:
+        task = asyncio.get_running_loop().create_task(coro, name=f"full-duplex:{name}")
+
+        def done(t: asyncio.Task[str]) -> None:
+            exc = None if t.cancelled() else t.exception()
+            if exc is not None:
+                self.log.warning("steering_request_failed", request=name, error=repr(exc))
+                if self._on_error is not None:
+                    self._on_error(f"{name} failed: {exc}")
+
+        task.add_done_callback(done)
+        return task
 
     @property
     def active(self) -> bool:
