@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from .._log import get_logger
 from ..adapter import VoiceModelAdapter, VoiceModelConfig
+from ..errors import SteeringUnsupportedError
 from ..modes.clock import ManualClock, RealClock
 from ..modes.overlap import OverlapDecision
 from ..registry import Registry, load_registry
@@ -148,7 +149,11 @@ class ReferenceHost:
             while pending_says and pending_says[0][0] <= mode.t_ms:
                 at_ms, text = pending_says.pop(0)
                 recorder.say_request(mode.t_ms, text, at_ms)
-                mode.create_response(text=text)
+                try:
+                    mode.create_response(text=text)
+                except SteeringUnsupportedError as exc:
+                    recorder.on_error("steering_unsupported", str(exc), False)
+                    log.warning("say_not_possible", error=str(exc))
         adapter.on("*", recorder.on_event)
         frames = [caller_audio[i : i + fmt.bytes_per_frame]
                   for i in range(0, len(caller_audio), fmt.bytes_per_frame)]
