@@ -100,11 +100,13 @@ def decode_steering(kind: int, payload: bytes) -> SteeringMessage:
                                   str(obj.get("message", "")))
     if kind == SAY_AUDIO:
         if len(payload) < _U32.size:
-            raise TruncatedMessageError("say-audio without its u32 header length", kind=kind)
+            raise TruncatedMessageError("say-audio (kind 0x41) without its u32 header length",
+                                        kind=kind)
         (n,) = _U32.unpack_from(payload)
         if n > len(payload) - _U32.size:
             raise TruncatedMessageError(
-                f"say-audio header of {n} bytes, but only {len(payload) - _U32.size} follow",
+                f"say-audio (kind 0x41) header of {n} bytes, but only "
+                f"{len(payload) - _U32.size} follow",
                 kind=kind)
         head = _json(payload[_U32.size:_U32.size + n], kind, "say-audio header")
         pcm = payload[_U32.size + n:]
@@ -113,11 +115,13 @@ def decode_steering(kind: int, payload: bytes) -> SteeringMessage:
                                     "\"sample_rate\": 24000}", kind=kind)
         rate = head.get("sample_rate", SAMPLE_RATE)
         if rate != SAMPLE_RATE:
-            raise InvalidValueError(f"say-audio sample_rate must be {SAMPLE_RATE}, got {rate!r}",
-                                    kind=kind)
+            raise InvalidValueError(
+                f"say-audio (kind 0x41) sample_rate must be {SAMPLE_RATE}, got {rate!r}",
+                kind=kind)
         if not pcm or len(pcm) % 2:
             raise MalformedMessageError(
-                f"say-audio PCM must be whole 16-bit samples, got {len(pcm)} bytes", kind=kind)
+                f"say-audio (kind 0x41) PCM must be whole 16-bit samples, got {len(pcm)} "
+                "bytes", kind=kind)
         return SayAudioMessage(head.get("text", ""), pcm)
     if kind == CANCEL:
         if not payload:

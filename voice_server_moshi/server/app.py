@@ -57,6 +57,7 @@ from ..moshi.session import (
     ServerSession,
     bearer_authorized,
 )
+from . import steering
 from .config import ServerConfig
 from .metrics import ServerCounters, render_metrics
 from .responses import json_response, response
@@ -120,8 +121,8 @@ class BatchedServer:
 
     def default_session(self) -> ServerSession:
         """A session with this server's limits and metadata (extensions start from it)."""
-        return ServerSession(max_message_bytes=self.config.max_message_bytes,
-                             metadata_builder=self.base_metadata)
+        return steering.install(ServerSession(max_message_bytes=self.config.max_message_bytes,
+                                              metadata_builder=self.base_metadata))
 
     def base_metadata(self, session: ServerSession) -> Mapping[str, Any]:
         """The ``0x04`` metadata every call gets."""
@@ -328,7 +329,9 @@ class BatchedServer:
                             call.send(frame)
                         except RuntimeError:
                             return  # the engine closed this call; the sender reports why
-                # Client text, unknown kinds, control, ping: nothing to do here (yet).
+                elif isinstance(ev, steering.STEERING_EVENTS):
+                    await steering.handle(session, call, ev, clog)
+                # Unknown kinds, control, ping: nothing to do here.
             await conn.flush()  # replies to malformed messages
 
     async def _send_loop(self, conn: _Connection, call: EngineCall, clog: Any) -> None:
@@ -351,6 +354,7 @@ class BatchedServer:
                 await conn.flush_quietly()
                 return
             assert isinstance(ev, SlotOutput)
+            steering.report(session, ev)
             if session.send_audio(encoder.encode(ev.pcm)):
                 self.counters.audio_frames_out += 1
             if ev.text:
