@@ -157,6 +157,11 @@ class ElevenLabsProvider(Provider):
 
 class PhonicProvider(Provider):
     name = "phonic"
+    cannot: ClassVar[dict[str, str]] = {
+        "steering": "Phonic STS can say a line (its 'say' message) but has no message to "
+                    "cancel one, so the scenario's cancel cannot be enacted (and the "
+                    "adapter does not wire 'say' yet)",
+    }
     pace = 0.5
     close_codes = (1000, 4600, 1011, 4010)
     normal_close_codes = frozenset({1000, 4600})
