@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from voice_server_moshi.engine.core import Engine, EngineConfig, Sampling
 from voice_server_moshi.engine.models import load_models
 from voice_server_moshi.errors import SteeringUnsupportedError
+from voice_server_moshi.events import AudioChunk, Steering, Transcript
 from voice_server_moshi.host.config import load_config
 from voice_server_moshi.host.reference import ReferenceHost
 from voice_server_moshi.moshi.adapter import MoshiAdapter
@@ -194,3 +195,37 @@ async def test_kyutais_own_server_is_not_steerable(moshi_server: MoshiServer) ->
         await call.send_realtime(speechlike(0.3))
     finally:
         await call.end()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["embedded", "serve"])
+async def test_say_audio_through_the_adapter(where: str, server: BatchedServer,
+                                             dev_checkpoint: Path) -> None:
+    settings = (MoshiSettings(checkpoint=str(dev_checkpoint), device="cpu", slots=2)
+                if where == "embedded" else
+                MoshiSettings(url=f"ws://127.0.0.1:{server.port}/api/chat"))
+    adapter = MoshiAdapter(settings)
+    call = await CallRecorder(adapter).start()
+    try:
+        assert adapter.capabilities.steering is True
+        t = np.arange(16000) / 16000  # 1 s of a 16 kHz host-TTS stand-in
+        clip = (8000 * np.sin(2 * np.pi * 220 * t)).astype("<i2").tobytes()
+        rid = await adapter.say_audio(clip, "hello there", sample_rate=16000)
+        sender = asyncio.create_task(call.send_realtime(speechlike(6.0, seed=2) // 50))
+        await call.until(lambda: any(isinstance(e, Steering) and e.request_id == rid
+                                     and e.status == "finished" for e in call.events),
+                         within_s=60)
+        sender.cancel()
+    finally:
+        await call.end()
+    marks = [e.status for e in call.events if isinstance(e, Steering)]
+    assert marks == ["queued", "started", "finished"]
+    start = next(i for i, e in enumerate(call.events)
+                 if isinstance(e, Steering) and e.status == "started")
+    end = next(i for i, e in enumerate(call.events)
+               if isinstance(e, Steering) and e.status == "finished")
+    words = [e.text for e in call.events[start:end] if isinstance(e, Transcript) and e.final]
+    assert words == ["hello", "there"]
+    # About a second of agent audio (13 Moshi frames) carried the clip.
+    assert 12 * 80 <= sum(e.duration_ms for e in call.events[start:end]
+                          if isinstance(e, AudioChunk)) <= 15 * 80
