@@ -18,7 +18,8 @@ byte  direction  message           payload
 ===== ========== ================= =====================================================
 
 Each say request (``0x02`` or ``0x41``) takes the next sequence number of its connection,
-from 1, accepted or not, and is answered by ``0x40`` updates with ``"id": "say-<seq>"``:
+from 1, accepted or refused (a malformed one, answered with ``0x05``, takes none), and is
+answered by ``0x40`` updates with ``"id": "say-<seq>"``:
 a client knows each request's id without waiting for an answer.
 """
 
