@@ -10,9 +10,10 @@ in ``process_request`` before any WebSocket upgrade:
 
 ``/api/chat`` follows Kyutai's Rust servers: a 9-byte handshake (``0x00`` + two u32 LE
 zeros), a ``0x04`` metadata JSON, then ``0x01`` Ogg/Opus audio and ``0x02`` text both
-ways. A call that finds every slot taken gets a ``0x05`` error and a close (1013, "try
-again later"), never a silent wait. Optional bearer-token auth guards ``/api/chat`` and
-``/metrics``.
+ways; a client's ``0x02`` text means "say this", and ``0x40``-``0x42`` carry the rest of
+steering (:mod:`.steering`, docs/protocol.md, ADR 0070). A call that finds every slot
+taken gets a ``0x05`` error and a close (1013, "try again later"), never a silent wait.
+Optional bearer-token auth guards ``/api/chat`` and ``/metrics``.
 
 Operators can end calls without stopping the server: :meth:`BatchedServer.close_call`
 closes one call, or all of them, with a close code of their choice (1001 "going away" by
