@@ -16,6 +16,7 @@ from collections import deque
 from ..errors import ServerBusyError
 from .config import EngineConfig
 from .slot import Sink, Slot, SlotError
+from .steering import SteeringSpec
 
 
 class SlotAdmission:
@@ -32,6 +33,8 @@ class SlotAdmission:
     _wake: threading.Event
     _underruns: int
     _overruns: int
+    #: What steering needs of the model (each slot gets its own queue; ADR 0070).
+    steering_spec: SteeringSpec
 
     def try_open(self, call_id: str, sink: Sink) -> Slot:
         """Take a free slot now, or raise :class:`ServerBusyError`."""

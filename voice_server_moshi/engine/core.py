@@ -43,6 +43,8 @@ from .metrics import (
 )
 from .models import LoadedModels
 from .slot import PCM, Sink, Slot, SlotError, SlotEvent, SlotOutput, SlotState
+from .steering import SteeringSpec
+from .steering_hooks import SteeringHooks
 
 __all__ = [
     "FRAME_SAMPLES", "PCM", "TICK_BUCKETS_S", "TICK_S", "Engine", "EngineConfig",
@@ -104,8 +106,11 @@ class Engine(SlotAdmission):
         cond = get_condition_tensors(models.model_type, models.lm, batch_size=n, cfg_coef=1.0)
         # support_out_of_sync: rows start at different times; without it LMGen withholds
         # every row's output for max_delay steps after ANY row's reset.
+        self.steering_spec = SteeringSpec.of(models.lm, models.tokenizer)
+        self._steer = SteeringHooks(n, self.steering_spec, self.device)
         self.lm_gen = LMGen(models.lm, condition_tensors=cond, support_out_of_sync=True,
-                            **params)
+                            on_text_hook=self._steer.on_text,
+                            on_audio_hook=self._steer.on_audio, **params)
         self.mimi = models.mimi
         # Kept so :meth:`detach` can hand the models back (benchmarks reuse them).
         self._streams = [self.mimi.streaming(n), self.lm_gen.streaming(n)]
@@ -240,6 +245,7 @@ class Engine(SlotAdmission):
             # A call joins: its row starts from scratch in Mimi and the LM.
             self.mimi.reset_streaming(first_mask)
             self.lm_gen.reset_streaming(first_mask)
+            self._steer.reset(first_mask)
         x = torch.from_numpy(batch).to(dev)[:, None, :]
         self.mimi.set_exec_mask(exec_mask)
         codes = self.mimi.encode(x)
@@ -248,7 +254,16 @@ class Engine(SlotAdmission):
             # on the next one (what Kyutai's server does with skip_frames).
             self.mimi.reset_streaming(first_mask)
         self.lm_gen.set_exec_mask(exec_mask)
+        # Steering (ADR 0070): each steered row's forcing for this step, applied by the
+        # LMGen hooks; rows without a plan keep their sampled tokens.
+        self._steer.begin(exec_mask, [
+            None if s is None else s.steering.plan(lambda i=i: self._steer.prev_text(i))
+            for i, s in enumerate(members)])
         tokens = self._lm_step(codes)  # [B, 1 + dep_q, 1]; -2 where not generated yet
+        actual = self._steer.actual_text()
+        for i, s in enumerate(members):
+            if s is not None:
+                s.steering.commit(None if actual is None else actual[i])
         audio = tokens[:, 1:, :]
         ready = exec_mask & (audio >= 0).all(dim=2).all(dim=1)
         ready_l: list[bool] = ready.tolist()
@@ -263,8 +278,10 @@ class Engine(SlotAdmission):
             for i, s in enumerate(members):
                 if s is None or not ready_l[i]:
                     continue
+                steered_by, marks = s.steering.output_marks()
                 out = SlotOutput(s.frames_out, pcm_np[i].copy(), text_l[i],
-                                 self.models.text_piece(text_l[i]), tuple(codes_l[i]))
+                                 self.models.text_piece(text_l[i]), tuple(codes_l[i]),
+                                 steered_by, marks)
                 s.frames_out += 1
                 if s.closed:
                     continue

@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from .._log import get_logger
 from .config import FRAME_SAMPLES
+from .steering import SlotSteering, SteerEvent
 
 if TYPE_CHECKING:
     from .admission import SlotAdmission
@@ -42,6 +43,10 @@ class SlotOutput:
     text: str | None
     #: The agent's Mimi codes of this frame (one per codebook).
     audio_tokens: tuple[int, ...] = ()
+    #: Id of the steering request whose forcing made this frame, if any (ADR 0070).
+    steered_by: str | None = None
+    #: Steering progress (started/finished/cancelled) as of this frame.
+    steering: tuple[SteerEvent, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +81,8 @@ class Slot:
         self.underruns = 0
         self.overruns = 0
         self.idle_ticks = 0
+        #: Say-text / say-audio / cancel for this call (engine/steering.py).
+        self.steering = SlotSteering(engine.steering_spec)
         self.log = log.bind(call_id=call_id, slot=index)
 
     @property

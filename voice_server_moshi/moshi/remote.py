@@ -34,7 +34,13 @@ from websockets.exceptions import (
 )
 
 from .._log import get_logger
-from ..errors import ConnectError, ConnectTimeoutError, ServerBusyError
+from ..errors import (
+    ConnectError,
+    ConnectTimeoutError,
+    ServerBusyError,
+    SteeringRequestError,
+    SteeringUnsupportedError,
+)
 from . import protocol
 from .remote_connect import WS_LOGGER, build_url, redact_url, ssl_context
 from .session import (
@@ -51,16 +57,19 @@ from .session import (
     TextReceived,
     UnknownReceived,
 )
+from .session.steering import ClientSteering, SteerUpdateReceived
 from .settings import MoshiSettings
 from .transport import (
     MOSHI_FRAME_SAMPLES,
     MOSHI_SAMPLE_RATE,
+    NOT_STEERABLE,
     PCM,
     AgentAudio,
     AgentText,
     MoshiTransport,
     PeerClosed,
     PeerError,
+    SteerUpdate,
     TransportEvent,
     queued_events,
 )
@@ -81,6 +90,8 @@ CLOSE_TIMEOUT_S = 0.5
 #: Agent events buffered between the socket and the adapter (about 6 s of 80 ms frames);
 #: when full the reader stops reading, so TCP pushes back instead of memory growing.
 RECEIVE_QUEUE_SIZE = 150
+#: How long open() waits after a 9-byte handshake for the server's metadata.
+METADATA_WAIT_S = 0.5
 
 class RemoteTransport(MoshiTransport):
     """One call to a Moshi server speaking Kyutai's protocol (Python or Rust servers)."""
@@ -99,6 +110,7 @@ class RemoteTransport(MoshiTransport):
         self.dead_after_s = dead_after_s
         self.url = build_url(settings)
         self.session = ClientSession(max_message_bytes=max_message_bytes)
+        self.steering = ClientSteering(self.session)
         self.log = get_logger(__name__, url=redact_url(self.url))
         self._ws: ClientConnection | None = None
         self._events: asyncio.Queue[TransportEvent | None] = asyncio.Queue(RECEIVE_QUEUE_SIZE)
@@ -210,6 +222,14 @@ class RemoteTransport(MoshiTransport):
         msg = session.handshake
         self._encoder = OpusEncoder(MOSHI_SAMPLE_RATE)
         self._decoder = OpusDecoder(MOSHI_SAMPLE_RATE)
+        if msg.protocol_version is not None:
+            # A Rust-style server sends its 0x04 metadata right after the handshake; wait
+            # for it briefly so capabilities (steering) are known when the call starts.
+            with contextlib.suppress(TimeoutError, ConnectionClosed):
+                nxt = await asyncio.wait_for(ws.recv(decode=False), METADATA_WAIT_S)
+                for ev in session.receive_data(nxt):
+                    for event in self._transport_events(ev):
+                        self._events.put_nowait(event)
         self._last_rx = loop.time()
         self._reader = loop.create_task(self._read(ws), name=f"moshi-remote-reader:{call_id}")
         self._watchdog = loop.create_task(
@@ -242,6 +262,48 @@ class RemoteTransport(MoshiTransport):
         except ConnectionClosed:
             # The reader reports the close (PeerClosed); the frame is moot.
             self.log.debug("send_after_close")
+
+    # -- steering (ADR 0070; servers that advertise it, i.e. voice-server-moshi serve) ----
+
+    @property
+    def steerable(self) -> bool:
+        return self.steering.available
+
+    def _steer_check(self) -> None:
+        if self._ws is None or self._closing:
+            raise ConnectError("steering needs an open remote session")
+        if not self.steering.available:
+            raise SteeringUnsupportedError(f"{redact_url(self.url)}: {NOT_STEERABLE}")
+
+    async def _steer_send(self, rid: str | None) -> str:
+        if rid is None:
+            raise ConnectError("the remote session is not open")
+        with contextlib.suppress(ConnectionClosed):  # the reader reports the close
+            await self._flush(self._ws)
+        return rid
+
+    async def say_text(self, text: str) -> str:
+        self._steer_check()
+        if not text.strip():
+            raise SteeringRequestError("nothing to say: empty text")
+        return await self._steer_send(self.steering.say_text(text))
+
+    async def say_audio(self, pcm: PCM, text: str = "") -> str:
+        self._steer_check()
+        pcm16 = np.clip(np.rint(np.asarray(pcm, np.float32) * 32768.0), -32768, 32767)
+        data = pcm16.astype("<i2").tobytes()
+        if not data:
+            raise SteeringRequestError("say_audio needs some audio")
+        if len(data) + len(text.encode()) + 64 > self.max_message_bytes:
+            raise SteeringRequestError(
+                f"say-audio clip of {len(data) / 48000:.1f} s is over one message "
+                f"({self.max_message_bytes} bytes); send it as several shorter clips")
+        return await self._steer_send(self.steering.say_audio(data, text))
+
+    async def cancel_say(self, flush: bool = True) -> None:
+        self._steer_check()
+        self.steering.cancel(flush)
+        await self._steer_send("")
 
     async def receive(self) -> AsyncIterator[TransportEvent]:
         async for event in queued_events(self._events):
@@ -349,6 +411,8 @@ class RemoteTransport(MoshiTransport):
                 return [PeerError(message, code="protocol_error")]
             case MetadataReceived(value=v):
                 self.log.info("moshi_metadata", metadata=v)
+            case SteerUpdateReceived(request_id=rid, status=status, message=m):
+                return [SteerUpdate(rid, status, m)]
             case UnknownReceived(kind=k, size=n):
                 self.log.info("moshi_unknown_message_skipped", kind=k, size=n)
             case Ignored(message=protocol.Handshake()):

@@ -10,9 +10,10 @@ in ``process_request`` before any WebSocket upgrade:
 
 ``/api/chat`` follows Kyutai's Rust servers: a 9-byte handshake (``0x00`` + two u32 LE
 zeros), a ``0x04`` metadata JSON, then ``0x01`` Ogg/Opus audio and ``0x02`` text both
-ways. A call that finds every slot taken gets a ``0x05`` error and a close (1013, "try
-again later"), never a silent wait. Optional bearer-token auth guards ``/api/chat`` and
-``/metrics``.
+ways; a client's ``0x02`` text means "say this", and ``0x40``-``0x42`` carry the rest of
+steering (:mod:`.steering`, docs/protocol.md, ADR 0070). A call that finds every slot
+taken gets a ``0x05`` error and a close (1013, "try again later"), never a silent wait.
+Optional bearer-token auth guards ``/api/chat`` and ``/metrics``.
 
 Operators can end calls without stopping the server: :meth:`BatchedServer.close_call`
 closes one call, or all of them, with a close code of their choice (1001 "going away" by
@@ -57,6 +58,7 @@ from ..moshi.session import (
     ServerSession,
     bearer_authorized,
 )
+from . import steering
 from .config import ServerConfig
 from .metrics import ServerCounters, render_metrics
 from .responses import json_response, response
@@ -120,8 +122,8 @@ class BatchedServer:
 
     def default_session(self) -> ServerSession:
         """A session with this server's limits and metadata (extensions start from it)."""
-        return ServerSession(max_message_bytes=self.config.max_message_bytes,
-                             metadata_builder=self.base_metadata)
+        return steering.install(ServerSession(max_message_bytes=self.config.max_message_bytes,
+                                              metadata_builder=self.base_metadata))
 
     def base_metadata(self, session: ServerSession) -> Mapping[str, Any]:
         """The ``0x04`` metadata every call gets."""
@@ -328,7 +330,9 @@ class BatchedServer:
                             call.send(frame)
                         except RuntimeError:
                             return  # the engine closed this call; the sender reports why
-                # Client text, unknown kinds, control, ping: nothing to do here (yet).
+                elif isinstance(ev, steering.STEERING_EVENTS):
+                    await steering.handle(session, call, ev, clog)
+                # Unknown kinds, control, ping: nothing to do here.
             await conn.flush()  # replies to malformed messages
 
     async def _send_loop(self, conn: _Connection, call: EngineCall, clog: Any) -> None:
@@ -351,6 +355,7 @@ class BatchedServer:
                 await conn.flush_quietly()
                 return
             assert isinstance(ev, SlotOutput)
+            steering.report(session, ev)
             if session.send_audio(encoder.encode(ev.pcm)):
                 self.counters.audio_frames_out += 1
             if ev.text:

@@ -22,10 +22,11 @@ import httpx
 from ..adapter import VoiceModelConfig
 from ..audio.call_audio import WireFormat
 from ..capabilities import Capabilities
-from ..errors import ConnectError, ConnectTimeoutError
+from ..errors import ConnectError, ConnectTimeoutError, LifecycleError
 from ..events import Error, Interruption, SpeechEnded, SpeechStarted, Transcript
 from ._base import WsVendorAdapter
 from ._ws import http_to_ws, open_ws, recv_json
+from .openai_say import OpenAISay
 from .settings import OpenAIRealtimeSettings
 
 _G711_TYPE = {"mulaw": "audio/pcmu", "alaw": "audio/pcma"}
@@ -49,6 +50,7 @@ class OpenAIRealtimeAdapter(WsVendorAdapter):
         interruption=True,
         caller_transcript=True,
         agent_transcript=True,
+        steering=True,
     )
 
     def __init__(self, settings: OpenAIRealtimeSettings | None = None) -> None:
@@ -60,7 +62,9 @@ class OpenAIRealtimeAdapter(WsVendorAdapter):
             interruption=True,
             caller_transcript=self.settings.input_transcription_model is not None,
             agent_transcript=True,
+            steering=True,
         )
+        self._say = OpenAISay(self._send, self._emit)
         self._response_id: str | None = None
         self._item_id: str | None = None  # assistant audio item being played
         self._item_start_ms = 0.0  # emitted_ms when that item's first audio went out
@@ -71,6 +75,24 @@ class OpenAIRealtimeAdapter(WsVendorAdapter):
     @property
     def capabilities(self) -> Capabilities:
         return self._caps
+
+    # -- steering (ADR 0070): the model is asked to say the line -------------------------
+
+    async def say_text(self, text: str) -> str:
+        self._require_connected()
+        return await self._say.say_text(text)
+
+    async def say_audio(self, audio: bytes, text: str = "", *, sample_rate: int = 24000) -> str:
+        return await self._say.say_audio(audio, text)
+
+    async def cancel_say(self, flush: bool = True) -> None:
+        self._require_connected()
+        await self._say.cancel(flush)
+
+    def _require_connected(self) -> None:
+        if self.state != "connected":
+            raise LifecycleError(f"openai-realtime: steering needs a connected session "
+                                 f"(state {self.state!r})")
 
     def report_played_ms(self, ms: float) -> None:
         """Tell the adapter how much agent audio the caller has heard so far.
@@ -183,14 +205,17 @@ class OpenAIRealtimeAdapter(WsVendorAdapter):
     async def _on_message(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
         if kind == "response.output_audio.delta":
+            self._say.on_audio(str(msg.get("response_id") or ""))
             self._on_audio_delta(msg)
         elif kind == "response.output_audio.done":
             if msg.get("item_id") not in self._interrupted_items:
                 self._agent_audio_end()
         elif kind == "response.created":
             self._response_id = (msg.get("response") or {}).get("id") or "?"
+            self._say.on_created(msg.get("response") or {})
         elif kind == "response.done":
             self._on_response_done(msg.get("response") or {})
+            await self._say.on_done(msg.get("response") or {})
         elif kind == "input_audio_buffer.speech_started":
             await self._on_speech_started(float(msg.get("audio_start_ms") or 0))
         elif kind == "input_audio_buffer.speech_stopped":

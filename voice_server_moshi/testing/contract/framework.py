@@ -28,6 +28,7 @@ from voice_server_moshi.events import (
     Interruption,
     SpeechEnded,
     SpeechStarted,
+    Steering,
     Transcript,
 )
 from voice_server_moshi.formats import AudioFormat
@@ -46,11 +47,14 @@ SCENARIOS: tuple[str, ...] = (
     "malformed-audio",
     "host-disconnects-mid-speech",
     "slow-consumer",
+    "steering",
 )
 
 #: Generous bounds: the machine is shared and slow; these catch hangs, not latency.
 EVENT_TIMEOUT_S = 20.0
 END_BOUND_S = 15.0
+#: A steered line must be back (said and transcribed) within this; generous, as above.
+STEER_BOUND_S = 20.0
 
 TELEPHONY = AudioFormat("mulaw", 8000, 20)
 
@@ -270,6 +274,8 @@ def token(event: Event) -> str:
         return f"transcript({event.role}{'' if event.final else ', partial'})"
     if isinstance(event, SpeechStarted | SpeechEnded):
         return f"{event.name}({event.source})"
+    if isinstance(event, Steering):
+        return f"steering({event.status})"
     return event.name
 
 
@@ -346,6 +352,8 @@ def check_parity(
                 assert caps.caller_transcript, "caller transcript, capabilities declare none"
             else:
                 assert caps.agent_transcript, "agent transcript, capabilities declare none"
+        elif isinstance(e, Steering):
+            assert caps.steering, "steering event, capabilities declare no steering"
         elif isinstance(e, SpeechStarted | SpeechEnded):
             want = "provider" if caps.server_vad else "local-vad"
             assert e.source == want, f"{e.name} from {e.source}, capabilities say {want}"

@@ -97,6 +97,10 @@ class OpenAIProvider(Provider):
 class ElevenLabsProvider(Provider):
     name = "elevenlabs"
     pace = 0.5
+    cannot: ClassVar[dict[str, str]] = {
+        "steering": "ElevenLabs Agents has no message that makes the agent say a given line "
+                    "(user_message makes it answer one, contextual_update only informs it)",
+    }
     close_codes = (1000, 1002, 1008, 1011)
     _errors: ClassVar[dict[int, str]] = {
         1002: "llm_error", 1008: "invalid_message", 1011: "unknown_websocket_crash"}
@@ -153,6 +157,11 @@ class ElevenLabsProvider(Provider):
 
 class PhonicProvider(Provider):
     name = "phonic"
+    cannot: ClassVar[dict[str, str]] = {
+        "steering": "Phonic STS can say a line (its 'say' message) but has no message to "
+                    "cancel one, so the scenario's cancel cannot be enacted (and the "
+                    "adapter does not wire 'say' yet)",
+    }
     pace = 0.5
     close_codes = (1000, 4600, 1011, 4010)
     normal_close_codes = frozenset({1000, 4600})

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
 
 from voice_server_moshi.adapter import VoiceModelConfig
 from voice_server_moshi.audio import g711
-from voice_server_moshi.errors import ConnectError
+from voice_server_moshi.errors import ConnectError, SteeringUnsupportedError
 from voice_server_moshi.events import (
     AudioChunk,
     Connected,
@@ -33,11 +33,13 @@ from voice_server_moshi.events import (
     Interruption,
     SpeechEnded,
     SpeechStarted,
+    Steering,
+    Transcript,
 )
 from voice_server_moshi.formats import AudioFormat
 from voice_server_moshi.testing.fakes._server import FakePeer
 
-from .framework import END_BOUND_S, PeerCannot, Provider, in_call
+from .framework import END_BOUND_S, STEER_BOUND_S, PeerCannot, Provider, in_call
 from .plugin import Recorder
 
 # Definition order (= run order), not sorted.
@@ -55,6 +57,7 @@ __all__ = [  # noqa: RUF022
     "test_malformed_audio",
     "test_host_disconnects_mid_speech",
     "test_slow_consumer",
+    "test_steering",
 ]
 
 # Explicit, so the scenarios also run where pytest-asyncio is in strict mode (its default).
@@ -294,3 +297,49 @@ async def test_slow_consumer(provider: Provider, peer: object, rec: Recorder) ->
     dropped = getattr(adapter, "counters", {}).get("events_dropped", 0)
     assert dropped > 0, "2 s of agent audio should overflow a 32-event queue"
     assert len(call.events) <= bound + 2, "queue grew past its bound"
+
+
+#: The line the host has the agent say (words every tokenizer here can carry).
+STEER_LINE = "hello there, this is a test"
+
+
+def _steer(rid: str, status: str) -> Callable[[Event], bool]:
+    return lambda e: isinstance(e, Steering) and e.request_id == rid and e.status == status
+
+
+async def test_steering(provider: Provider, peer: object, rec: Recorder) -> None:
+    """The host asks the agent to say a line (capabilities.steering): it comes back as agent
+    audio and agent transcript within STEER_BOUND_S; a second, long line is cancelled
+    after it started and never finishes. Without the capability, say_text raises."""
+    rec.na_if_cannot("steering")
+    adapter = provider.make_adapter(peer)
+    async with in_call(provider, adapter) as call:
+        await call.wait_name("connected")
+        caps = adapter.capabilities
+        if not caps.steering:
+            with pytest.raises(SteeringUnsupportedError):
+                await adapter.say_text(STEER_LINE)  # type: ignore[attr-defined]
+            await call.hang_up()
+            rec.na("steering", "capabilities.steering is False (say_text raises "
+                   "SteeringUnsupportedError)")
+        await call.quiet(200)
+        t0 = time.monotonic()
+        rid = await adapter.say_text(STEER_LINE)  # type: ignore[attr-defined]
+        await call.wait_for(_steer(rid, "finished"), timeout_s=STEER_BOUND_S)
+        took = time.monotonic() - t0
+        long_id = await adapter.say_text(" ".join([STEER_LINE] * 6))  # type: ignore[attr-defined]
+        await call.wait_for(_steer(long_id, "started"), timeout_s=STEER_BOUND_S)
+        await adapter.cancel_say()  # type: ignore[attr-defined]
+        await call.wait_for(_steer(long_id, "cancelled"), timeout_s=STEER_BOUND_S)
+        await call.quiet(300)
+        await call.hang_up()
+    rec("steering", call.events, caps, call.fmt, note=f"line back in {took:.1f} s")
+    ev = call.events
+    start = next(i for i, e in enumerate(ev) if _steer(rid, "started")(e))
+    end = next(i for i, e in enumerate(ev) if _steer(rid, "finished")(e))
+    said = " ".join(e.text for e in ev[start:end]
+                    if isinstance(e, Transcript) and e.role == "agent" and e.final)
+    assert STEER_LINE in said, f"agent transcript {said!r} lacks the line"
+    assert _chunks(ev[start:end]), "no agent audio while the line was said"
+    assert took < STEER_BOUND_S
+    assert not any(_steer(long_id, "finished")(e) for e in ev), "the cancelled line finished"

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._openai_say import say_request
 from ._server import FakePeer, FakeSession
 from ._signal import SpeechDetector, WireEncoding, decode, encode, tone
 
@@ -39,6 +40,7 @@ class _Response:
     audio_ms: float = 0.0
     spoken_words: list[str] = field(default_factory=list)
     done: bool = False
+    metadata: dict[str, Any] | None = None
 
 
 class FakeOpenAIRealtime(FakePeer):
@@ -189,7 +191,8 @@ class FakeOpenAIRealtime(FakePeer):
         elif kind == "conversation.item.truncate":
             await self._on_truncate(s, msg, eid)
         elif kind == "response.create":
-            self.start_reply(self.reply_ms or 500, session=s)
+            ms, text, meta = say_request(msg.get("response") or {}, self.reply_ms or 500)
+            self.start_reply(ms, text, session=s, metadata=meta)
         elif kind == "response.cancel":
             if s.state["response"] is None:
                 await self._error(s, "Cancellation failed: no active response found",
@@ -314,11 +317,13 @@ class FakeOpenAIRealtime(FakePeer):
     # -- agent replies -----------------------------------------------------------------
 
     def start_reply(self, ms: int, text: str | None = None, pace: float | None = None,
-                    session: FakeSession | None = None) -> asyncio.Task[None]:
+                    session: FakeSession | None = None,
+                    metadata: dict[str, Any] | None = None) -> asyncio.Task[None]:
         """Start a reply of ``ms`` of audio in the background (cancelled by barge-in)."""
         s = session or self.session
         resp = _Response(id=self._id("resp"), item_id=self._id("item"),
-                         text=text if text is not None else self.reply_text)
+                         text=text if text is not None else self.reply_text,
+                         metadata=metadata)
         s.state["response"] = resp
         resp.task = self.spawn(self._reply(s, resp, ms, self.pace if pace is None else pace))
         return resp.task
@@ -379,7 +384,7 @@ class FakeOpenAIRealtime(FakePeer):
         out: dict[str, Any] = {
             "id": resp.id, "object": "realtime.response", "status": status,
             "output": output or [], "output_modalities": ["audio"],
-            "conversation_id": "conv_fake", "metadata": None,
+            "conversation_id": "conv_fake", "metadata": resp.metadata,
         }
         if reason is not None:
             out["status_details"] = {"type": status, "reason": reason}
