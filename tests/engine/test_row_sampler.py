@@ -11,16 +11,15 @@ pytest.importorskip("moshi")
 from moshi.models.lm import LMGen  # noqa: E402
 
 from voice_server_moshi.engine.call_sampling import CallSampling  # noqa: E402
-from voice_server_moshi.engine.checkpoints import make_dev_checkpoint  # noqa: E402
+from voice_server_moshi.engine.checkpoints import dev_checkpoint_dir  # noqa: E402
 from voice_server_moshi.engine.models import load_models  # noqa: E402
 from voice_server_moshi.engine.row_sampler import RowSampler  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory: pytest.TempPathFactory) -> object:
-    d = tmp_path_factory.mktemp("rows") / "dev"
-    make_dev_checkpoint(d)
-    return load_models(str(d), device="cpu", dtype="float32").lm
+def lm() -> object:
+    # The shared cached dev checkpoint (generated once per machine).
+    return load_models(str(dev_checkpoint_dir()), device="cpu", dtype="float32").lm
 
 
 def run(lm: object, rows: dict[int, CallSampling], batch: int, steps: int = 24,

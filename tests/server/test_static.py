@@ -38,5 +38,5 @@ def test_nothing_outside_root_or_missing(site: Path, path: str) -> None:
 def test_bad_root_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a directory"):
         StaticFiles(tmp_path / "nope")
-    with pytest.raises(ValueError, match="no index.html"):
+    with pytest.raises(ValueError, match=r"no index\.html"):
         StaticFiles(tmp_path)

@@ -130,7 +130,7 @@ def _check(key: str, value: object) -> str | None:
     elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
             float(value)):
         return f"{key} must be a number in [{lo:g}, {hi:g}], got {value!r}"
-    if not lo <= value <= hi:  # type: ignore[operator]
+    if not lo <= value <= hi:
         shown = f"[{int(lo)}, {int(hi)}]" if key in _INT_KEYS else f"[{lo:g}, {hi:g}]"
         return f"{key} must be in {shown}, got {value!r}"
     return None

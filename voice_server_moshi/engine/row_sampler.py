@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
+
 import torch
 
 from .call_sampling import MAX_REPETITION_CONTEXT, MAX_TOPK, CallSampling
@@ -64,10 +65,11 @@ def install() -> None:
     import moshi.models.lm as lm_mod
 
     with _install_lock:
-        if lm_mod.sample_token is _dispatch:
+        current = getattr(lm_mod, "sample_token")  # noqa: B009 - not re-exported by moshi
+        if current is _dispatch:
             return
-        _original = lm_mod.sample_token
-        lm_mod.sample_token = _dispatch
+        _original = current
+        setattr(lm_mod, "sample_token", _dispatch)  # noqa: B010
 
 
 class RowSampler:
@@ -80,24 +82,23 @@ class RowSampler:
         self.device = device
         self.text_pad_id = text_pad_id
         self.default = default
-        f32 = {"dtype": torch.float32, "device": device}
-        i64 = {"dtype": torch.long, "device": device}
-        self.temp_text = torch.zeros(batch, **f32)  # type: ignore[arg-type]
-        self.temp_audio = torch.zeros(batch, **f32)  # type: ignore[arg-type]
-        self.topk_text = torch.ones(batch, **i64)  # type: ignore[arg-type]
-        self.topk_audio = torch.ones(batch, **i64)  # type: ignore[arg-type]
-        self.pad_mult = torch.zeros(batch, **f32)  # type: ignore[arg-type]
-        self.rep_penalty = torch.ones(batch, **f32)  # type: ignore[arg-type]
-        self.rep_context = torch.zeros(batch, **i64)  # type: ignore[arg-type]
-        self.seed_text = torch.zeros(batch, **i64)  # type: ignore[arg-type]
-        self.seed_audio = torch.zeros(batch, **i64)  # type: ignore[arg-type]
+        f32, i64 = torch.float32, torch.long
+        self.temp_text = torch.zeros(batch, dtype=f32, device=device)
+        self.temp_audio = torch.zeros(batch, dtype=f32, device=device)
+        self.topk_text = torch.ones(batch, dtype=i64, device=device)
+        self.topk_audio = torch.ones(batch, dtype=i64, device=device)
+        self.pad_mult = torch.zeros(batch, dtype=f32, device=device)
+        self.rep_penalty = torch.ones(batch, dtype=f32, device=device)
+        self.rep_context = torch.zeros(batch, dtype=i64, device=device)
+        self.seed_text = torch.zeros(batch, dtype=i64, device=device)
+        self.seed_audio = torch.zeros(batch, dtype=i64, device=device)
         #: Steps this row has taken since its call joined (the hash counter).
-        self.steps = torch.zeros(batch, **i64)  # type: ignore[arg-type]
+        self.steps = torch.zeros(batch, dtype=i64, device=device)
         #: Last non-special text tokens per row, newest at ``hist_pos - 1`` (ring), -1 empty.
-        self.history = torch.full((batch, MAX_REPETITION_CONTEXT), -1, **i64)  # type: ignore[arg-type]
-        self.hist_pos = torch.zeros(batch, **i64)  # type: ignore[arg-type]
-        self._special = torch.tensor(sorted(set(text_special_ids)), **i64)  # type: ignore[arg-type]
-        self._ranks = torch.arange(MAX_TOPK, **i64)  # type: ignore[arg-type]
+        self.history = torch.full((batch, MAX_REPETITION_CONTEXT), -1, dtype=i64, device=device)
+        self.hist_pos = torch.zeros(batch, dtype=i64, device=device)
+        self._special = torch.tensor(sorted(set(text_special_ids)), dtype=i64, device=device)
+        self._ranks = torch.arange(MAX_TOPK, dtype=i64, device=device)
         self._rank_keys = (self._ranks * 0x9E3779B1) & _M32
         self._applied: list[CallSampling | None] = [None] * batch
         self._penalised = False  # any row with a repetition penalty != 1

@@ -75,6 +75,9 @@ _SAMPLING_KEYS = (
     "audio_topk",
     "text_seed",
     "audio_seed",
+    "pad_mult",
+    "repetition_penalty_context",
+    "repetition_penalty",
 )
 
 
