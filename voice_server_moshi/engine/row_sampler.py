@@ -102,6 +102,7 @@ class RowSampler:
         self._rank_keys = (self._ranks * 0x9E3779B1) & _M32
         self._applied: list[CallSampling | None] = [None] * batch
         self._penalised = False  # any row with a repetition penalty != 1
+        self._width_text = self._width_audio = MAX_TOPK
         self._exec = torch.zeros(batch, dtype=torch.bool, device=device)
         self._calls = 0
         self._text_token: torch.Tensor | None = None
@@ -127,8 +128,15 @@ class RowSampler:
         self.history[row] = -1
         self.hist_pos[row] = 0
         self._applied[row] = sampling
-        self._penalised = any(s is not None and s.repetition_penalty != 1.0
-                              for s in self._applied)
+        live = [s for s in self._applied if s is not None]
+        self._penalised = any(s.repetition_penalty != 1.0 for s in live)
+        # Top-k widths: the widest any row asks for. A row's draw does not depend on the
+        # width (noise is keyed by rank, ranks past its k are masked), so this only saves
+        # work. The audio draws run inside the CUDA-graphed depth transformer, whose shapes
+        # must not change: there the width is the static MAX_TOPK.
+        self._width_text = max(s.text_topk for s in live)
+        self._width_audio = (MAX_TOPK if self.device.type == "cuda"
+                             else max(s.audio_topk for s in live))
 
     def applied(self, row: int) -> CallSampling | None:
         return self._applied[row]
@@ -171,10 +179,11 @@ class RowSampler:
         flat = logits.reshape(logits.shape[0], logits.shape[-1]).float()
         if call == 0:
             out = self._draw(self._text_logits(flat), self.temp_text, self.topk_text,
-                             self.seed_text, 0)
+                             self.seed_text, 0, self._width_text)
             self._text_token = out
         else:
-            out = self._draw(flat, self.temp_audio, self.topk_audio, self.seed_audio, call)
+            out = self._draw(flat, self.temp_audio, self.topk_audio, self.seed_audio, call,
+                             self._width_audio)
         return out.reshape(*logits.shape[:-1])
 
     def _text_logits(self, logits: torch.Tensor) -> torch.Tensor:
@@ -195,13 +204,13 @@ class RowSampler:
         return torch.where(seen, torch.where(logits >= 0, logits / p, logits * p), logits)
 
     def _draw(self, logits: torch.Tensor, temp: torch.Tensor, topk: torch.Tensor,
-              seed: torch.Tensor, stream: int) -> torch.Tensor:
+              seed: torch.Tensor, stream: int, width: int) -> torch.Tensor:
         greedy = temp <= 0
         scaled = logits / torch.where(greedy, torch.ones_like(temp), temp)[:, None]
         if stream == 0:
             scaled = scaled.clone()
             scaled[:, self.text_pad_id] += self.pad_mult
-        width = min(MAX_TOPK, scaled.shape[-1])
+        width = min(width, scaled.shape[-1])
         values, index = torch.topk(scaled, width, dim=-1)
         ranks = self._ranks[:width]
         values = values.masked_fill(ranks[None, :] >= topk[:, None], float("-inf"))
