@@ -65,6 +65,10 @@ BENCHES: dict[str, tuple[str, str]] = {
         "voice_server_moshi.bench.adapter:main",
         "Moshi adapter CPU per call-second, whole audio path with Opus: calls per core",
     ),
+    "sampling": (
+        "voice_server_moshi.bench.sampling:main",
+        "per-call sampling (per-row temperature, top-k, seeds) vs LMGen's: tick cost (ADR 0080)",
+    ),
     "engine": (
         "voice_server_moshi.bench.engine:main",
         "batched engine: tick p50/p99, real-time margin, memory per slot, max real-time slots",

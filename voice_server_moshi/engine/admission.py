@@ -14,6 +14,7 @@ import threading
 from collections import deque
 
 from ..errors import ServerBusyError
+from .call_sampling import CallSampling
 from .config import EngineConfig
 from .slot import Sink, Slot, SlotError
 from .steering import SteeringSpec
@@ -35,10 +36,14 @@ class SlotAdmission:
     _overruns: int
     #: What steering needs of the model (each slot gets its own queue; ADR 0070).
     steering_spec: SteeringSpec
+    #: What a call that brings no sampling of its own gets (seeds drawn per call).
+    default_sampling: CallSampling
 
-    def try_open(self, call_id: str, sink: Sink) -> Slot:
-        """Take a free slot now, or raise :class:`ServerBusyError`."""
-        slot = self._take_slot(call_id, sink)
+    def try_open(self, call_id: str, sink: Sink,
+                 sampling: CallSampling | None = None) -> Slot:
+        """Take a free slot now, or raise :class:`ServerBusyError`. ``sampling``: this
+        call's (validated) sampling; None takes the engine's default with fresh seeds."""
+        slot = self._take_slot(call_id, sink, sampling)
         if slot is None:
             with self._lock:
                 self._calls_refused += 1
@@ -48,17 +53,18 @@ class SlotAdmission:
             )
         return slot
 
-    async def open(self, call_id: str, sink: Sink, wait_s: float = 0.0) -> Slot:
+    async def open(self, call_id: str, sink: Sink, wait_s: float = 0.0,
+                   sampling: CallSampling | None = None) -> Slot:
         """Take a slot, waiting up to ``wait_s`` seconds for one to free up (FIFO)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, wait_s)
         while True:
-            slot = self._take_slot(call_id, sink)
+            slot = self._take_slot(call_id, sink, sampling)
             if slot is not None:
                 return slot
             remaining = deadline - loop.time()
             if remaining <= 0:
-                return self.try_open(call_id, sink)  # raises, counting the refusal
+                return self.try_open(call_id, sink, sampling)  # raises, counting it
             fut: asyncio.Future[None] = loop.create_future()
             with self._lock:
                 self._waiters.append((loop, fut))
@@ -69,11 +75,14 @@ class SlotAdmission:
                 with self._lock, contextlib.suppress(ValueError):
                     self._waiters.remove((loop, fut))
 
-    def _take_slot(self, call_id: str, sink: Sink) -> Slot | None:
+    def _take_slot(self, call_id: str, sink: Sink,
+                   sampling: CallSampling | None = None) -> Slot | None:
+        seeded = (sampling or self.default_sampling).seeded()
         with self._lock:
             for i, s in enumerate(self._slots):
                 if s is None:
                     slot = Slot(self, i, call_id, sink)
+                    slot.sampling = seeded
                     self._slots[i] = slot
                     self._calls_started += 1
                     slot.log.info("slot opened")

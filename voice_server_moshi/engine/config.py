@@ -41,6 +41,9 @@ class EngineConfig:
     #: more threads made ticks stall for seconds (OpenMP spinning against other
     #: processes), see ADR 0030. None leaves torch's setting alone. Ignored on GPU.
     cpu_threads: int | None = 1
+    #: Each call samples with its own temperature, top-k, pad bias, repetition penalty and
+    #: seeds (ADR 0080); False: LMGen's one batch-wide setting (``sampling``) for all.
+    per_call_sampling: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.slots <= 1024:

@@ -32,6 +32,7 @@ import torch
 
 from .._log import get_logger
 from .admission import SlotAdmission
+from .call_sampling import CallSampling
 from .config import FRAME_SAMPLES, TICK_S, EngineConfig, Sampling
 from .metrics import (
     TICK_BUCKETS_S,
@@ -42,6 +43,7 @@ from .metrics import (
     streaming_state_bytes,
 )
 from .models import LoadedModels
+from .row_sampler import RowSampler
 from .slot import PCM, Sink, Slot, SlotError, SlotEvent, SlotOutput, SlotState
 from .steering import SteeringSpec
 from .steering_hooks import SteeringHooks
@@ -111,6 +113,17 @@ class Engine(SlotAdmission):
         self.lm_gen = LMGen(models.lm, condition_tensors=cond, support_out_of_sync=True,
                             on_text_hook=self._steer.on_text,
                             on_audio_hook=self._steer.on_audio, **params)
+        self.default_sampling = CallSampling.from_engine_defaults(
+            bool(params.get("use_sampling", True)), float(params.get("temp", 0.8)),
+            float(params.get("temp_text", 0.7)), int(params.get("top_k", 250)),
+            int(params.get("top_k_text", 25)))
+        lm = models.lm
+        self.sampler = RowSampler(
+            n, self.device, text_pad_id=lm.text_padding_token_id,
+            text_special_ids=(lm.text_padding_token_id, lm.end_of_text_padding_id,
+                              lm.text_initial_token_id),
+            default=self.default_sampling,
+        ) if self.config.per_call_sampling else None
         self.mimi = models.mimi
         # Kept so :meth:`detach` can hand the models back (benchmarks reuse them).
         self._streams = [self.mimi.streaming(n), self.lm_gen.streaming(n)]
@@ -164,7 +177,7 @@ class Engine(SlotAdmission):
                 self.mimi.set_exec_mask(everyone)
                 codes = self.mimi.encode(x)
                 self.lm_gen.set_exec_mask(everyone)
-                tokens = self._lm_step(codes)
+                tokens = self._lm_step(codes, everyone)
                 self.mimi.decode(tokens[:, 1:].clamp(min=0))
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
@@ -246,6 +259,10 @@ class Engine(SlotAdmission):
             self.mimi.reset_streaming(first_mask)
             self.lm_gen.reset_streaming(first_mask)
             self._steer.reset(first_mask)
+            if self.sampler is not None:
+                for i, s in enumerate(members):
+                    if s is not None and first_l[i]:
+                        self.sampler.set_row(i, s.sampling or self.default_sampling.seeded())
         x = torch.from_numpy(batch).to(dev)[:, None, :]
         self.mimi.set_exec_mask(exec_mask)
         codes = self.mimi.encode(x)
@@ -259,7 +276,7 @@ class Engine(SlotAdmission):
         self._steer.begin(exec_mask, [
             None if s is None else s.steering.plan(lambda i=i: self._steer.prev_text(i))
             for i, s in enumerate(members)])
-        tokens = self._lm_step(codes)  # [B, 1 + dep_q, 1]; -2 where not generated yet
+        tokens = self._lm_step(codes, exec_mask)  # [B, 1 + dep_q, 1]; -2: not generated yet
         actual = self._steer.actual_text()
         for i, s in enumerate(members):
             if s is not None:
@@ -296,8 +313,10 @@ class Engine(SlotAdmission):
         self._record_tick(dt)
         return TickReport(executed, delivered, dt)
 
-    def _lm_step(self, codes: torch.Tensor) -> torch.Tensor:
-        tokens = self.lm_gen.step(codes)
+    def _lm_step(self, codes: torch.Tensor, exec_mask: torch.Tensor) -> torch.Tensor:
+        with (self.sampler.active(exec_mask) if self.sampler is not None
+              else contextlib.nullcontext()):
+            tokens = self.lm_gen.step(codes)
         if tokens is None:  # only without support_out_of_sync, which the engine always sets
             raise RuntimeError("LMGen.step returned no tokens")
         return tokens

@@ -63,6 +63,9 @@ class LoadedModels:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     description: str = ""
+    #: Where the LM and Mimi weights came from (file path or hub name); "" when random.
+    lm_file: str = ""
+    mimi_file: str = ""
 
     def text_piece(self, token: int) -> str | None:
         """The text a token stands for, as Kyutai's server sends it; None for PAD/EPAD."""
@@ -115,4 +118,5 @@ def load_models(
     tok = info.get_text_tokenizer()
     log.info("models loaded", checkpoint=checkpoint, device=str(dev), dtype=str(dt))
     return LoadedModels(mimi, lm, tok, info.model_type, dict(info.lm_gen_config), dev, dt,
-                        f"checkpoint {checkpoint}")
+                        f"checkpoint {checkpoint}",
+                        lm_file=str(info.moshi_weights), mimi_file=str(info.mimi_weights))

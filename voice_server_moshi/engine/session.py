@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 
 from .._log import get_logger
+from .call_sampling import CallSampling
 from .core import Engine
 from .slot import PCM, Slot, SlotError, SlotEvent, SlotOutput
 from .steering import SlotSteering
@@ -43,12 +44,13 @@ class EngineCall:
         self._ended = False
         self.log = log.bind(call_id=call_id)
 
-    async def open(self, wait_s: float = 0.0) -> Slot:
+    async def open(self, wait_s: float = 0.0,
+                   sampling: CallSampling | None = None) -> Slot:
         """Take a slot (waiting up to ``wait_s``); raises ServerBusyError when none frees."""
         if self.slot is not None or self._ended:
             raise RuntimeError("EngineCall.open() may be called once")
         self._loop = asyncio.get_running_loop()
-        self.slot = await self.engine.open(self.call_id, self._sink, wait_s)
+        self.slot = await self.engine.open(self.call_id, self._sink, wait_s, sampling)
         self.log = self.log.bind(slot=self.slot.index)
         return self.slot
 

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .._log import get_logger
+from .call_sampling import CallSampling
 from .config import FRAME_SAMPLES
 from .steering import SlotSteering, SteerEvent
 
@@ -76,6 +77,8 @@ class Slot:
         self._queue: deque[PCM] = deque()
         self._starved = 0
         self._first = True
+        #: The call's sampling, seeds drawn (set at admission; applied when it joins).
+        self.sampling: CallSampling | None = None
         self.frames_in = 0
         self.frames_out = 0
         self.underruns = 0

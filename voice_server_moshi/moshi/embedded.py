@@ -31,7 +31,7 @@ from .transport import (
 )
 
 if TYPE_CHECKING:
-    from ..engine.config import Sampling
+    from ..engine.call_sampling import CallSampling
     from ..engine.session import EngineCall
 
 __all__ = ["EmbeddedTransport"]
@@ -39,21 +39,14 @@ __all__ = ["EmbeddedTransport"]
 log = get_logger(__name__)
 
 
-def _sampling(settings: MoshiSettings) -> Sampling | None:
-    from ..engine.config import Sampling
+def _call_sampling(settings: MoshiSettings, default: CallSampling) -> CallSampling:
+    """This call's sampling: the settings that are set, over the engine's default."""
+    from dataclasses import replace
 
-    vals = (settings.text_temperature, settings.text_topk, settings.audio_temperature,
-            settings.audio_topk)
-    if all(v is None for v in vals):
-        return None  # the checkpoint's own defaults
-    d = Sampling()
-    return Sampling(
-        use_sampling=True,  # a temperature of 0 is greedy for its stream (moshi's rule)
-        temp=d.temp if settings.audio_temperature is None else settings.audio_temperature,
-        temp_text=d.temp_text if settings.text_temperature is None else settings.text_temperature,
-        top_k=d.top_k if settings.audio_topk is None else settings.audio_topk,
-        top_k_text=d.top_k_text if settings.text_topk is None else settings.text_topk,
-    )
+    from ..engine.call_sampling import SAMPLING_KEYS
+
+    given = {k: getattr(settings, k) for k in SAMPLING_KEYS if getattr(settings, k) is not None}
+    return replace(default, **given)
 
 
 class EmbeddedTransport(MoshiTransport):
@@ -80,15 +73,22 @@ class EmbeddedTransport(MoshiTransport):
                 f"(pip install 'voice-server-moshi[embedded]'): {exc}"
             ) from None
         s = self.settings
-        key = EngineKey(s.checkpoint, s.device, s.dtype, s.context, _sampling(s))
+        # Sampling is per call (ADR 0080): every call of one model shares one engine.
+        key = EngineKey(s.checkpoint, s.device, s.dtype, s.context, None)
         try:
             engine = await get_engine(key, s.slots)
         except Exception as exc:  # any loader failure (hub, files, CUDA) is a connect error
             raise ConnectError(f"could not load the embedded Moshi engine "
                                f"(checkpoint {s.checkpoint!r}): {exc}") from exc
+        from ..engine.call_sampling import SamplingError
+
+        try:
+            sampling = _call_sampling(s, engine.default_sampling)
+        except SamplingError as exc:
+            raise ConnectError(f"invalid per-call sampling: {exc}") from None
         call = EngineCall(engine, call_id, max_queued=s.max_queued_events)
         try:
-            await call.open(s.admission_wait_s)
+            await call.open(s.admission_wait_s, sampling)
         except ServerBusyError as exc:
             raise ServerBusyError(
                 f"embedded engine busy: {exc} (moshi.slots={engine.slots}, "

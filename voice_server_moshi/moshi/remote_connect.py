@@ -21,6 +21,9 @@ _SAMPLING_KEYS = (
     "audio_topk",
     "text_seed",
     "audio_seed",
+    "pad_mult",
+    "repetition_penalty_context",
+    "repetition_penalty",
 )
 
 

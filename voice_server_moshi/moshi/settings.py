@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 DEFAULT_HF_REPO = "kyutai/moshiko-pytorch-bf16"
+_SAMPLING_HELP = ("per-call sampling, sent as a query parameter (remote) or applied to "
+                  "this call's batch row (embedded): ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,20 +42,35 @@ class MoshiSettings:
     ca_file: str | None = field(
         default=None, metadata={"help": "PEM file of CAs to trust for wss:// (remote)"}
     )
+    # Per-call sampling, Kyutai's Rust backend's query parameters (ADR 0080). None: the
+    # server's or engine's default. Ranges are serve's (engine/call_sampling.py RANGES).
     text_temperature: float | None = field(
-        default=None, metadata={"min": 0.0, "max": 5.0, "help": "Rust backend query parameter"}
+        default=None, metadata={"min": 0.0, "max": 2.0, "help": _SAMPLING_HELP + "0 is greedy"}
     )
     text_topk: int | None = field(
-        default=None, metadata={"min": 1, "max": 100000, "help": "Rust backend query parameter"}
+        default=None, metadata={"min": 1, "max": 500, "help": _SAMPLING_HELP + "text top-k"}
     )
     audio_temperature: float | None = field(
-        default=None, metadata={"min": 0.0, "max": 5.0, "help": "Rust backend query parameter"}
+        default=None, metadata={"min": 0.0, "max": 2.0, "help": _SAMPLING_HELP + "0 is greedy"}
     )
     audio_topk: int | None = field(
-        default=None, metadata={"min": 1, "max": 100000, "help": "Rust backend query parameter"}
+        default=None, metadata={"min": 1, "max": 500, "help": _SAMPLING_HELP + "audio top-k"}
     )
-    text_seed: int | None = field(default=None, metadata={"help": "Rust backend query parameter"})
-    audio_seed: int | None = field(default=None, metadata={"help": "Rust backend query parameter"})
+    text_seed: int | None = field(
+        default=None, metadata={"min": 0, "max": (1 << 64) - 1,
+                                "help": _SAMPLING_HELP + "with audio_seed: reproducible calls"})
+    audio_seed: int | None = field(
+        default=None, metadata={"min": 0, "max": (1 << 64) - 1,
+                                "help": _SAMPLING_HELP + "with text_seed: reproducible calls"})
+    pad_mult: float | None = field(
+        default=None, metadata={"min": -10.0, "max": 10.0,
+                                "help": _SAMPLING_HELP + "> 0 quieter, < 0 chattier"})
+    repetition_penalty_context: int | None = field(
+        default=None, metadata={"min": 0, "max": 256,
+                                "help": _SAMPLING_HELP + "text tokens the penalty looks back on"})
+    repetition_penalty: float | None = field(
+        default=None, metadata={"min": 1.0, "max": 3.0,
+                                "help": _SAMPLING_HELP + "1.0 is off"})
     checkpoint: str = field(
         default="dev",
         metadata={"help": "embedded weights: 'dev' (generated tiny checkpoint, babbles), a "

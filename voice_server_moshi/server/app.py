@@ -44,6 +44,7 @@ from websockets.http11 import Request, Response
 from .._log import get_logger
 from ..audio.framing import SampleFramer
 from ..audio.opus import OpusDecoder, OpusEncoder
+from ..engine.call_sampling import SamplingError, parse_sampling_query
 from ..engine.core import FRAME_SAMPLES, Engine, SlotError, SlotOutput
 from ..engine.session import EngineCall
 from ..errors import ServerBusyError
@@ -55,13 +56,16 @@ from ..moshi.session import (
     AudioReceived,
     CloseFrame,
     MalformedReceived,
+    QueryError,
     ServerSession,
     bearer_authorized,
 )
 from . import steering
 from .config import ServerConfig
+from .metadata import call_metadata
 from .metrics import ServerCounters, render_metrics
-from .responses import json_response, response
+from .responses import bytes_response, json_response, response
+from .static import StaticFiles
 
 __all__ = [
     "CLOSE_BAD_PAYLOAD", "CLOSE_BUSY", "CLOSE_GOING_AWAY", "CLOSE_INTERNAL", "BatchedServer",
@@ -112,6 +116,7 @@ class BatchedServer:
         #: call id -> its connection, for :meth:`close_call`.
         self._connections: dict[str, _Connection] = {}
         self._closing = False
+        self._static = StaticFiles(self.config.static_dir) if self.config.static_dir else None
 
     def new_session(self) -> ServerSession:
         """The protocol session of a new connection: ``session_factory(self)`` if given,
@@ -123,16 +128,29 @@ class BatchedServer:
     def default_session(self) -> ServerSession:
         """A session with this server's limits and metadata (extensions start from it)."""
         return steering.install(ServerSession(max_message_bytes=self.config.max_message_bytes,
+                                              query_parser=self.call_params,
                                               metadata_builder=self.base_metadata))
 
+    def call_params(self, query: Mapping[str, str]) -> Mapping[str, Any]:
+        """Kyutai's per-call sampling query parameters, validated, seeds drawn (ADR 0080)."""
+        try:
+            sampling = parse_sampling_query(query, self.engine.default_sampling)
+        except SamplingError as exc:
+            raise QueryError(str(exc)) from None
+        return {"sampling": sampling.seeded()}
+
     def base_metadata(self, session: ServerSession) -> Mapping[str, Any]:
-        """The ``0x04`` metadata every call gets."""
-        return {
-            "instance_name": self.config.instance_name,
-            "server": "voice-server-moshi",
-            "slots": self.engine.slots,
-            "model": self.engine.models.description,
-        }
+        """The ``0x04`` metadata every call gets: Kyutai's Rust-backend schema with the
+        call's applied sampling, then ours."""
+        sampling = session.params.get("sampling") or self.engine.default_sampling
+        models = self.engine.models
+        return call_metadata(
+            sampling, lm_model_file=models.lm_file or models.description,
+            mimi_model_file=models.mimi_file or models.description,
+            instance_name=self.config.instance_name,
+            extra={"slots": self.engine.slots, "model": models.description,
+                   "per_call_sampling": self.engine.sampler is not None},
+        )
 
     @property
     def port(self) -> int:
@@ -245,6 +263,11 @@ class BatchedServer:
                 return response(http.HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n",
                                  "text/plain")
             return None  # go on with the WebSocket upgrade
+        if self._static is not None and request.headers.get("Upgrade") is None:
+            found = self._static.lookup(path)
+            if found is not None:
+                return bytes_response(http.HTTPStatus.OK, found.body, found.content_type,
+                                      cache="no-cache")
         return response(http.HTTPStatus.NOT_FOUND,
                          "not found: try /api/chat, /healthz, /readyz, /capacity, /metrics\n",
                          "text/plain")
@@ -264,7 +287,7 @@ class BatchedServer:
             return
         call = EngineCall(self.engine, call_id, max_queued=self.config.max_queued_outputs)
         try:
-            await call.open(self.config.admission_wait_s)
+            await call.open(self.config.admission_wait_s, session.params.get("sampling"))
         except ServerBusyError as exc:
             self.counters.refused_busy += 1
             clog.info("call refused: server busy")

@@ -49,8 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "the call then pauses, like Kyutai's server)")
     p.add_argument("--max-message-bytes", type=int, default=protocol.DEFAULT_MAX_MESSAGE_BYTES)
     p.add_argument("--greedy", action="store_true",
-                   help="greedy decoding (deterministic; for tests)")
-    p.add_argument("--instance-name", default="voice-server-moshi")
+                   help="greedy decoding by default (deterministic; for tests); a call's own "
+                   "text_temperature / audio_temperature query parameters still apply")
+    p.add_argument("--instance-name", default="voice-server-moshi",
+                   help="sent as instance_name in every call's metadata (default %(default)s)")
+    p.add_argument("--static", default=None, metavar="DIR",
+                   help="serve a built web client (e.g. Kyutai's client/dist) at / beside the "
+                   "API (default: none)")
     return p
 
 
@@ -74,7 +79,11 @@ def main(argv: list[str]) -> int:
         scfg = ServerConfig(host=args.host, port=args.port, auth_token=token,
                             max_message_bytes=args.max_message_bytes,
                             admission_wait_s=args.admission_wait_s,
-                            instance_name=args.instance_name)
+                            instance_name=args.instance_name, static_dir=args.static)
+        if args.static:
+            from .static import StaticFiles
+
+            StaticFiles(args.static)  # fail before the model loads: no dir, no index.html
     except ValueError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

@@ -19,6 +19,8 @@ class ServerConfig:
     #: Outputs buffered per call when the client reads slowly (oldest dropped).
     max_queued_outputs: int = 150
     instance_name: str = "voice-server-moshi"
+    #: A built web client (Kyutai's, or any static UI) served at ``/`` beside the API.
+    static_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
