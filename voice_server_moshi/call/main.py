@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tail-ms", type=float, default=2000.0,
                    help="silence after the recording before hanging up (default 2000)")
     p.add_argument("--seed", type=int, default=0,
-                   help="embedded: seed of torch's random generator, set before the call so "
-                   "the model's sampling repeats from run to run (default 0)")
+                   help="the call's text_seed and audio_seed (unless its config sets them): "
+                   "the model's sampling repeats from run to run, embedded or through serve "
+                   "(default 0)")
     p.add_argument("--no-plot", action="store_true",
                    help="skip the PNG (it needs matplotlib: pip install "
                    "'voice-server-moshi[plot]'; without it the call runs and says so)")
@@ -108,6 +109,11 @@ def _config(args: argparse.Namespace) -> HostConfig:
         # wall-clock fill would insert silence whenever a slow model lets virtual time lag
         # (and make the call depend on the machine's speed).
         moshi["stall_fill_ms"] = None
+    for key in ("text_seed", "audio_seed"):
+        if cfg.adapter_settings.get(key) is None:
+            # The call's own seeds (ADR 0080): the same input gives the same agent, alone
+            # or in a batch, embedded or through serve.
+            moshi[key] = args.seed
     return cfg.with_sections(adapter=moshi)
 
 
@@ -180,16 +186,6 @@ def _check_hub(repo: str) -> None:
         raise ConnectError(str(exc)) from None
 
 
-def _seed_torch(seed: int) -> None:
-    # One call per process here, so the global generator is this call's. (Per-call seeds in
-    # the engine, for calls that share it, are separate work.)
-    try:
-        import torch
-    except ImportError:
-        return  # the embedded transport will say what is missing
-    torch.manual_seed(seed)
-
-
 def _run(args: argparse.Namespace) -> int:
     from ..corpus.sample import sample_call
 
@@ -236,8 +232,6 @@ def _run(args: argparse.Namespace) -> int:
             _check_hub(moshi.checkpoint)
         sys.stderr.write(f"[call] transport: {transport} "
                          f"({moshi.url if transport == 'remote' else moshi.checkpoint})\n")
-        if transport == "embedded":
-            _seed_torch(args.seed)
     host = ReferenceHost(cfg, adapter_factory=factory)
     progress = _Progress()
     clock: ClockKind = args.clock
