@@ -37,6 +37,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "voice_server_moshi.corpus.cli:main",
         "synthesize the labelled call corpus (espeak-ng + sox) into DIR",
     ),
+    "pipecat-twilio": (
+        "voice_server_moshi.pipecat.twilio_cli:main",
+        "Moshi in a Pipecat pipeline behind Twilio Media Streams (TwiML at /, media at /ws)",
+    ),
     "contract-report": (
         "voice_server_moshi.contract_report:main",
         "run the contract suite and write the parity table (--out docs/contract-parity.md)",
@@ -64,6 +68,10 @@ BENCHES: dict[str, tuple[str, str]] = {
     "adapter": (
         "voice_server_moshi.bench.adapter:main",
         "Moshi adapter CPU per call-second, whole audio path with Opus: calls per core",
+    ),
+    "pipecat": (
+        "voice_server_moshi.bench.pipecat:main",
+        "Pipecat path vs the reference host on one call: added latency p50/p99, CPU per call",
     ),
     "engine": (
         "voice_server_moshi.bench.engine:main",

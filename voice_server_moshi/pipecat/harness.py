@@ -23,7 +23,7 @@ from pipecat.workers.runner import WorkerRunner
 __all__ = ["CallerSource", "FrameLog", "LoggedFrame", "run_pipeline"]
 
 
-class CallerSource(FrameProcessor):  # type: ignore[misc]
+class CallerSource(FrameProcessor):
     """Plays ``audio`` (PCM16 mono at ``sample_rate``) in ``frame_ms`` frames.
 
     Waits for ``ready`` (e.g. the service's) before the first frame, so a slow model load
@@ -81,21 +81,23 @@ class CallerSource(FrameProcessor):  # type: ignore[misc]
         if self._task is not None:
             await self.cancel_task(self._task)
             self._task = None
-        await super().cleanup()
+        await super().cleanup()  # type: ignore[no-untyped-call]
 
 
 @dataclass(slots=True)
 class LoggedFrame:
     wall: float
     frame: Frame = field(repr=False)
+    upstream: bool = False
 
     @property
     def kind(self) -> str:
         return type(self.frame).__name__
 
 
-class FrameLog(FrameProcessor):  # type: ignore[misc]
-    """Last in the pipeline: records every downstream frame (and passes it on)."""
+class FrameLog(FrameProcessor):
+    """Records every frame that passes (and passes it on): last in the pipeline it sees what
+    the service sends downstream; before the service, what it sends upstream."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -103,12 +105,12 @@ class FrameLog(FrameProcessor):  # type: ignore[misc]
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
-        if direction == FrameDirection.DOWNSTREAM:
-            self.frames.append(LoggedFrame(time.perf_counter(), frame))
+        up = direction == FrameDirection.UPSTREAM
+        self.frames.append(LoggedFrame(time.perf_counter(), frame, up))
         await self.push_frame(frame, direction)
 
-    def of(self, *kinds: type[Frame]) -> list[LoggedFrame]:
-        return [f for f in self.frames if isinstance(f.frame, kinds)]
+    def of(self, *kinds: type[Frame], upstream: bool = False) -> list[LoggedFrame]:
+        return [f for f in self.frames if isinstance(f.frame, kinds) and f.upstream == upstream]
 
 
 async def run_pipeline(

@@ -76,7 +76,7 @@ from ..adapter import VoiceModelAdapter, VoiceModelConfig
 from ..audio.resample import Resampler
 from ..events import Role
 from ..formats import AudioFormat
-from ..modes.clock import Clock
+from ..modes.clock import Clock, ManualClock
 from ..registry import Registry, load_registry
 
 __all__ = ["STEERING_UNAVAILABLE", "Decision", "MoshiService"]
@@ -96,14 +96,17 @@ class Decision:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-class MoshiService(FrameProcessor):  # type: ignore[misc]
+class MoshiService(FrameProcessor):
     """Moshi in a Pipecat pipeline: ``transport.input() -> MoshiService -> transport.output()``.
 
     ``moshi`` and ``full_duplex`` are the host config's ``[moshi]`` and ``[full-duplex]``
     sections (mappings or settings dataclasses; bad keys raise ``SettingsError`` here, at
     construction). ``adapter_factory`` replaces the registry's adapter (tests plug a
-    scripted agent); ``clock`` is the mode's clock (``RealClock(speed)`` by default: real
-    time). One service serves one call, like the adapter it wraps.
+    scripted agent); ``clock`` is the mode's clock: ``RealClock(speed)`` by default (real
+    time: the mode sends silence when caller audio is late), or ``ManualClock()`` to tick
+    the mode once per 20 ms of caller audio received and wait for the model's answer
+    (offline runs and tests: deterministic under any load). One service serves one call,
+    like the adapter it wraps.
     """
 
     def __init__(
@@ -142,13 +145,14 @@ class MoshiService(FrameProcessor):  # type: ignore[misc]
         self._out_resampler: Resampler | None = None
         self._stopping = False
         self._started = False
+        self._pending_bytes = 0
         #: Set once the adapter is connected and the mode's clock runs.
         self.ready = asyncio.Event()
         self.log = get_logger("voice_server_moshi.pipecat", call_id=call_id or "-")
 
     # -- Pipecat side ------------------------------------------------------------------
 
-    async def setup(self, setup: FrameProcessorSetup) -> None:
+    async def setup(self, setup: FrameProcessorSetup) -> None:  # type: ignore[override]
         await super().setup(setup)
         self._in_rate = int(setup.audio_in_sample_rate)
         self._out_rate = int(setup.audio_out_sample_rate)
@@ -159,7 +163,7 @@ class MoshiService(FrameProcessor):  # type: ignore[misc]
             await self.push_frame(frame, direction)
             await self._start()
         elif isinstance(frame, InputAudioRawFrame):
-            self._caller_audio(frame)
+            await self._caller_audio(frame)
         elif isinstance(frame, TTSSpeakFrame):
             await self._say(frame.text)
         elif isinstance(frame, InterruptionFrame):
@@ -176,7 +180,7 @@ class MoshiService(FrameProcessor):  # type: ignore[misc]
 
     async def cleanup(self) -> None:
         await self._stop("cleanup", drain=False)
-        await super().cleanup()
+        await super().cleanup()  # type: ignore[no-untyped-call]
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -224,7 +228,7 @@ class MoshiService(FrameProcessor):  # type: ignore[misc]
 
     # -- frames in ---------------------------------------------------------------------
 
-    def _caller_audio(self, frame: InputAudioRawFrame) -> None:
+    async def _caller_audio(self, frame: InputAudioRawFrame) -> None:
         if self.mode is None or self.mode.ended:
             return
         audio = frame.audio
@@ -239,6 +243,19 @@ class MoshiService(FrameProcessor):  # type: ignore[misc]
             audio = np.asarray(rs.process(np.frombuffer(audio, dtype=np.int16)),
                                dtype=np.int16).tobytes()
         self.mode.push_caller_audio(audio)
+        if isinstance(self._clock, ManualClock):
+            await self._tick_with_input(len(audio))
+
+    async def _tick_with_input(self, nbytes: int) -> None:
+        # Input-clocked: each whole frame of caller audio is one tick of the mode, after
+        # which the model is given time to answer (like the reference host's virtual
+        # clock): deterministic whatever the machine's load, as fast as the model allows.
+        self._pending_bytes += nbytes
+        frame_bytes = self._mode_rate * self._frame_ms // 1000 * 2
+        while self._pending_bytes >= frame_bytes and not self.mode.ended:
+            self._pending_bytes -= frame_bytes
+            await self.mode.tick()
+            await self.mode.settle()
 
     def _steering(self) -> bool:
         return bool(getattr(self.adapter.capabilities, "steering", False))
@@ -293,7 +310,7 @@ class MoshiService(FrameProcessor):  # type: ignore[misc]
         elif kind == "user-started":
             await self.broadcast_frame(UserStartedSpeakingFrame)
             if payload:  # a barge-in, and only a barge-in, interrupts the bot
-                await self.broadcast_interruption()
+                await self.broadcast_interruption()  # type: ignore[no-untyped-call]
         elif kind == "user-stopped":
             await self.broadcast_frame(UserStoppedSpeakingFrame)
         elif kind == "bot-started":

@@ -53,7 +53,7 @@ def twiml(ws_url: str) -> str:
             f"<Stream url={quoteattr(ws_url)} /></Connect></Response>")
 
 
-class StreamSerializer(TwilioFrameSerializer):  # type: ignore[misc]
+class StreamSerializer(TwilioFrameSerializer):
     """Pipecat's Twilio serializer, plus: Twilio's ``stop`` ends the pipeline cleanly.
 
     Pipecat's serializer ignores ``stop``; the call would then end only when the socket

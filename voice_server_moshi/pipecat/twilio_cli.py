@@ -88,7 +88,9 @@ def main(argv: list[str]) -> int:
         server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
                                                log_level="warning", ws="websockets-sansio"))
         task = asyncio.get_running_loop().create_task(server.serve())
-        while not server.started and not task.done():
+        while not server.started:
+            if task.done():
+                break  # start-up failed (port taken): awaiting the task raises it
             await asyncio.sleep(0.05)
         if server.started:
             port = int(server.servers[0].sockets[0].getsockname()[1])

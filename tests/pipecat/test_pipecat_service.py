@@ -1,0 +1,163 @@
+"""MoshiService through Pipecat's own runner: turn frames from the mode's decisions, the
+audio path, steering, errors and the end of the call."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pipecat", reason="needs the 'pipecat' extra")
+
+from pipecat.frames.frames import (  # noqa: E402
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    EndFrame,
+    ErrorFrame,
+    InterruptionFrame,
+    OutputAudioRawFrame,
+    StartFrame,
+    TTSSpeakFrame,
+    TTSTextFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+
+from voice_server_moshi.corpus.agent import ScriptedAgentTransport, text_schedule  # noqa: E402
+from voice_server_moshi.corpus.assemble import CorpusCall, build_call  # noqa: E402
+from voice_server_moshi.corpus.store import bundled_clips  # noqa: E402
+from voice_server_moshi.modes.clock import ManualClock  # noqa: E402
+from voice_server_moshi.moshi.adapter import MoshiAdapter  # noqa: E402
+from voice_server_moshi.moshi.settings import MoshiSettings  # noqa: E402
+from voice_server_moshi.moshi.transport import PeerClosed  # noqa: E402
+from voice_server_moshi.pipecat.harness import CallerSource, FrameLog, run_pipeline  # noqa: E402
+from voice_server_moshi.pipecat.service import (  # noqa: E402
+    STEERING_UNAVAILABLE,
+    Decision,
+    MoshiService,
+)
+from voice_server_moshi.testing.moshi_server import free_port  # noqa: E402
+from voice_server_moshi.testing.scripted_transport import ScriptedTransport  # noqa: E402
+
+TURN_FRAMES = (UserStartedSpeakingFrame, UserStoppedSpeakingFrame, BotStartedSpeakingFrame,
+               BotStoppedSpeakingFrame, InterruptionFrame)
+#: Corpus call (2 exchanges, seed 12, 20 dB): a backchannel, then later a barge-in.
+SEED = 12
+
+
+def corpus_call() -> CorpusCall:
+    return build_call(bundled_clips(), SEED, 20.0, exchanges=2)
+
+
+def pcm16(x: np.ndarray) -> bytes:
+    return (np.clip(x, -1, 1) * 32767).astype(np.int16).tobytes()
+
+
+def scripted_agent(call: CorpusCall) -> MoshiAdapter:
+    return MoshiAdapter(MoshiSettings(), transport=ScriptedAgentTransport(
+        call.agent, 8000, text_schedule(call.agent_segments)))
+
+
+def expected_turn_frames(decisions: list[Decision]) -> list[str]:
+    names = {"user-started": "UserStartedSpeakingFrame", "user-stopped":
+             "UserStoppedSpeakingFrame", "bot-started": "BotStartedSpeakingFrame",
+             "bot-stopped": "BotStoppedSpeakingFrame"}
+    out: list[str] = []
+    for d in decisions:
+        if d.kind in names:
+            out.append(names[d.kind])
+        if d.kind == "user-started" and d.barge_in:
+            out.append("InterruptionFrame")
+    return out
+
+
+async def test_turn_frames_follow_the_modes_decisions_on_a_corpus_call() -> None:
+    call = corpus_call()
+    # Input-clocked (ManualClock): the decisions do not depend on this machine's load.
+    svc = MoshiService(adapter_factory=lambda: scripted_agent(call), clock=ManualClock())
+    src = CallerSource(pcm16(call.caller), 8000, speed=20.0, ready=svc.ready)
+    up, down = FrameLog(), FrameLog()
+    await run_pipeline([src, up, svc, down], in_rate=8000, out_rate=8000)
+
+    verdicts = [o.verdict for o in svc.mode.overlaps]
+    assert "backchannel" in verdicts and "barge-in" in verdicts, svc.mode.overlaps
+    # Every decision became its frames, in order, and nothing else did.
+    turn = [f.kind for f in down.of(*TURN_FRAMES)]
+    assert turn == expected_turn_frames(svc.decisions)
+    # Interruption exactly on the barge-in: one per barge-in verdict, right after the user
+    # turn stamped with the barge-in's onset; backchannels start no turn at all.
+    barge = [o for o in svc.mode.overlaps if o.verdict == "barge-in"]
+    started = [d for d in svc.decisions if d.kind == "user-started"]
+    assert [d.t_ms for d in started if d.barge_in] == [o.onset_ms for o in barge]
+    assert turn.count("InterruptionFrame") == len(barge) == 1
+    for o in svc.mode.overlaps:
+        if o.verdict == "backchannel":
+            assert all(d.t_ms != o.onset_ms for d in started)
+    # Interruptions and user turns also went upstream (broadcast), bot turns too.
+    assert [f.kind for f in up.of(*TURN_FRAMES, upstream=True)] == turn
+    # Agent audio: continuous 20 ms frames at the output rate, text as TTSTextFrame.
+    audio = down.of(OutputAudioRawFrame)
+    assert all(f.frame.sample_rate == 8000 and len(f.frame.audio) == 320 for f in audio)
+    assert len(audio) * 20 >= 0.95 * (call.duration_ms + 600)
+    text = "".join(f.frame.text for f in down.of(TTSTextFrame))
+    assert "".join(s.text for s in call.agent_segments if not s.truncated)[:10].split()[0] in text
+    # The caller hung up: EndFrame reached the end, the adapter disconnected.
+    assert isinstance(down.frames[-1].frame, EndFrame)
+    assert svc.decisions[-1].kind == "disconnected"
+    assert svc.adapter.state == "closed"  # type: ignore[attr-defined]
+
+
+async def test_tts_speak_frame_without_steering_is_an_error_frame() -> None:
+    # Until the adapter declares the 'steering' capability, a TTSSpeakFrame is reported
+    # (non-fatal ErrorFrame upstream, text STEERING_UNAVAILABLE) and the call goes on.
+    call = corpus_call()
+    svc = MoshiService(adapter_factory=lambda: scripted_agent(call), clock=ManualClock())
+    src = CallerSource(pcm16(call.caller[: 8000 * 3]), 8000, speed=4.0, ready=svc.ready)
+    up, down = FrameLog(), FrameLog()
+    run = asyncio.create_task(run_pipeline([src, up, svc, down], in_rate=8000, out_rate=8000))
+    await asyncio.wait_for(svc.ready.wait(), 30)
+    await svc.queue_frame(TTSSpeakFrame("Your balance is forty two dollars."))
+    await run
+    errors = up.of(ErrorFrame, upstream=True)
+    assert len(errors) == 1 and errors[0].frame.error.startswith(STEERING_UNAVAILABLE)
+    assert not errors[0].frame.fatal
+    assert isinstance(down.frames[-1].frame, EndFrame)  # the call went on to its end
+    assert len(down.of(OutputAudioRawFrame)) * 20 >= 0.95 * 3600
+
+
+async def test_adapter_disconnect_ends_the_pipeline_cleanly() -> None:
+    transport = ScriptedTransport(echo=True)
+    svc = MoshiService(adapter_factory=lambda: MoshiAdapter(MoshiSettings(), transport=transport))
+    silence = b"\x00" * (8000 * 2 * 30)  # 30 s: only the adapter's end can end this call
+    src = CallerSource(silence, 8000, ready=svc.ready, end=False)
+    down = FrameLog()
+    run = asyncio.create_task(run_pipeline([src, svc, down], in_rate=8000, out_rate=8000))
+    await asyncio.wait_for(svc.ready.wait(), 10)
+    await asyncio.sleep(0.3)
+    t0 = time.perf_counter()
+    transport.push(PeerClosed(1000, "peer hung up", True))
+    await asyncio.wait_for(run, 10)
+    assert time.perf_counter() - t0 < 5
+    assert isinstance(down.frames[0].frame, StartFrame)
+    assert isinstance(down.frames[-1].frame, EndFrame)
+    assert svc.decisions[-1].kind == "disconnected"
+    assert not src.done.is_set()
+
+
+async def test_connect_failure_is_a_fatal_error_frame() -> None:
+    port = free_port()
+    svc = MoshiService(moshi={"url": f"ws://127.0.0.1:{port}/api/chat", "connect_timeout_s": 1})
+    src = CallerSource(b"\x00" * 16000, 8000, ready=svc.ready)
+    up = FrameLog()
+    await run_pipeline([src, up, svc], in_rate=8000, out_rate=8000, timeout_s=30)
+    errors = up.of(ErrorFrame, upstream=True)
+    assert errors and errors[0].frame.fatal and "connect failed" in errors[0].frame.error
+
+
+def test_bad_settings_fail_at_construction() -> None:
+    from voice_server_moshi.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="connect_timeout_s"):
+        MoshiService(moshi={"connect_timeout_s": "soon"})
