@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("pipecat", reason="needs the 'pipecat' extra")
 
-from pipecat.frames.frames import (  # noqa: E402
+from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     EndFrame,
@@ -25,21 +25,21 @@ from pipecat.frames.frames import (  # noqa: E402
     UserStoppedSpeakingFrame,
 )
 
-from voice_server_moshi.corpus.agent import ScriptedAgentTransport, text_schedule  # noqa: E402
-from voice_server_moshi.corpus.assemble import CorpusCall, build_call  # noqa: E402
-from voice_server_moshi.corpus.store import bundled_clips  # noqa: E402
-from voice_server_moshi.modes.clock import ManualClock  # noqa: E402
-from voice_server_moshi.moshi.adapter import MoshiAdapter  # noqa: E402
-from voice_server_moshi.moshi.settings import MoshiSettings  # noqa: E402
-from voice_server_moshi.moshi.transport import PeerClosed  # noqa: E402
-from voice_server_moshi.pipecat.harness import CallerSource, FrameLog, run_pipeline  # noqa: E402
-from voice_server_moshi.pipecat.service import (  # noqa: E402
+from voice_server_moshi.corpus.agent import ScriptedAgentTransport, text_schedule
+from voice_server_moshi.corpus.assemble import CorpusCall, build_call
+from voice_server_moshi.corpus.store import bundled_clips
+from voice_server_moshi.modes.clock import ManualClock
+from voice_server_moshi.moshi.adapter import MoshiAdapter
+from voice_server_moshi.moshi.settings import MoshiSettings
+from voice_server_moshi.moshi.transport import PeerClosed
+from voice_server_moshi.pipecat.harness import CallerSource, FrameLog, run_pipeline
+from voice_server_moshi.pipecat.service import (
     STEERING_UNAVAILABLE,
     Decision,
     MoshiService,
 )
-from voice_server_moshi.testing.moshi_server import free_port  # noqa: E402
-from voice_server_moshi.testing.scripted_transport import ScriptedTransport  # noqa: E402
+from voice_server_moshi.testing.moshi_server import free_port
+from voice_server_moshi.testing.scripted_transport import ScriptedTransport
 
 TURN_FRAMES = (UserStartedSpeakingFrame, UserStoppedSpeakingFrame, BotStartedSpeakingFrame,
                BotStoppedSpeakingFrame, InterruptionFrame)
@@ -161,3 +161,39 @@ def test_bad_settings_fail_at_construction() -> None:
 
     with pytest.raises(SettingsError, match="connect_timeout_s"):
         MoshiService(moshi={"connect_timeout_s": "soon"})
+
+
+async def _run_model_call(svc: MoshiService, seconds: float, out_rate: int) -> FrameLog:
+    call = corpus_call()
+    src = CallerSource(pcm16(call.caller[: int(8000 * seconds)]), 8000, ready=svc.ready)
+    down = FrameLog()
+    await run_pipeline([src, svc, down], in_rate=8000, out_rate=out_rate, timeout_s=180)
+    return down
+
+
+def _check_model_call(svc: MoshiService, down: FrameLog, seconds: float, out_rate: int) -> None:
+    audio = down.of(OutputAudioRawFrame)
+    assert audio and all(f.frame.sample_rate == out_rate for f in audio)
+    audio_ms = sum(len(f.frame.audio) for f in audio) / 2 / out_rate * 1000
+    assert audio_ms >= 0.9 * seconds * 1000
+    # The model answered (not just the mode's silence) and its text came as TTSTextFrames.
+    assert svc.mode.agent_received_ms >= 0.5 * seconds * 1000
+    assert down.of(TTSTextFrame)
+    assert [f.kind for f in down.of(*TURN_FRAMES)] == expected_turn_frames(svc.decisions)
+    assert isinstance(down.frames[-1].frame, EndFrame)
+    assert svc.adapter.state == "closed"  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+async def test_pipeline_on_the_embedded_dev_checkpoint(dev_checkpoint: object) -> None:
+    # Real time, the default clock; 8 kHz in, 16 kHz out (the service resamples).
+    svc = MoshiService(moshi={"checkpoint": "dev"})
+    down = await _run_model_call(svc, 4.0, 16000)
+    _check_model_call(svc, down, 4.0, 16000)
+
+
+@pytest.mark.slow
+async def test_pipeline_on_kyutais_moshi_server(moshi_server: object) -> None:
+    svc = MoshiService(moshi={"url": moshi_server.url})  # type: ignore[attr-defined]
+    down = await _run_model_call(svc, 3.0, 8000)
+    _check_model_call(svc, down, 3.0, 8000)

@@ -33,15 +33,20 @@ from pipecat.frames.frames import EndWorkerFrame, Frame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.serializers.twilio import TwilioFrameSerializer
-from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
+from pipecat.transports.websocket.fastapi import (
+    FastAPIWebsocketOutputTransport,
+    FastAPIWebsocketParams,
+    FastAPIWebsocketTransport,
+)
 from pipecat.workers.runner import WorkerRunner
 
 from .._log import get_logger
 from ..adapter import VoiceModelAdapter, VoiceModelConfig
+from ..modes.clock import Clock
 from ..registry import Registry, load_registry
 from .service import MoshiService
 
-__all__ = ["TWILIO_RATE", "StreamSerializer", "create_app", "twiml"]
+__all__ = ["TWILIO_RATE", "ModeClockedTransport", "StreamSerializer", "create_app", "twiml"]
 
 TWILIO_RATE = 8000
 log = get_logger("voice_server_moshi.pipecat.twilio")
@@ -68,6 +73,28 @@ class StreamSerializer(TwilioFrameSerializer):
                     return EndWorkerFrame(reason="twilio stop")
         frame: Frame | None = await super().deserialize(data)
         return frame
+
+
+class _ModeClockedOutput(FastAPIWebsocketOutputTransport):
+    async def _write_audio_sleep(self) -> None:
+        return  # the mode's clock already paces agent audio: one frame per tick
+
+
+class ModeClockedTransport(FastAPIWebsocketTransport):
+    """Pipecat's FastAPI WebSocket transport with one clock: the mode's.
+
+    Pipecat's output sleeps one chunk period after each write to imitate playback, and
+    restarts that clock from "now" whenever it wakes late, so on a loaded machine it falls
+    behind for good (agent audio reached the caller 10-30 % slower than real time on this
+    project's loaded 2-core VM). The full-duplex mode already emits exactly one frame per
+    tick on an absolute clock, so here each frame is written as the mode plays it (ADR
+    0090). Only the private ``_write_audio_sleep`` of the output is replaced.
+    """
+
+    def __init__(self, websocket: WebSocket, params: FastAPIWebsocketParams) -> None:
+        super().__init__(websocket, params)
+        self._output = _ModeClockedOutput(self, self._client, self._params,
+                                          name=self._output_name)
 
 
 def _credentials(env: Mapping[str, str]) -> dict[str, Any]:
@@ -99,13 +126,18 @@ def create_app(
     env: Mapping[str, str] | None = None,
     prewarm: bool = True,
     on_service: Callable[[MoshiService], None] | None = None,
+    clock_factory: Callable[[], Clock] | None = None,
+    pipecat_pacing: bool = False,
 ) -> FastAPI:
     """The Twilio app. ``moshi``/``full_duplex``: the host config's sections.
 
     ``public_url``: the ``wss://`` URL Twilio must reach for ``/ws`` (default: from the
     webhook request's Host header). ``prewarm`` connects one adapter at start-up so the
     embedded engine is loaded before the first call. ``on_service`` sees each call's
-    service (tests and the benchmark read its decisions).
+    service (tests and the benchmark read its decisions); ``clock_factory`` gives each
+    call's mode clock (default real time; ``ManualClock`` clocks the mode by the caller's
+    media, see :class:`MoshiService`); ``pipecat_pacing`` keeps Pipecat's own output
+    pacing instead of :class:`ModeClockedTransport` (for the benchmark's comparison).
     """
     reg = registry or load_registry()
     moshi_settings = dict(moshi or {})
@@ -153,12 +185,15 @@ def create_app(
             params=TwilioFrameSerializer.InputParams(auto_hang_up=bool(creds and call_sid)),
             **(creds if call_sid else {}),
         )
-        transport = FastAPIWebsocketTransport(ws, FastAPIWebsocketParams(
+        params = FastAPIWebsocketParams(
             audio_in_enabled=True, audio_out_enabled=True, add_wav_header=False,
             serializer=serializer, audio_out_10ms_chunks=2, audio_out_end_silence_secs=0,
-        ))
+        )
+        transport = (FastAPIWebsocketTransport(ws, params) if pipecat_pacing
+                     else ModeClockedTransport(ws, params))
         service = MoshiService(moshi=moshi_settings, full_duplex=full_duplex, registry=reg,
-                               adapter_factory=adapter_factory, call_id=stream_sid)
+                               adapter_factory=adapter_factory, call_id=stream_sid,
+                               clock=clock_factory() if clock_factory is not None else None)
         if on_service is not None:
             on_service(service)
         worker = PipelineWorker(

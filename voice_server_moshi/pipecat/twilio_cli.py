@@ -11,8 +11,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from typing import Any
 
 __all__ = ["main", "running_app"]
@@ -85,9 +86,20 @@ def main(argv: list[str]) -> int:
     async def serve() -> None:
         import uvicorn
 
-        server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
-                                               log_level="warning", ws="websockets-sansio"))
-        task = asyncio.get_running_loop().create_task(server.serve())
+        class Server(uvicorn.Server):
+            # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown (exit -15);
+            # here they just end the server, and the command exits 0.
+            @contextlib.contextmanager
+            def capture_signals(self) -> Generator[None, None, None]:
+                yield
+
+        server = Server(uvicorn.Config(app, host=args.host, port=args.port,
+                                       log_level="warning", ws="websockets-sansio"))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        task = loop.create_task(server.serve())
         while not server.started:
             if task.done():
                 break  # start-up failed (port taken): awaiting the task raises it
