@@ -40,6 +40,7 @@ class CallerSource(FrameProcessor):
         tail_ms: float = 600.0,
         ready: asyncio.Event | None = None,
         end: bool = True,
+        lead_s: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -51,6 +52,7 @@ class CallerSource(FrameProcessor):
         self.period = frame_ms / 1000.0 / speed
         self.ready = ready
         self.end = end
+        self.lead_s = lead_s  # first frame this long after start (phase vs the mode's ticks)
         #: Wall time (perf_counter) at which each caller frame entered the pipeline.
         self.sent_wall: list[float] = []
         self.done = asyncio.Event()
@@ -65,7 +67,7 @@ class CallerSource(FrameProcessor):
     async def _play(self) -> None:
         if self.ready is not None:
             await self.ready.wait()
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() + self.lead_s
         for k, chunk in enumerate(self.frames):
             delay = t0 + k * self.period - time.perf_counter()
             if delay > 0:

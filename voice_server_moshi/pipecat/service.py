@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,6 +147,13 @@ class MoshiService(FrameProcessor):
         self._stopping = False
         self._started = False
         self._pending_bytes = 0
+        #: Set True before the call starts to record per-frame wall times (benchmarks):
+        #: when caller audio reached the mode, and when the mode played each agent frame.
+        self.record_timing = False
+        self.caller_in_wall: list[float] = []
+        self.agent_out_wall: list[float] = []
+        #: Caller frames the mode had consumed when it played each agent frame.
+        self.agent_out_consumed: list[int] = []
         #: Set once the adapter is connected and the mode's clock runs.
         self.ready = asyncio.Event()
         self.log = get_logger("voice_server_moshi.pipecat", call_id=call_id or "-")
@@ -242,6 +250,8 @@ class MoshiService(FrameProcessor):
                     frame.sample_rate, self._mode_rate)
             audio = np.asarray(rs.process(np.frombuffer(audio, dtype=np.int16)),
                                dtype=np.int16).tobytes()
+        if self.record_timing:
+            self.caller_in_wall.append(time.perf_counter())
         self.mode.push_caller_audio(audio)
         if isinstance(self._clock, ManualClock):
             await self._tick_with_input(len(audio))
@@ -350,6 +360,9 @@ class _FrameHost:
         self.svc.emit("user-stopped")
 
     def on_agent_audio(self, audio: bytes, t_ms: float) -> None:
+        if self.svc.record_timing:
+            self.svc.agent_out_wall.append(time.perf_counter())
+            self.svc.agent_out_consumed.append(int(self.svc.mode.counters["caller_frames"]))
         self.svc.emit("audio", audio)
 
     def on_agent_turn_started(self, t_ms: float) -> None:

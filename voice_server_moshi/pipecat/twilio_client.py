@@ -19,6 +19,7 @@ import base64
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,9 +65,11 @@ async def play_twilio_call(
     call_sid: str | None = None,
     speed: float = 1.0,
     close_timeout_s: float = 10.0,
+    before_media: Callable[[], Awaitable[None]] | None = None,
 ) -> TwilioCallResult:
     """Stream ``mulaw`` (8 kHz µ-law) to ``url`` like Twilio, then ``stop``; wait for the
-    server to close (``close_timeout_s``)."""
+    server to close (``close_timeout_s``). ``before_media`` is awaited between ``start``
+    and the first ``media`` (the benchmark waits for the server's model there)."""
     sid = stream_sid or "MZ" + uuid.uuid4().hex
     csid = call_sid or "CA" + uuid.uuid4().hex
     res = TwilioCallResult(sid, 0)
@@ -111,6 +114,8 @@ async def play_twilio_call(
                     res.unknown.append(str(ev))
 
         rx = asyncio.create_task(receive())
+        if before_media is not None:
+            await before_media()
         period = FRAME_MS / 1000.0 / speed
         t0 = time.perf_counter()
         for k in range(len(mulaw) // FRAME_BYTES):
