@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 from ._log import get_logger
 from ._queue import EventQueue
 from .capabilities import Capabilities
-from .errors import LifecycleError
+from .errors import LifecycleError, SteeringUnsupportedError
 from .events import EVENT_NAMES, Connected, Disconnected, Error, Event
 from .formats import AudioFormat
 
@@ -194,6 +194,30 @@ class BaseAdapter(ABC):
                 self._callbacks.remove(entry)
 
         return unsubscribe
+
+    # -- steering (ADR 0070): adapters with capabilities.steering override these --------
+
+    async def say_text(self, text: str) -> str:
+        """Make the agent say ``text`` (queued after earlier requests); returns a request
+        id that ``steering`` events then report on. Raises
+        :class:`SteeringUnsupportedError` when ``capabilities.steering`` is False."""
+        raise self._not_steerable()
+
+    async def say_audio(self, audio: bytes, text: str = "", *, sample_rate: int = 24000) -> str:
+        """Make the agent say ``audio`` (16-bit LE mono PCM at ``sample_rate``, e.g. from
+        the host's TTS) whose words are ``text``; returns a request id."""
+        raise self._not_steerable()
+
+    async def cancel_say(self, flush: bool = True) -> None:
+        """Stop the request being said at the next model step; ``flush`` also drops the
+        queued ones. Each gets a ``cancelled`` steering event."""
+        raise self._not_steerable()
+
+    def _not_steerable(self) -> SteeringUnsupportedError:
+        return SteeringUnsupportedError(
+            f"{self.adapter_name}: this adapter cannot be steered (capabilities.steering is "
+            "False); check capabilities before calling say_text/say_audio/cancel_say"
+        )
 
     async def disconnect(self) -> None:
         if self._state == "new":

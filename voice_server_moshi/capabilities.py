@@ -20,6 +20,11 @@ class Capabilities:
             short because the caller barged in; the host must flush its playout then.
         caller_transcript: The adapter emits ``transcript`` events with ``role="caller"``.
         agent_transcript: The adapter emits ``transcript`` events with ``role="agent"``.
+        steering: The host can make the agent say given text or audio and cancel it
+            (``say_text``, ``say_audio``, ``cancel_say``; ADR 0070), and the adapter emits
+            ``steering`` events for each request. When False those methods raise
+            :class:`~voice_server_moshi.errors.SteeringUnsupportedError`. For Moshi: True
+            embedded and against this project's ``serve``, False against Kyutai's servers.
     """
 
     full_duplex: bool = False
@@ -27,3 +32,4 @@ class Capabilities:
     interruption: bool = False
     caller_transcript: bool = False
     agent_transcript: bool = False
+    steering: bool = False

@@ -46,3 +46,11 @@ class ServerBusyError(ConnectError):
 
 class ConnectTimeoutError(ConnectError, TimeoutError):
     """The peer did not complete the session handshake within the connect timeout."""
+
+
+class SteeringUnsupportedError(VoiceServerMoshiError, NotImplementedError):
+    """The adapter or its peer cannot be steered (capabilities.steering is False)."""
+
+
+class SteeringRequestError(VoiceServerMoshiError, ValueError):
+    """A steering request that cannot be accepted (nothing sayable, queue full, bad audio)."""

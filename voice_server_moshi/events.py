@@ -93,6 +93,22 @@ class Transcript:
     final: bool = True
 
 
+SteeringStatus = Literal["queued", "started", "finished", "cancelled", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Steering:
+    """Progress of a host's say request (adapters with ``capabilities.steering``):
+    ``queued`` (accepted), ``started`` (its first agent frame), ``finished`` (its last),
+    ``cancelled``, or ``failed`` (``message`` says why). ``t_ms`` is agent stream time."""
+
+    name: ClassVar[str] = "steering"
+    request_id: str
+    status: SteeringStatus
+    t_ms: float | None = None
+    message: str = ""
+
+
 Event = (
     Connected
     | AudioChunk
@@ -102,6 +118,7 @@ Event = (
     | Disconnected
     | Interruption
     | Transcript
+    | Steering
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -113,5 +130,6 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     Disconnected,
     Interruption,
     Transcript,
+    Steering,
 )
 EVENT_NAMES: frozenset[str] = frozenset(t.name for t in EVENT_TYPES)

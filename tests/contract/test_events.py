@@ -15,6 +15,7 @@ EXPECTED = {
     events.Disconnected: "disconnected",
     events.Interruption: "interruption",
     events.Transcript: "transcript",
+    events.Steering: "steering",
 }
 
 

@@ -57,7 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tail-ms", type=float, default=2000.0,
                    help="silence after the recording before hanging up (default 2000)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--say", action="append", default=[], metavar="MS:TEXT",
+                   type=parse_say, help="at call time MS (ms), make the agent say TEXT "
+                   "(steering; repeatable; embedded or our serve, not Kyutai's servers)")
     return p
+
+
+def parse_say(value: str) -> tuple[float, str]:
+    """``--say MS:TEXT`` -> (ms, text)."""
+    ms, sep, text = value.partition(":")
+    try:
+        at = float(ms)
+    except ValueError:
+        at = -1.0
+    if not sep or at < 0 or not text.strip():
+        raise argparse.ArgumentTypeError(
+            f"--say takes MS:TEXT (call time in ms, then the words), got {value!r}")
+    return at, text.strip()
 
 
 def _config(args: argparse.Namespace) -> HostConfig:
@@ -166,6 +182,7 @@ def _run(args: argparse.Namespace) -> int:
     progress = _Progress()
     clock: ClockKind = args.clock
     result = asyncio.run(host.run_call(caller_bytes, clock=clock, speed=args.speed,
+                                       says=args.say,
                                        tail_ms=args.tail_ms, progress=progress))
     progress.done()
     from .plot import describe, plot_call

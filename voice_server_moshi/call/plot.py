@@ -19,6 +19,7 @@ _TURN_ROWS = [
     ("backchannel", "backchannel (ignored)", "#6a1b9a", "o"),
     ("agent-turn-started", "agent turn start", "#ef6c00", "^"),
     ("agent-turn-ended", "agent turn end", "#ef6c00", "v"),
+    ("say-request", "say request (host)", "#1e88e5", ">"),
     ("error", "error", "#000000", "s"),
     ("disconnected", "disconnected", "#455a64", "D"),
 ]
@@ -68,6 +69,26 @@ def _phrases(records: list[Record], spans: list[tuple[float, float, Record]],
     return [p for p in out if p[2]]
 
 
+def steered_spans(records: list[Record], call_s: float) -> list[tuple[float, float, str]]:
+    """(start s, end s, text) of each say request the agent spoke: from its ``started`` to
+    its ``finished`` or ``cancelled`` steering callback (ADR 0070)."""
+    asks = [str(r.data.get("text", "")) for r in records if r.name == "say-request"]
+    starts: dict[str, float] = {}
+    out: list[tuple[float, float, str]] = []
+    for r in records:
+        if r.name != "agent-steering":
+            continue
+        rid, status = str(r.data.get("request_id")), r.data.get("status")
+        if status == "started":
+            starts[rid] = r.t_ms / 1000
+        elif status in ("finished", "cancelled") and rid in starts:
+            text = asks[len(out)] if len(out) < len(asks) else rid
+            out.append((starts.pop(rid), r.t_ms / 1000, text))
+    for rid, t0 in starts.items():
+        out.append((t0, call_s, asks[len(out)] if len(out) < len(asks) else rid))
+    return out
+
+
 def plot_call(
     path: Path,
     result: CallResult,
@@ -107,6 +128,10 @@ def plot_call(
     agent_spans = _spans(cbs, "agent-turn-started", "agent-turn-ended", call_s)
     for s, e, _ in agent_spans:
         ax_a.axvspan(s, e, color="#ef6c00", alpha=0.14)
+    for s, e, text in steered_spans(cbs, call_s):
+        ax_a.axvspan(s, e, facecolor="none", edgecolor="#1e88e5", hatch="//", linewidth=0)
+        ax_a.text(s, -0.97, f"steered: {text}"[:60], fontsize=8, color="#1e88e5",
+                  va="bottom")
     # Wrap each phrase to about the width of its turn (~7 characters a second at 16 in).
     chars_per_s = 7.0 * 36.0 / max(call_s, 1.0)
     for i, (t0, t1, txt) in enumerate(_phrases(cbs, agent_spans)):

@@ -14,7 +14,9 @@ from collections import deque
 from collections.abc import AsyncIterator
 
 from .._log import get_logger
-from .core import PCM, Engine, Slot, SlotError, SlotEvent, SlotOutput
+from .core import Engine
+from .slot import PCM, Slot, SlotError, SlotEvent, SlotOutput
+from .steering import SlotSteering
 
 log = get_logger(__name__)
 
@@ -72,6 +74,31 @@ class EngineCall:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._space.wait(), self.engine.config.tick_s)
         self.send(pcm)
+
+    # -- steering (ADR 0070) -------------------------------------------------------------
+
+    def say_text(self, text: str, request_id: str | None = None) -> str:
+        """Have the agent say ``text`` (queued after earlier requests); returns its id.
+        Raises :class:`~.steering.SteeringError` for text that cannot be said."""
+        return self._steering().say_text(text, request_id)
+
+    async def say_audio(self, pcm: PCM, text: str = "", request_id: str | None = None) -> str:
+        """Have the agent say 24 kHz mono ``pcm`` (float or int16) whose words are
+        ``text``: the clip is Mimi-encoded off the event loop, then queued."""
+        from .steering_audio import clip_encoder
+
+        steering = self._steering()
+        clip = await asyncio.to_thread(clip_encoder(self.engine).encode, pcm)
+        return steering.say_codes(clip.codes, text, voiced=clip.voiced, request_id=request_id)
+
+    def cancel_say(self, flush: bool = True) -> list[str]:
+        """Stop the request being said at the next step (and with ``flush`` the queued ones)."""
+        return self._steering().cancel(flush)
+
+    def _steering(self) -> SlotSteering:
+        if self.slot is None:
+            raise RuntimeError("steering before open()")
+        return self.slot.steering
 
     async def events(self) -> AsyncIterator[SlotEvent]:
         """Outputs in order; ends after a :class:`SlotError` or after :meth:`close`."""

@@ -52,6 +52,17 @@ class Recorder:
     def of(self, name: str) -> list[Record]:
         return [r for r in self.records if r.name == name]
 
+    def caller_words(self) -> list[str]:
+        """Final caller transcript words so far (empty without caller transcripts)."""
+        return [str(r.data.get("text", "")) for r in self.records
+                if r.name == "transcript" and r.data.get("role") == "caller"
+                and r.data.get("final")]
+
+    def say_request(self, t_ms: float, text: str, asked_ms: float | None = None) -> None:
+        """The host asked the agent to say ``text`` (steering, ADR 0070)."""
+        extra: dict[str, Any] = {} if asked_ms is None else {"asked_ms": asked_ms}
+        self._add(t_ms, "say-request", text=text, **extra)
+
     # -- HostCallbacks -----------------------------------------------------------------
 
     def on_user_turn_started(self, t_ms: float, barge_in: bool) -> None:
@@ -68,8 +79,13 @@ class Recorder:
         if self.record_audio_frames:
             self._add(t_ms, "agent-audio", bytes=len(audio))
 
-    def on_agent_turn_started(self, t_ms: float) -> None:
-        self._add(t_ms, "agent-turn-started", decided_ms=round(self.now_ms(), 1))
+    def on_agent_turn_started(self, t_ms: float, steered: bool = False) -> None:
+        self._add(t_ms, "agent-turn-started", decided_ms=round(self.now_ms(), 1),
+                  steered=steered)
+
+    def on_agent_steering(self, request_id: str, status: str, t_ms: float) -> None:
+        """Progress of a say request (the mode's optional steering callback, ADR 0070)."""
+        self._add(t_ms, "agent-steering", request_id=request_id, status=status)
 
     def on_agent_turn_ended(self, t_ms: float, interrupted: bool) -> None:
         self._add(t_ms, "agent-turn-ended", interrupted=interrupted,

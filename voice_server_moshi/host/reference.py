@@ -4,7 +4,9 @@ It loads the registry (entry points), creates the adapter and the mode by the na
 config, plays a call's caller media into the mode, and records every callback and adapter
 event with call time (:class:`~voice_server_moshi.host.recorder.Recorder`). Like a
 turn-based host it sends ``commit_turn`` and ``create_response`` after each user turn; the
-full-duplex mode ignores them.
+full-duplex mode ignores them. With a steerable adapter it can also make the agent say
+scripted lines (``says``) or what its tools found (``on_caller_turn_end``; see
+:mod:`.tool_example`).
 
 Pacing (``clock``):
 
@@ -19,12 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .._log import get_logger
 from ..adapter import VoiceModelAdapter, VoiceModelConfig
+from ..errors import SteeringUnsupportedError
 from ..modes.clock import ManualClock, RealClock
 from ..modes.overlap import OverlapDecision
 from ..registry import Registry, load_registry
@@ -32,6 +35,8 @@ from .config import HostConfig
 from .recorder import Record, Recorder
 
 ClockKind = Literal["realtime", "virtual"]
+#: ``(mode, caller_words)`` at the end of each caller turn (the host's LLM and tools).
+TurnHook = Callable[[Any, list[str]], None]
 Progress = Callable[[float, float, "CallState"], None]
 
 
@@ -102,8 +107,16 @@ class ReferenceHost:
         settle_max_lag_ms: float = 160.0,
         settle_timeout_s: float = 10.0,
         record_audio_frames: bool = False,
+        says: Sequence[tuple[float, str]] = (),
+        on_caller_turn_end: TurnHook | None = None,
     ) -> CallResult:
-        """Play ``caller_audio`` (the call's format) then ``tail_ms`` of silence; hang up."""
+        """Play ``caller_audio`` (the call's format) then ``tail_ms`` of silence; hang up.
+
+        ``says``: (call ms, text) pairs; at each time the host asks the mode to have the agent
+        say the text (``create_response(text=...)``, needs a steerable adapter).
+        ``on_caller_turn_end(mode, caller_words)``: called when a caller turn ends, with the
+        caller's transcript so far, e.g. the host's LLM deciding on a tool call
+        (:mod:`.tool_example`)."""
         fmt = self.config.audio
         if len(caller_audio) % fmt.bytes_per_sample:
             raise ValueError(f"caller audio is not whole {fmt.encoding} samples")
@@ -127,6 +140,20 @@ class ReferenceHost:
             mode.create_response()
 
         recorder.on_turn_end_hooks.append(turn_based_requests)
+        if on_caller_turn_end is not None:
+            hook = on_caller_turn_end
+            recorder.on_turn_end_hooks.append(lambda: hook(mode, recorder.caller_words()))
+        pending_says = sorted(says)
+
+        def due_says() -> None:
+            while pending_says and pending_says[0][0] <= mode.t_ms:
+                at_ms, text = pending_says.pop(0)
+                recorder.say_request(mode.t_ms, text, at_ms)
+                try:
+                    mode.create_response(text=text)
+                except SteeringUnsupportedError as exc:
+                    recorder.on_error("steering_unsupported", str(exc), False)
+                    log.warning("say_not_possible", error=str(exc))
         adapter.on("*", recorder.on_event)
         frames = [caller_audio[i : i + fmt.bytes_per_frame]
                   for i in range(0, len(caller_audio), fmt.bytes_per_frame)]
@@ -143,6 +170,7 @@ class ReferenceHost:
                         break
                     if k < len(frames):
                         mode.push_caller_audio(frames[k])
+                    due_says()
                     await mode.tick()
                     if not await mode.settle(settle_max_lag_ms, settle_timeout_s):
                         timeouts += 1
@@ -156,11 +184,13 @@ class ReferenceHost:
                     # Half a frame ahead of the mode's tick: robust to scheduling jitter.
                     await mode_clock.sleep_until((k + 0.5) * period)
                     mode.push_caller_audio(frame)
+                    due_says()
                     if progress is not None and k % 10 == 0:
                         progress(mode.t_ms, total_ms, state)
                 end = (len(frames) + n_tail) * period
                 while not mode.ended and mode_clock.now() < end:
                     await asyncio.sleep(min(0.1, period * 5 / speed))
+                    due_says()
                     if progress is not None:
                         progress(mode.t_ms, total_ms, state)
         finally:
@@ -197,10 +227,13 @@ class _StateTracker:
     def on_agent_audio(self, audio: bytes, t_ms: float) -> None:
         self.r.on_agent_audio(audio, t_ms)
 
-    def on_agent_turn_started(self, t_ms: float) -> None:
+    def on_agent_turn_started(self, t_ms: float, steered: bool = False) -> None:
         self.s.agent_turns += 1
         self.s.agent_speaking = True
-        self.r.on_agent_turn_started(t_ms)
+        self.r.on_agent_turn_started(t_ms, steered)
+
+    def on_agent_steering(self, request_id: str, status: str, t_ms: float) -> None:
+        self.r.on_agent_steering(request_id, status, t_ms)
 
     def on_agent_turn_ended(self, t_ms: float, interrupted: bool) -> None:
         self.s.agent_speaking = False

@@ -20,8 +20,12 @@ playout buffer to the host (silence while the buffer is dry). Caller turns come 
 adapter's ``speech-started``/``speech-ended``; agent turns from the played agent audio and
 Moshi's text (:mod:`.agent_activity`); overlaps are classified in :mod:`.overlap`.
 
-Turn-based requests (:meth:`create_response`, :meth:`commit_turn`, :meth:`cancel_response`)
-are accepted and do nothing: Moshi decides by itself when to speak and when to yield.
+Turn-based requests: :meth:`commit_turn`, and :meth:`create_response` without text or
+audio, are accepted and do nothing (Moshi decides by itself when to speak and when to
+yield). With an adapter that can be steered (``capabilities.steering``, ADR 0070),
+``create_response(text=...)`` makes the agent say that text, ``create_response(audio=...,
+text=...)`` makes it say that audio, and :meth:`cancel_response` stops it; agent turns that
+carry steered speech are marked (see :mod:`.steering_marks`).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from ..events import (
     Interruption,
     SpeechEnded,
     SpeechStarted,
+    Steering,
     Transcript,
 )
 from .agent_activity import AgentActivity, AgentTransition
@@ -57,6 +62,7 @@ from .levels import frame_level_dbfs, pcm_level_dbfs, silence_frame
 from .overlap import CallerTurns, OverlapDecision, TurnAction
 from .playout import PlayoutBuffer
 from .settings import FullDuplexSettings
+from .steering_marks import SteeringMarks
 
 __all__ = ["FullDuplexMode", "HostCallbacks"]
 
@@ -107,8 +113,10 @@ class FullDuplexMode:
         self.counters: dict[str, int] = {
             "caller_frames": 0, "gap_fill_frames": 0, "caller_dropped_frames": 0,
             "agent_chunks": 0, "ignored_requests": 0, "backchannels": 0, "barge_ins": 0,
-            "playout_flushes": 0,
+            "playout_flushes": 0, "steer_requests": 0,
         }
+        self.steering = SteeringMarks(
+            host, on_error=lambda msg: self._call("on_error", "steering_failed", msg, False))
         self._ducking = False
         self._started = False
         self._ended = False
@@ -240,20 +248,44 @@ class FullDuplexMode:
     def ended(self) -> bool:
         return self._ended
 
-    # Turn-based requests: harmless no-ops (Moshi takes and yields turns by itself).
+    # Turn-based requests. Without text/audio they are harmless no-ops (Moshi takes and
+    # yields turns by itself); with them they steer Moshi (ADR 0070).
 
-    def create_response(self, **request: Any) -> None:
-        """The host asks for a reply: Moshi replies when it decides to. Does nothing."""
-        self._ignored("create_response", request)
+    def create_response(self, *, text: str | None = None, audio: bytes | None = None,
+                        sample_rate: int = 24000, **request: Any
+                        ) -> asyncio.Task[str] | None:
+        """The host asks for a reply. With ``text`` the agent says that text in its own
+        voice; with ``audio`` (16-bit LE mono PCM at ``sample_rate``, e.g. the host's TTS)
+        and its ``text`` it says exactly that audio. Returns a task whose result is the
+        request id (``steering`` events and the agent-turn marks refer to it); without
+        text or audio, Moshi replies when it decides to and this returns None.
+
+        Raises :class:`~voice_server_moshi.errors.SteeringUnsupportedError` at once when
+        the adapter cannot be steered, and ``ValueError`` for empty text without audio."""
+        if text is None and audio is None:
+            self._ignored("create_response", request)
+            return None
+        task = self.steering.say(self.adapter, text, audio, sample_rate)
+        self.counters["steer_requests"] += 1
+        return task
 
     def commit_turn(self, **request: Any) -> None:
         """The host commits the caller's turn: Moshi needs no commit. Does nothing."""
         self._ignored("commit_turn", request)
 
-    def cancel_response(self, **request: Any) -> None:
-        """The host cancels the reply: Moshi yields by itself when talked over. Does nothing
-        (a host that must silence playout uses barge_in_policy duck/flush)."""
-        self._ignored("cancel_response", request)
+    def cancel_response(self, *, flush_playout: bool = True, **request: Any
+                        ) -> asyncio.Task[str] | None:
+        """The host cancels the reply. With a steerable adapter: the steered speech stops at
+        the model's next step, queued requests are dropped and (``flush_playout``) the
+        agent audio already buffered for the caller is dropped too. Otherwise a no-op:
+        Moshi yields by itself when talked over (barge_in_policy duck/flush)."""
+        if not self.steering.can_steer(self.adapter):
+            self._ignored("cancel_response", request)
+            return None
+        if flush_playout:
+            self.counters["playout_flushes"] += 1
+            self.playout.flush()
+        return self.steering.cancel(self.adapter)
 
     @property
     def overlaps(self) -> list[OverlapDecision]:
@@ -323,6 +355,10 @@ class FullDuplexMode:
         elif isinstance(event, Interruption):
             n = self.playout.flush()
             self.log.info("provider_interruption", flushed_frames=n)
+        elif isinstance(event, Steering):
+            self.steering.on_event(event, now)
+            if self.steering.notify:
+                self._call("on_agent_steering", event.request_id, event.status, now)
         elif isinstance(event, Error):
             self._call("on_error", event.code, event.message, event.fatal)
         elif isinstance(event, Connected):
@@ -342,7 +378,10 @@ class FullDuplexMode:
     def _agent_transitions(self, transitions: list[AgentTransition]) -> None:
         for tr in transitions:
             if tr.kind == "start":
-                self._call("on_agent_turn_started", tr.t_ms)
+                if self.steering.mark_turn(tr.t_ms):
+                    self._call("on_agent_turn_started", tr.t_ms, steered=True)
+                else:
+                    self._call("on_agent_turn_started", tr.t_ms)
             else:
                 # Interrupted: the caller was talking (pending overlap or turn) when the
                 # agent stopped, i.e. Moshi yielded to them.
@@ -386,11 +425,11 @@ class FullDuplexMode:
             k: v for k, v in self.counters.items() if isinstance(v, int)
         })
 
-    def _call(self, name: str, *args: Any) -> None:
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> None:
         if self._ended:
             return  # nothing after on_disconnected
         fn: Callable[..., Any] = getattr(self.host, name)
         try:
-            fn(*args)
+            fn(*args, **kwargs)
         except Exception:
             self.log.exception("host_callback_failed", callback=name)

@@ -21,6 +21,7 @@ start/end come from an energy VAD on the caller's own audio, in caller stream ti
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 from collections import deque
 from typing import Any, ClassVar
@@ -34,8 +35,8 @@ from ..audio.framing import SampleFramer
 from ..audio.resample import Resampler
 from ..audio.vad import EnergyVad
 from ..capabilities import Capabilities
-from ..errors import ConnectError
-from ..events import AudioChunk, Error, SpeechEnded, SpeechStarted, Transcript
+from ..errors import ConnectError, LifecycleError, SteeringUnsupportedError
+from ..events import AudioChunk, Error, SpeechEnded, SpeechStarted, Steering, Transcript
 from .settings import MoshiSettings
 from .transcript import AgentWords
 from .transport import (
@@ -47,6 +48,7 @@ from .transport import (
     MoshiTransport,
     PeerClosed,
     PeerError,
+    SteerUpdate,
 )
 
 __all__ = ["MAX_OUTBOUND_FRAMES", "MoshiAdapter"]
@@ -92,6 +94,52 @@ class MoshiAdapter(BaseAdapter):
         self._caller_ms = 0.0  # the caller's own stream time (VAD clock)
         self._agent_samples = 0  # 24 kHz samples received (transcript clock)
         self._stall_ms = float(self.settings.stall_fill_ms)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """``steering`` follows the transport: known once connected (a remote server says
+        so in its metadata); before that, True only for the embedded engine."""
+        if self.transport is not None:
+            steer = self.transport.steerable
+        else:
+            steer = self._injected is None and self.settings.resolved_transport != "remote"
+        return dataclasses.replace(self.default_capabilities, steering=steer)
+
+    # -- steering (ADR 0070) -------------------------------------------------------------
+
+    def _steer_transport(self) -> MoshiTransport:
+        if self.state != "connected" or self.transport is None:
+            raise LifecycleError(f"moshi: steering needs a connected session (state "
+                                 f"{self.state!r})")
+        if not self.transport.steerable:
+            raise SteeringUnsupportedError(
+                "moshi: this Moshi peer cannot be steered: Kyutai's own servers take no "
+                "say/cancel requests; use the embedded transport or voice-server-moshi serve"
+            )
+        return self.transport
+
+    async def say_text(self, text: str) -> str:
+        rid = await self._steer_transport().say_text(text)
+        self.counters["steer_requests"] += 1
+        self._emit(Steering(rid, "queued", self._agent_ms()))
+        return rid
+
+    async def say_audio(self, audio: bytes, text: str = "", *, sample_rate: int = 24000) -> str:
+        transport = self._steer_transport()
+        if not isinstance(audio, bytes | bytearray | memoryview) or len(audio) % 2:
+            raise ValueError("say_audio takes 16-bit LE mono PCM bytes (an even length)")
+        pcm = np.frombuffer(bytes(audio), dtype="<i2").astype(np.float32) / 32768.0
+        if sample_rate != MOSHI_SAMPLE_RATE:
+            rs = Resampler(sample_rate, MOSHI_SAMPLE_RATE)  # raises on an unknown rate
+            tail = np.zeros(round(rs.latency_ms * sample_rate / 1000) + 1, np.float32)
+            pcm = np.concatenate([rs.process(pcm), rs.process(tail)]).astype(np.float32)
+        rid = await transport.say_audio(pcm, text)
+        self.counters["steer_requests"] += 1
+        self._emit(Steering(rid, "queued", self._agent_ms()))
+        return rid
+
+    async def cancel_say(self, flush: bool = True) -> None:
+        await self._steer_transport().cancel_say(flush)
 
     # -- BaseAdapter ---------------------------------------------------------------------
 
@@ -231,6 +279,13 @@ class MoshiAdapter(BaseAdapter):
             elif isinstance(event, AgentText):
                 self.counters["text_pieces"] += 1
                 self._emit_all(self._words.feed(event.text, self._agent_ms()))
+            elif isinstance(event, SteerUpdate):
+                if event.status != "queued":  # say_* reported queued already
+                    # Steered words never glue onto Moshi's own: a request's start and end
+                    # are word boundaries in the transcript.
+                    self._emit_all(self._words.flush())
+                    self._emit(Steering(event.request_id, event.status, self._agent_ms(),
+                                        event.message))
             elif isinstance(event, PeerError):
                 self.counters["peer_errors"] += 1
                 self._emit(Error(code=event.code, message=event.message, fatal=False))

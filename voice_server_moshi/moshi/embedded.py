@@ -26,11 +26,12 @@ from .transport import (
     MoshiTransport,
     PeerClosed,
     PeerError,
+    SteerUpdate,
     TransportEvent,
 )
 
 if TYPE_CHECKING:
-    from ..engine.core import Sampling
+    from ..engine.config import Sampling
     from ..engine.session import EngineCall
 
 __all__ = ["EmbeddedTransport"]
@@ -39,7 +40,7 @@ log = get_logger(__name__)
 
 
 def _sampling(settings: MoshiSettings) -> Sampling | None:
-    from ..engine.core import Sampling
+    from ..engine.config import Sampling
 
     vals = (settings.text_temperature, settings.text_topk, settings.audio_temperature,
             settings.audio_topk)
@@ -63,6 +64,7 @@ class EmbeddedTransport(MoshiTransport):
         self.call: EngineCall | None = None
         self.session_id: str | None = None
         self._closed = False
+        self._says = 0
         self.log = log
 
     async def open(self, call_id: str) -> str:
@@ -115,7 +117,7 @@ class EmbeddedTransport(MoshiTransport):
             await self.call.send_paced(pcm)
 
     async def receive(self) -> AsyncIterator[TransportEvent]:
-        from ..engine.core import SlotError
+        from ..engine.slot import SlotError
 
         if self.call is None:
             raise ConnectError("receive() before open()")
@@ -124,9 +126,35 @@ class EmbeddedTransport(MoshiTransport):
                 yield PeerError(ev.message, code="engine")
                 yield PeerClosed(code=None, reason=ev.message, clean=False)
                 return
+            for mark in ev.steering:
+                yield SteerUpdate(mark.request_id, mark.status)
             yield AgentAudio(ev.pcm)
             if ev.text:
                 yield AgentText(ev.text)
+
+    # -- steering (ADR 0070) --------------------------------------------------------------
+
+    @property
+    def steerable(self) -> bool:
+        return True
+
+    def _steer_call(self) -> EngineCall:
+        if self.call is None or self._closed or self.call.closed:
+            raise ConnectError("steering needs an open embedded session")
+        return self.call
+
+    def _next_id(self) -> str:
+        self._says += 1
+        return f"say-{self._says}"
+
+    async def say_text(self, text: str) -> str:
+        return self._steer_call().say_text(text, self._next_id())
+
+    async def say_audio(self, pcm: PCM, text: str = "") -> str:
+        return await self._steer_call().say_audio(pcm, text, self._next_id())
+
+    async def cancel_say(self, flush: bool = True) -> None:
+        self._steer_call().cancel_say(flush)
 
     async def close(self) -> None:
         self._closed = True

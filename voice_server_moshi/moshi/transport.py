@@ -12,9 +12,12 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+
+from ..errors import SteeringUnsupportedError
 
 #: Moshi's sample rate and frame: 80 ms at 24 kHz.
 MOSHI_SAMPLE_RATE = 24000
@@ -22,6 +25,9 @@ MOSHI_FRAME_SAMPLES = 1920
 MOSHI_FRAME_MS = 80
 
 PCM = npt.NDArray[np.float32]
+
+NOT_STEERABLE = ("this Moshi peer cannot be steered (Kyutai's own servers take no say/cancel "
+                 "requests); use the embedded transport or voice-server-moshi serve")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +62,20 @@ class PeerClosed:
     clean: bool
 
 
-TransportEvent = AgentAudio | AgentText | PeerError | PeerClosed
+SteerStatus = Literal["queued", "started", "finished", "cancelled", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class SteerUpdate:
+    """Progress of a steering request (say text / say audio; ADR 0070). ``started`` and
+    ``finished`` come with the first and last agent frame the request forced."""
+
+    request_id: str
+    status: SteerStatus
+    message: str = ""
+
+
+TransportEvent = AgentAudio | AgentText | PeerError | PeerClosed | SteerUpdate
 
 
 async def queued_events(
@@ -95,3 +114,22 @@ class MoshiTransport(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Close from our side. Idempotent; must not hang."""
+
+    # -- steering (ADR 0070): only transports whose peer can be steered override these --
+
+    @property
+    def steerable(self) -> bool:
+        """The peer takes say-text / say-audio / cancel (known once open)."""
+        return False
+
+    async def say_text(self, text: str) -> str:
+        """Queue ``text`` for the agent to say; returns the request id."""
+        raise SteeringUnsupportedError(f"{type(self).__name__}: {NOT_STEERABLE}")
+
+    async def say_audio(self, pcm: PCM, text: str = "") -> str:
+        """Queue 24 kHz mono float32 ``pcm`` (with its words) for the agent to say."""
+        raise SteeringUnsupportedError(f"{type(self).__name__}: {NOT_STEERABLE}")
+
+    async def cancel_say(self, flush: bool = True) -> None:
+        """Stop the request being said (and with ``flush`` the queued ones)."""
+        raise SteeringUnsupportedError(f"{type(self).__name__}: {NOT_STEERABLE}")
