@@ -11,9 +11,11 @@ Pipecat -> service                              what the service does
                                                 connect the adapter (remote or embedded)
 ``InputAudioRawFrame`` (any rate)               ``mode.push_caller_audio`` (resampled to the
                                                 mode's rate if it differs); not forwarded
-``TTSSpeakFrame``                               ``mode.create_response(text=...)`` (steering);
-                                                an ``ErrorFrame`` when the adapter cannot steer
-``InterruptionFrame`` from elsewhere            ``mode.cancel_response()`` when steering
+``TTSSpeakFrame``                               ``mode.create_response(text=...)`` (steering,
+                                                ADR 0070); an ``ErrorFrame`` when the adapter
+                                                cannot steer (``SteeringUnsupportedError``)
+``InterruptionFrame`` from elsewhere            ``mode.cancel_response()`` (stops steered
+                                                speech; a no-op without steering)
 ``EndFrame`` / ``CancelFrame``                  ``mode.stop()``: the adapter disconnects
 ==============================================  ==============================================
 
@@ -28,7 +30,7 @@ mode callback                                   Pipecat frames
 ``on_user_turn_ended``                          ``UserStoppedSpeakingFrame`` (broadcast)
 ``on_agent_turn_started`` / ``_ended``          ``BotStartedSpeakingFrame`` /
                                                 ``BotStoppedSpeakingFrame`` (broadcast)
-``on_transcript`` agent                         ``TTSTextFrame`` (word pieces, spaces included)
+``on_transcript`` agent, final                  ``TTSTextFrame``, one per word (ADR 0021)
 ``on_transcript`` caller                        ``TranscriptionFrame`` / interim
 ``on_error``                                    ``ErrorFrame`` upstream (fatal as reported)
 ``on_disconnected`` (not asked for)             ``EndWorkerFrame``: the pipeline ends cleanly
@@ -75,6 +77,7 @@ from pipecat.utils.time import time_now_iso8601
 from .._log import get_logger
 from ..adapter import VoiceModelAdapter, VoiceModelConfig
 from ..audio.resample import Resampler
+from ..errors import SteeringUnsupportedError
 from ..events import Role
 from ..formats import AudioFormat
 from ..modes.clock import Clock, ManualClock
@@ -91,7 +94,7 @@ _MODE_RATES = (8000, 16000, 24000, 48000)
 class Decision:
     """One mode callback the service turned into frames (kept for tests and benches)."""
 
-    kind: str  # user-started | user-stopped | bot-started | bot-stopped | disconnected
+    kind: str  # user-started|user-stopped|bot-started|bot-stopped|steering|disconnected
     t_ms: float
     barge_in: bool = False
     detail: dict[str, Any] = field(default_factory=dict)
@@ -147,6 +150,8 @@ class MoshiService(FrameProcessor):
         self._stopping = False
         self._started = False
         self._pending_bytes = 0
+        self._manual_q: asyncio.Queue[bytes] = asyncio.Queue()
+        self._ticker: asyncio.Task[None] | None = None
         #: Set True before the call starts to record per-frame wall times (benchmarks):
         #: when caller audio reached the mode, and when the mode played each agent frame.
         self.record_timing = False
@@ -223,6 +228,12 @@ class MoshiService(FrameProcessor):
     async def _stop(self, reason: str, *, drain: bool) -> None:
         if self._stopping and self._pusher is None:
             return
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            if drain:  # input-clocked: play the caller audio already received first
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._manual_q.join(), 30.0)
+            await self.cancel_task(ticker)
         self._stopping = True
         if self.mode is not None and not self.mode.ended:
             await self.mode.stop(reason)
@@ -250,44 +261,59 @@ class MoshiService(FrameProcessor):
                     frame.sample_rate, self._mode_rate)
             audio = np.asarray(rs.process(np.frombuffer(audio, dtype=np.int16)),
                                dtype=np.int16).tobytes()
+        if isinstance(self._clock, ManualClock):
+            # Ticked off this task: Pipecat serves queued system frames (audio) before
+            # data frames, so waiting here for the model would hold TTSSpeakFrame back.
+            self._manual_q.put_nowait(audio)
+            if self._ticker is None:
+                self._ticker = self.create_task(self._tick_with_input(), "moshi-ticks")
+            return
         if self.record_timing:
             self.caller_in_wall.append(time.perf_counter())
         self.mode.push_caller_audio(audio)
-        if isinstance(self._clock, ManualClock):
-            await self._tick_with_input(len(audio))
 
-    async def _tick_with_input(self, nbytes: int) -> None:
+    async def _tick_with_input(self) -> None:
         # Input-clocked: each whole frame of caller audio is one tick of the mode, after
         # which the model is given time to answer (like the reference host's virtual
         # clock): deterministic whatever the machine's load, as fast as the model allows.
-        self._pending_bytes += nbytes
         frame_bytes = self._mode_rate * self._frame_ms // 1000 * 2
-        while self._pending_bytes >= frame_bytes and not self.mode.ended:
-            self._pending_bytes -= frame_bytes
-            await self.mode.tick()
-            await self.mode.settle()
-
-    def _steering(self) -> bool:
-        return bool(getattr(self.adapter.capabilities, "steering", False))
+        while True:
+            audio = await self._manual_q.get()
+            try:
+                if self.record_timing:
+                    self.caller_in_wall.append(time.perf_counter())
+                self.mode.push_caller_audio(audio)
+                self._pending_bytes += len(audio)
+                while self._pending_bytes >= frame_bytes and not self.mode.ended:
+                    self._pending_bytes -= frame_bytes
+                    await self.mode.tick()
+                    await self.mode.settle()
+            finally:
+                self._manual_q.task_done()
 
     async def _say(self, text: str) -> None:
         if self.mode is None or self.mode.ended:
             await self.push_error(f"{STEERING_UNAVAILABLE}: the call is not running")
             return
-        if not self._steering():
-            await self.push_error(
-                f"{STEERING_UNAVAILABLE}: adapter {type(self.adapter).__name__} does not "
-                f"declare the 'steering' capability; TTSSpeakFrame ignored")
-            return
         try:
-            self.mode.create_response(text=text)
-        except Exception as exc:  # bad text, a request already running: the call goes on
+            task = self.mode.create_response(text=text)
+        except SteeringUnsupportedError as exc:  # the adapter cannot steer: say so, go on
+            await self.push_error(f"{STEERING_UNAVAILABLE}: {exc}; TTSSpeakFrame ignored")
+            return
+        except Exception as exc:  # empty text, a bad request: the call goes on
             await self.push_error(f"moshi: create_response failed: {exc}", exception=exc)
+            return
+        if task is not None:
+            task.add_done_callback(self._said)
+
+    def _said(self, task: asyncio.Task[str]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.emit("error", ("steering_failed", str(task.exception()), False))
 
     def _cancel_steering(self) -> None:
-        if self.mode is not None and not self.mode.ended and self._steering():
+        if self.mode is not None and not self.mode.ended:
             try:
-                self.mode.cancel_response()
+                self.mode.cancel_response()  # a no-op (logged) when the adapter cannot steer
             except Exception:
                 self.log.exception("cancel_response_failed")
 
@@ -328,9 +354,7 @@ class MoshiService(FrameProcessor):
         elif kind == "bot-stopped":
             await self.broadcast_frame(BotStoppedSpeakingFrame)
         elif kind == "agent-text":
-            tf = TTSTextFrame(text=payload, aggregated_by=AggregationType.WORD)
-            tf.includes_inter_frame_spaces = True  # Moshi's pieces carry their spaces
-            await self.push_frame(tf)
+            await self.push_frame(TTSTextFrame(text=payload, aggregated_by=AggregationType.WORD))
         elif kind == "caller-text":
             text, final = payload
             cls = TranscriptionFrame if final else InterimTranscriptionFrame
@@ -365,17 +389,21 @@ class _FrameHost:
             self.svc.agent_out_consumed.append(int(self.svc.mode.counters["caller_frames"]))
         self.svc.emit("audio", audio)
 
-    def on_agent_turn_started(self, t_ms: float) -> None:
-        self._decide("bot-started", t_ms)
+    def on_agent_turn_started(self, t_ms: float, steered: bool = False) -> None:
+        self._decide("bot-started", t_ms, steered=steered)
         self.svc.emit("bot-started")
 
     def on_agent_turn_ended(self, t_ms: float, interrupted: bool) -> None:
         self._decide("bot-stopped", t_ms, interrupted=interrupted)
         self.svc.emit("bot-stopped")
 
+    def on_agent_steering(self, request_id: str, status: str, t_ms: float) -> None:
+        self._decide("steering", t_ms, request_id=request_id, status=status)
+
     def on_transcript(self, role: Role, text: str, final: bool, t_ms: float) -> None:
         if role == "agent":
-            self.svc.emit("agent-text", text)
+            if final:  # whole words; the interim ones are the same word growing
+                self.svc.emit("agent-text", text)
         else:
             self.svc.emit("caller-text", (text, final))
 
