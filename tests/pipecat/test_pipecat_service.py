@@ -232,7 +232,8 @@ async def test_tts_speak_frame_makes_the_embedded_agent_say_it(dev_checkpoint: P
     run = asyncio.create_task(run_pipeline([src, up, svc, down], in_rate=8000, out_rate=8000,
                                            timeout_s=240))
     await asyncio.wait_for(svc.ready.wait(), 120)
-    while svc.mode.t_ms < 800:
+    while svc.mode.t_ms < 800:  # ask 800 ms into the call
+        assert not run.done()
         await asyncio.sleep(0.01)
     n_before = len(down.of(TTSTextFrame))
     await svc.queue_frame(TTSSpeakFrame(text))

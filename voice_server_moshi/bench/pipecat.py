@@ -166,7 +166,9 @@ async def _twilio(pcm: bytes, factory: Callable[[], VoiceModelAdapter],
                      pipecat_pacing=pipecat_pacing)
     mulaw = g711.encode(np.frombuffer(pcm, dtype=np.int16), "mulaw")
     async def model_ready() -> None:  # measure the call, not the pipeline's start-up
-        while not services:
+        for _ in range(12000):  # the server creates the call's service on `start`
+            if services:
+                break
             await asyncio.sleep(0.005)
         await services[0].ready.wait()
 
