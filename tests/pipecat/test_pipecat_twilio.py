@@ -151,3 +151,14 @@ async def test_clear_on_the_barge_in_and_none_on_the_backchannel() -> None:
     assert any(b.start_ms - 200 <= verdicts["backchannel"].onset_ms <= b.end_ms
                for b in backchannels)
     assert res.close_code == 1000
+
+
+def test_the_pipecat_method_mode_clocked_output_replaces_still_exists() -> None:
+    # ModeClockedTransport removes the output's simulated-playback sleep (ADR 0090); a
+    # Pipecat release that renames it would silently bring back the drift.
+    from pipecat.transports.websocket.fastapi import FastAPIWebsocketOutputTransport
+
+    from voice_server_moshi.pipecat.twilio import _ModeClockedOutput
+
+    assert callable(FastAPIWebsocketOutputTransport._write_audio_sleep)
+    assert "_write_audio_sleep" in vars(_ModeClockedOutput)
