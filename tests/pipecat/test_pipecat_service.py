@@ -17,9 +17,11 @@ from pipecat.frames.frames import (
     BotStoppedSpeakingFrame,
     EndFrame,
     ErrorFrame,
+    InterimTranscriptionFrame,
     InterruptionFrame,
     OutputAudioRawFrame,
     StartFrame,
+    TranscriptionFrame,
     TTSSpeakFrame,
     TTSTextFrame,
     UserStartedSpeakingFrame,
@@ -29,10 +31,11 @@ from pipecat.frames.frames import (
 from voice_server_moshi.corpus.agent import ScriptedAgentTransport, text_schedule
 from voice_server_moshi.corpus.assemble import CorpusCall, build_call
 from voice_server_moshi.corpus.store import bundled_clips
+from voice_server_moshi.events import Transcript
 from voice_server_moshi.modes.clock import ManualClock
 from voice_server_moshi.moshi.adapter import MoshiAdapter
 from voice_server_moshi.moshi.settings import MoshiSettings
-from voice_server_moshi.moshi.transport import PeerClosed
+from voice_server_moshi.moshi.transport import PeerClosed, PeerError
 from voice_server_moshi.pipecat.harness import CallerSource, FrameLog, run_pipeline
 from voice_server_moshi.pipecat.service import (
     STEERING_UNAVAILABLE,
@@ -146,6 +149,36 @@ async def test_adapter_disconnect_ends_the_pipeline_cleanly() -> None:
     assert isinstance(down.frames[-1].frame, EndFrame)
     assert svc.decisions[-1].kind == "disconnected"
     assert not src.done.is_set()
+
+
+async def test_peer_errors_are_error_frames_and_caller_transcripts_transcription_frames(
+) -> None:
+    transport = ScriptedTransport(echo=True)
+
+    class WithCallerText(MoshiAdapter):
+        # The Moshi adapter has caller transcripts only with the stt work; the mapping
+        # is checked here with the real adapter emitting one through its own _emit.
+        def say_caller(self, text: str, final: bool) -> None:
+            self._emit(Transcript(role="caller", text=text, final=final))
+
+    adapter = WithCallerText(MoshiSettings(), transport=transport)
+    svc = MoshiService(adapter_factory=lambda: adapter, clock=ManualClock())
+    src = CallerSource(b"\x00" * 16000, 8000, ready=svc.ready, tail_ms=400)
+    up, down = FrameLog(), FrameLog()
+    run = asyncio.create_task(run_pipeline([src, up, svc, down], in_rate=8000, out_rate=8000))
+    await asyncio.wait_for(svc.ready.wait(), 10)
+    transport.push(PeerError("model overloaded"))
+    adapter.say_caller("I need", False)
+    adapter.say_caller("I need help", True)
+    await run
+    errors = up.of(ErrorFrame, upstream=True)
+    assert len(errors) == 1 and "model overloaded" in errors[0].frame.error
+    assert not errors[0].frame.fatal
+    assert [(type(f.frame).__name__, f.frame.text, f.frame.user_id)
+            for f in down.of(TranscriptionFrame, InterimTranscriptionFrame)] == [
+        ("InterimTranscriptionFrame", "I need", "caller"),
+        ("TranscriptionFrame", "I need help", "caller")]
+    assert isinstance(down.frames[-1].frame, EndFrame)  # a peer error is not the end
 
 
 async def test_connect_failure_is_a_fatal_error_frame() -> None:

@@ -188,6 +188,7 @@ def create_app(
         params = FastAPIWebsocketParams(
             audio_in_enabled=True, audio_out_enabled=True, add_wav_header=False,
             serializer=serializer, audio_out_10ms_chunks=2, audio_out_end_silence_secs=0,
+            ws_close_timeout=2.0,
         )
         transport = (FastAPIWebsocketTransport(ws, params) if pipecat_pacing
                      else ModeClockedTransport(ws, params))

@@ -40,6 +40,16 @@ async def running_app(app: Any, host: str = "127.0.0.1", port: int = 0) -> Async
             await asyncio.wait_for(task, 10.0)
 
 
+def _quiet_pipecat() -> None:
+    """Pipecat logs through loguru at DEBUG by default: follow this CLI's log level."""
+    import logging
+
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level=logging.getLevelName(logging.getLogger().getEffectiveLevel()))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="voice-server-moshi pipecat-twilio",
@@ -73,6 +83,7 @@ def main(argv: list[str]) -> int:
     except SettingsError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
+    _quiet_pipecat()
     moshi = dict(cfg.adapter_settings)
     for key in ("url", "checkpoint", "device"):
         if getattr(args, key) is not None:
