@@ -232,7 +232,8 @@ async def test_pipeline_on_the_embedded_dev_checkpoint(dev_checkpoint: object) -
 
 @pytest.mark.slow
 async def test_pipeline_on_kyutais_moshi_server(moshi_server: object) -> None:
-    svc = MoshiService(moshi={"url": moshi_server.url},  # type: ignore[attr-defined]
+    svc = MoshiService(moshi={"url": moshi_server.url,  # type: ignore[attr-defined]
+                              "connect_timeout_s": 60},
                        clock=ManualClock())
     down = await _run_model_call(svc, 3.0, 8000)
     _check_model_call(svc, down, 3.0, 8000, answered=0.8)
