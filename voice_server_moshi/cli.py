@@ -37,6 +37,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "voice_server_moshi.corpus.cli:main",
         "synthesize the labelled call corpus (espeak-ng + sox) into DIR",
     ),
+    "pipecat-twilio": (
+        "voice_server_moshi.pipecat.twilio_cli:main",
+        "Moshi in a Pipecat pipeline behind Twilio Media Streams (TwiML at /, media at /ws)",
+    ),
     "contract-report": (
         "voice_server_moshi.testing.contract.report:main",
         "run the contract suite and write the parity table (--out docs/contract-parity.md)",
@@ -68,6 +72,10 @@ BENCHES: dict[str, tuple[str, str]] = {
     "sampling": (
         "voice_server_moshi.bench.sampling:main",
         "per-call sampling (per-row temperature, top-k, seeds) vs LMGen's: tick cost (ADR 0080)",
+    ),
+    "pipecat": (
+        "voice_server_moshi.bench.pipecat:main",
+        "Pipecat path vs the reference host on one call: added latency p50/p99, CPU per call",
     ),
     "engine": (
         "voice_server_moshi.bench.engine:main",
