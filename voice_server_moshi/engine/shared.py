@@ -8,6 +8,7 @@ loop) and ticking in its own thread until the process ends or :func:`shutdown_al
 from __future__ import annotations
 
 import asyncio
+import atexit
 import threading
 from dataclasses import dataclass
 
@@ -78,3 +79,9 @@ def shutdown_all(reason: str = "engine shut down") -> None:
         _engines.clear()
     for eng in engines:
         eng.stop(reason)
+
+
+# A tick thread still inside torch when the interpreter tears down can abort the process
+# ("terminate called without an active exception", exit -6) after the work is done: stop
+# every shared engine first.
+atexit.register(shutdown_all, "process exit")
