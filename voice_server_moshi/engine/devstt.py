@@ -18,7 +18,6 @@ LM's own ``delays``). Plumbing, tests and benchmarks only, never transcription q
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -288,8 +287,3 @@ def dev_stt_checkpoint_dir() -> Path:
     if not _is_complete(final):
         raise DevCheckpointError(f"could not create the dev STT checkpoint in {final}")
     return final
-
-
-def delay_frames(stt_config: dict[str, Any], frame_rate: float) -> int:
-    """Frames of silence that flush a call's last words: the config's audio delay."""
-    return math.ceil(float(stt_config.get("audio_delay_seconds", 0.0)) * frame_rate)
