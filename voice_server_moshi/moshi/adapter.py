@@ -16,11 +16,15 @@ delay bounded (ADR 0022). Counters: ``caller_ms``,
 
 Text pieces become agent ``transcript`` events (words; ADR 0021). Caller speech
 start/end come from an energy VAD on the caller's own audio, in caller stream time.
+Where the transport carries a caller transcript (Kyutai STT beside Moshi, ADR 0075), its
+pieces become caller ``transcript`` events by the same word rules on the caller's stream
+clock, and :meth:`MoshiAdapter.disconnect` first asks for the STT's last words.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 from collections import deque
 from typing import Any, ClassVar
@@ -44,6 +48,8 @@ from .transport import (
     PCM,
     AgentAudio,
     AgentText,
+    CallerFlushed,
+    CallerText,
     MoshiTransport,
     PeerClosed,
     PeerError,
@@ -55,6 +61,9 @@ __all__ = ["MAX_OUTBOUND_FRAMES", "MoshiAdapter"]
 MAX_OUTBOUND_FRAMES = 25
 #: WebSocket close code of a normal end of session.
 NORMAL_CLOSE = 1000
+#: How long disconnect() waits for the STT's last words (its delay, 0.5-2.5 s of audio, runs
+#: in one engine tick embedded; a network round trip remote).
+CALLER_FLUSH_TIMEOUT_S = 3.0
 
 
 def _to_int16(x: NDArray[Any]) -> NDArray[np.int16]:
@@ -92,6 +101,18 @@ class MoshiAdapter(BaseAdapter):
         self._caller_ms = 0.0  # the caller's own stream time (VAD clock)
         self._agent_samples = 0  # 24 kHz samples received (transcript clock)
         self._stall_ms = float(self.settings.stall_fill_ms)
+        self._caller_words = AgentWords(role="caller")
+        self._caller_flushed = asyncio.Event()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """``caller_transcript`` is true exactly when the transport carries one: embedded
+        with ``moshi.stt`` set, or a server that advertises it (``serve --stt``)."""
+        t = self.transport
+        on = (t.caller_transcript if t is not None else
+              self._injected is None and self.settings.resolved_transport == "embedded"
+              and self.settings.stt is not None)
+        return dataclasses.replace(self.default_capabilities, caller_transcript=bool(on))
 
     # -- BaseAdapter ---------------------------------------------------------------------
 
@@ -138,8 +159,21 @@ class MoshiAdapter(BaseAdapter):
 
     async def disconnect(self) -> None:
         if self.state == "connected":
+            await self._flush_caller()
             self._emit_all(self._words.flush())
+            self._emit_all(self._caller_words.flush())
         await super().disconnect()
+
+    async def _flush_caller(self) -> None:
+        """Bring the caller transcript's last words in before ``disconnected``."""
+        t = self.transport
+        if t is None or not t.caller_transcript:
+            return
+        try:
+            await asyncio.wait_for(t.flush_caller(), CALLER_FLUSH_TIMEOUT_S)
+            await asyncio.wait_for(self._caller_flushed.wait(), CALLER_FLUSH_TIMEOUT_S)
+        except (TimeoutError, Exception) as exc:  # the peer may be gone: end anyway
+            self.log.warning("caller_flush_incomplete", error=repr(exc))
 
     # -- transports ----------------------------------------------------------------------
 
@@ -231,6 +265,10 @@ class MoshiAdapter(BaseAdapter):
             elif isinstance(event, AgentText):
                 self.counters["text_pieces"] += 1
                 self._emit_all(self._words.feed(event.text, self._agent_ms()))
+            elif isinstance(event, CallerText):
+                self._on_caller_text(event)
+            elif isinstance(event, CallerFlushed):
+                self._caller_flushed.set()
             elif isinstance(event, PeerError):
                 self.counters["peer_errors"] += 1
                 self._emit(Error(code=event.code, message=event.message, fatal=False))
@@ -239,6 +277,13 @@ class MoshiAdapter(BaseAdapter):
                 return
         await self._peer_gone(PeerClosed(code=None, reason="transport ended", clean=False))
 
+    def _on_caller_text(self, event: CallerText) -> None:
+        if event.text is None:
+            self._emit_all(self._caller_words.advance(event.stream_ms))
+            return
+        self.counters["caller_pieces"] += 1
+        self._emit_all(self._caller_words.feed(event.text, event.stream_ms))
+
     async def _peer_gone(self, event: PeerClosed) -> None:
         # The vendor adapters' rules (ADR 0054), so hosts see one behaviour: a normal close
         # (1000) ends the call without an error; any other close is a fatal
@@ -246,6 +291,7 @@ class MoshiAdapter(BaseAdapter):
         if self.state != "connected":
             return
         self._emit_all(self._words.flush())
+        self._emit_all(self._caller_words.flush())
         if event.clean and event.code == NORMAL_CLOSE:
             await self._peer_closed(close_code=event.code, reason="peer")
             return
