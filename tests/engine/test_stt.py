@@ -154,3 +154,26 @@ def test_batched_equals_alone(stt: SttModels, mimi: Any) -> None:
     assert [(o.step, o.token) for o in both[0]] == [(o.step, o.token) for o in alone_a]
     assert [(o.step, o.token) for o in both[2]] == [(o.step, o.token) for o in alone_b]
     assert any(o.text for o in alone_b)
+
+
+def test_standalone_transcriber_matches_the_batch(stt: SttModels, mimi: Any) -> None:
+    from voice_server_moshi.engine.transcriber import Transcriber
+
+    x = caller_audio("u4", gap_s=0.3)
+    codes = encode(mimi, x)
+    batch = SttBatch(stt, 1, silence_codes(mimi, 8, CPU))
+    try:
+        want = run(batch, {0: (0, set(), codes)}, codes.shape[2])[0]
+    finally:
+        batch.close()
+    tr = Transcriber("dev", device="cpu", dtype="float32")
+    got = []
+    for i in range(0, len(x), 700):  # odd chunk sizes: it frames them itself
+        got += tr.feed(x[i:i + 700])
+    got += tr.finish()
+    assert [(o.step, o.token, o.final) for o in got] == [(o.step, o.token, o.final) for o in want]
+    words = tr.words(got)
+    assert words and all(w.role == "caller" for w in words) and words[-1].final
+    assert tr.finish() == []
+    with pytest.raises(RuntimeError):
+        tr.feed(x[:1920])

@@ -251,6 +251,12 @@ class SttBatch:
         return got
 
 
+def silence_frames(models: SttModels, frame_rate: float = 12.5) -> int:
+    """Frames of silence codes an :class:`SttBatch` wants: the prefix, and enough for
+    Mimi to settle (the flush repeats the last one)."""
+    return max(8, math.ceil(models.prefix_s * frame_rate))
+
+
 def silence_codes(mimi: Any, frames: int, device: torch.device) -> torch.Tensor:
     """Mimi codes of ``frames`` frames of silence from a fresh stream, ``[1, K, frames]``.
     Call before the Mimi enters the engine's batched streaming mode."""

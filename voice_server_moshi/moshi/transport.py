@@ -99,6 +99,7 @@ class MoshiTransport(ABC):
         """The call is ending: ask for the caller transcript's last words (the STT runs
         its delay's worth of silence); a :class:`CallerFlushed` follows them. Transports
         without a caller transcript have nothing to flush."""
+        return None
 
     @abstractmethod
     async def open(self, call_id: str) -> str:
