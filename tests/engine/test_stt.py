@@ -25,7 +25,10 @@ from voice_server_moshi.engine.stt import (  # noqa: E402
     load_stt,
     silence_codes,
 )
-from voice_server_moshi.moshi.checkpoint import dev_checkpoint_dir, resolve_checkpoint  # noqa: E402
+from voice_server_moshi.engine.checkpoints import (  # noqa: E402
+    dev_checkpoint_dir,
+    resolve_checkpoint,
+)
 
 CPU = torch.device("cpu")
 

@@ -25,19 +25,17 @@ from pathlib import Path
 from typing import Any
 
 from .._log import get_logger
-from ..moshi.checkpoint import (
-    AUDIO_CARD,
+from .checkpoints import (
     CONFIG_NAME,
     DEV_CHECKPOINT_VERSION,
     MIMI_CONFIG_NAME,
     MIMI_WEIGHTS_NAME,
-    TEXT_CARD,
     TOKENIZER_NAME,
     DevCheckpointError,
-    _state_bytes,
     cache_root,
     dev_checkpoint_dir,
 )
+from .devcheckpoint import AUDIO_CARD, TEXT_CARD, _state_bytes
 
 log = get_logger(__name__)
 

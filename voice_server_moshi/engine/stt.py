@@ -22,44 +22,34 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .._log import get_logger
+from .slot import SttOutput
+
+if TYPE_CHECKING:
+    from .models import LoadedModels
+
+__all__ = ["SttBatch", "SttModels", "SttOutput", "load_stt", "make_stt_batch"]
 
 log = get_logger(__name__)
 
 #: Kyutai's example reads this head's class 0 as "the speaker's turn has ended".
 END_OF_TURN_HEAD = 2
 
-
-@dataclass(frozen=True, slots=True)
-class SttOutput:
-    """One STT step of one call: a text piece (or None for PAD/EPAD), at ``step``.
-
-    ``step`` counts the call's frames (0 = its first); the piece transcribes audio about
-    ``delay_ms`` earlier: ``audio_ms = step * 80 - delay_ms`` is Kyutai's word timestamp.
-    ``final`` marks the end of the call's flush: nothing follows it.
-    """
-
-    step: int
-    text: str | None
-    token: int
-    #: P(turn ended) from the end-of-turn head; None when the checkpoint has no such head.
-    end_of_turn: float | None = None
-    delay_ms: float = 0.0
-    final: bool = False
-
-    @property
-    def stream_ms(self) -> float:
-        """Caller stream time at which this piece came out (end of frame ``step``)."""
-        return (self.step + 1) * 80.0
-
-    @property
-    def audio_ms(self) -> float:
-        """Estimated caller stream time of the audio this piece transcribes."""
-        return max(0.0, self.step * 80.0 - self.delay_ms)
+#: kyutai/stt-1b-en_fr's LM sizes (its config.json and Kyutai's Rust server config), for
+#: ``stt = "full"``: random weights, the real compute and memory (benchmarks).
+STT_1B_CONFIG: dict[str, Any] = {
+    "dim": 2048, "text_card": 8000, "existing_text_padding_id": 3, "n_q": 32, "dep_q": 0,
+    "card": 2048, "num_heads": 16, "num_layers": 16, "hidden_scale": 4.125, "causal": True,
+    "layer_scale": None, "context": 750, "max_period": 100000, "gating": "silu",
+    "norm": "rms_norm_f32", "positional_embedding": "rope", "delays": [0] * 33,
+    "extra_heads_num_heads": 4, "extra_heads_dim": 6,
+}
+STT_1B_STT_CONFIG: dict[str, float] = {"audio_delay_seconds": 0.5,
+                                       "audio_silence_prefix_seconds": 0.0}
 
 
 @dataclass
@@ -67,7 +57,7 @@ class SttModels:
     """A loaded STT checkpoint: its LM, tokenizer and ``stt_config``."""
 
     lm: Any  # moshi.models.LMModel with dep_q == 0
-    tokenizer: Any  # sentencepiece.SentencePieceProcessor
+    tokenizer: Any | None  # sentencepiece.SentencePieceProcessor; None for "full"
     stt_config: dict[str, Any] = field(default_factory=dict)
     lm_gen_config: dict[str, Any] = field(default_factory=dict)
     mimi_weights: Path | None = None
@@ -89,7 +79,7 @@ class SttModels:
     def text_piece(self, token: int) -> str | None:
         if token < 0 or token in (self.lm.text_padding_token_id, self.lm.end_of_text_padding_id):
             return None
-        if token >= self.tokenizer.vocab_size():
+        if self.tokenizer is None or token >= self.tokenizer.vocab_size():
             return None
         piece: str = self.tokenizer.id_to_piece(token)
         return piece.replace("▁", " ")
@@ -100,7 +90,7 @@ def resolve_stt_checkpoint(name: str) -> Any:
     directory with a ``config.json``, or a Hugging Face repo (e.g. kyutai/stt-1b-en_fr)."""
     from moshi.models import loaders
 
-    from ..moshi.checkpoint import CONFIG_NAME, resolve_checkpoint
+    from .checkpoints import CONFIG_NAME, resolve_checkpoint
 
     if name == "dev":
         from .devstt import dev_stt_checkpoint_dir
@@ -112,7 +102,14 @@ def resolve_stt_checkpoint(name: str) -> Any:
 
 def load_stt(name: str, *, device: torch.device, dtype: torch.dtype) -> SttModels:
     """Load an STT checkpoint through the ``moshi`` package's loaders; refuse anything that
-    is not a ``dep_q = 0`` speech-to-text LM."""
+    is not a ``dep_q = 0`` speech-to-text LM. ``full``: kyutai/stt-1b-en_fr's sizes with
+    random weights (no tokenizer: it writes no text), for benchmarks."""
+    if name == "full":
+        from moshi.models.lm import LMModel
+
+        lm = LMModel(device=device, dtype=dtype, **STT_1B_CONFIG).eval()
+        return SttModels(lm, None, dict(STT_1B_STT_CONFIG), {}, None,
+                         "stt full-size 1B, random weights")
     info = resolve_stt_checkpoint(name)
     if info.model_type != "stt" or (info.lm_config or {}).get("dep_q", 8) != 0:
         raise ValueError(
@@ -130,18 +127,17 @@ def check_same_codec(stt: SttModels, mimi: Any) -> None:
     the STT checkpoint's Mimi weights with the engine's, tensor by tensor."""
     if stt.mimi_weights is None:
         return
-    from safetensors import safe_open
+    from safetensors.torch import load_file
 
     ours = mimi.state_dict()
-    with safe_open(str(stt.mimi_weights), framework="pt", device="cpu") as f:
-        keys = set(f.keys())
-        if keys != set(ours):
-            raise ValueError(f"{stt.description}: its Mimi has other parameters than the "
-                             "engine's; the STT must use Moshi's codec to share its encode")
-        for k in sorted(keys):
-            if not torch.equal(f.get_tensor(k), ours[k].detach().cpu().to(f.get_tensor(k).dtype)):
-                raise ValueError(f"{stt.description}: its Mimi weights differ from the "
-                                 f"engine's ({k}); the STT must share Moshi's codec")
+    theirs: dict[str, torch.Tensor] = load_file(str(stt.mimi_weights), device="cpu")
+    if set(theirs) != set(ours):
+        raise ValueError(f"{stt.description}: its Mimi has other parameters than the "
+                         "engine's; the STT must use Moshi's codec to share its encode")
+    for k in sorted(theirs):
+        if not torch.equal(theirs[k], ours[k].detach().cpu().to(theirs[k].dtype)):
+            raise ValueError(f"{stt.description}: its Mimi weights differ from the "
+                             f"engine's ({k}); the STT must share Moshi's codec")
 
 
 class SttBatch:
@@ -156,7 +152,7 @@ class SttBatch:
         self.batch = batch
         lm = models.lm
         self.device = lm.device
-        params = {"temp": 0.0, "temp_text": 0.0}  # Kyutai runs its STT greedy
+        params: dict[str, Any] = {"temp": 0.0, "temp_text": 0.0}  # Kyutai runs STT greedy
         params.update(models.lm_gen_config)
         self.lm_gen = LMGen(lm, support_out_of_sync=True, **params)
         self._stream = self.lm_gen.streaming(batch)
@@ -264,3 +260,21 @@ def silence_codes(mimi: Any, frames: int, device: torch.device) -> torch.Tensor:
     with torch.no_grad(), mimi.streaming(1):
         x = torch.zeros(1, 1, frame, device=device)
         return torch.cat([mimi.encode(x) for _ in range(max(1, frames))], dim=-1)
+
+
+def make_stt_batch(models: LoadedModels, slots: int) -> SttBatch | None:
+    """The engine's STT rows, if ``models`` carry an STT; sets the shared Mimi to encode
+    as many codebooks as the hungrier model reads. Call before Mimi starts streaming."""
+    stt: SttModels | None = models.stt
+    if stt is None:
+        return None
+    mimi = models.mimi
+    need = max(int(models.lm.n_q - models.lm.dep_q), stt.codebooks)
+    if need > int(mimi.total_codebooks):
+        raise ValueError(f"{stt.description} reads {stt.codebooks} Mimi codebooks; the "
+                         f"engine's Mimi has {mimi.total_codebooks}")
+    mimi.set_num_codebooks(need)
+    check_same_codec(stt, mimi)
+    frame_rate = float(mimi.frame_rate)
+    sil = silence_codes(mimi, silence_frames(stt, frame_rate), models.device)
+    return SttBatch(stt, slots, sil, frame_rate)

@@ -45,7 +45,7 @@ class Transcriber:
         self._batch = SttBatch(self.models, 1, sil, float(self.mimi.frame_rate))
         self._mimi_stream = self.mimi.streaming(1)
         self._mimi_stream.__enter__()
-        self._pending = np.zeros(0, np.float32)
+        self._pending: npt.NDArray[np.float32] = np.zeros(0, np.float32)
         self._first = True
         self._done = False
         self._words = AgentWords(role="caller")

@@ -23,6 +23,8 @@ from .transport import (
     PCM,
     AgentAudio,
     AgentText,
+    CallerFlushed,
+    CallerText,
     MoshiTransport,
     PeerClosed,
     PeerError,
@@ -78,7 +80,7 @@ class EmbeddedTransport(MoshiTransport):
                 f"(pip install 'voice-server-moshi[embedded]'): {exc}"
             ) from None
         s = self.settings
-        key = EngineKey(s.checkpoint, s.device, s.dtype, s.context, _sampling(s))
+        key = EngineKey(s.checkpoint, s.device, s.dtype, s.context, _sampling(s), s.stt)
         try:
             engine = await get_engine(key, s.slots)
         except Exception as exc:  # any loader failure (hub, files, CUDA) is a connect error
@@ -93,6 +95,7 @@ class EmbeddedTransport(MoshiTransport):
                 f"moshi.admission_wait_s={s.admission_wait_s:g})"
             ) from None
         self.call = call
+        self.caller_transcript = engine.stt is not None
         self.session_id = f"embedded-{uuid.uuid4().hex[:12]}"
         assert call.slot is not None
         self.log.info("embedded_session_opened", session_id=self.session_id,
@@ -115,7 +118,7 @@ class EmbeddedTransport(MoshiTransport):
             await self.call.send_paced(pcm)
 
     async def receive(self) -> AsyncIterator[TransportEvent]:
-        from ..engine.slot import SlotError
+        from ..engine.slot import SlotError, SttOutput
 
         if self.call is None:
             raise ConnectError("receive() before open()")
@@ -124,9 +127,19 @@ class EmbeddedTransport(MoshiTransport):
                 yield PeerError(ev.message, code="engine")
                 yield PeerClosed(code=None, reason=ev.message, clean=False)
                 return
+            if isinstance(ev, SttOutput):
+                if ev.step >= 0 and ev.token >= 0:
+                    yield CallerText(ev.text, ev.stream_ms, ev.end_of_turn)
+                if ev.final:
+                    yield CallerFlushed()
+                continue
             yield AgentAudio(ev.pcm)
             if ev.text:
                 yield AgentText(ev.text)
+
+    async def flush_caller(self) -> None:
+        if self.call is not None:
+            self.call.flush_caller()
 
     async def close(self) -> None:
         self._closed = True
