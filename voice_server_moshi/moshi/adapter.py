@@ -103,6 +103,8 @@ class MoshiAdapter(BaseAdapter):
         self._stall_ms = float(self.settings.stall_fill_ms)
         self._caller_words = AgentWords(role="caller")
         self._caller_flushed = asyncio.Event()
+        self._drained = asyncio.Event()  # every frame taken was sent to the transport
+        self._drained.set()
 
     @property
     def capabilities(self) -> Capabilities:
@@ -170,6 +172,8 @@ class MoshiAdapter(BaseAdapter):
         if t is None or not t.caller_transcript:
             return
         try:
+            # The caller audio already taken reaches the STT first.
+            await asyncio.wait_for(self._drained.wait(), CALLER_FLUSH_TIMEOUT_S)
             await asyncio.wait_for(t.flush_caller(), CALLER_FLUSH_TIMEOUT_S)
             await asyncio.wait_for(self._caller_flushed.wait(), CALLER_FLUSH_TIMEOUT_S)
         except (TimeoutError, Exception) as exc:  # the peer may be gone: end anyway
@@ -206,6 +210,7 @@ class MoshiAdapter(BaseAdapter):
                 self._outbound.popleft()
                 self.counters["frames_dropped"] += 1
             self._outbound.append(frame)
+            self._drained.clear()
             self._outbound_ready.set()
 
     async def _sender_loop(self, transport: MoshiTransport) -> None:
@@ -217,6 +222,8 @@ class MoshiAdapter(BaseAdapter):
             frame = self._outbound.popleft()
             await transport.send_frame(frame)
             self.counters["frames_sent"] += 1
+            if not self._outbound:
+                self._drained.set()
 
     async def _pacing_loop(self) -> None:
         fmt = self.config.audio
