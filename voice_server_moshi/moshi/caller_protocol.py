@@ -1,8 +1,9 @@
 """Caller-transcript messages on Kyutai's protocol (kinds 0x50-0x5F; docs/protocol.md).
 
 Kyutai's servers send none of these and Kyutai's clients ignore unknown kinds, so they ride
-on ``/api/chat`` without breaking either side. The codec in :mod:`.protocol` hands them over
-as :class:`~.protocol.UnknownMessage`; this module gives them their meaning. Sans-I/O.
+on ``/api/chat`` without breaking either side. Sans-I/O: :func:`install_client` and
+:func:`install_server` register the kinds on a Kyutai session (its ``register_kind``
+extension point), which then reports them as the events below.
 
 ====  ======================  ==========  ============================================
 kind  name                    direction   payload
@@ -22,9 +23,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .protocol import MalformedMessageError, UnknownMessage
+from .session import ClientSession, ServerSession, SessionEvent
 
 CALLER_TEXT = 0x50
 CALLER_END_OF_TURN = 0x51
@@ -38,24 +41,24 @@ CALLER_FLUSHED_BYTES = bytes((CALLER_FLUSHED,))
 
 
 @dataclass(frozen=True, slots=True)
-class CallerTextMessage:
+class CallerTextMessage(SessionEvent):
     text: str
     t_ms: float
 
 
 @dataclass(frozen=True, slots=True)
-class CallerEndOfTurn:
+class CallerEndOfTurn(SessionEvent):
     p: float
     t_ms: float
 
 
 @dataclass(frozen=True, slots=True)
-class FlushCaller:
+class FlushCaller(SessionEvent):
     pass
 
 
 @dataclass(frozen=True, slots=True)
-class CallerFlushedMessage:
+class CallerFlushedMessage(SessionEvent):
     pass
 
 
@@ -94,18 +97,22 @@ def _json(payload: bytes, kind: int) -> dict[str, object]:
 def parse(msg: UnknownMessage) -> CallerMessage | None:
     """The caller-transcript meaning of an unknown-kind message; None for kinds outside
     this family. Raises :class:`~.protocol.MalformedMessageError` for a bad payload."""
-    k = msg.kind
+    return parse_payload(msg.kind, msg.payload)
+
+
+def parse_payload(k: int, payload: bytes) -> CallerMessage | None:
+    """:func:`parse` on a kind byte and the bytes after it."""
     if k == CALLER_TEXT:
-        obj = _json(msg.payload, k)
+        obj = _json(payload, k)
         text = obj.get("text")
         if not isinstance(text, str):
             raise MalformedMessageError("0x50 message needs a string 'text'", kind=k)
         return CallerTextMessage(text, _number(obj, "t_ms", k))
     if k == CALLER_END_OF_TURN:
-        obj = _json(msg.payload, k)
+        obj = _json(payload, k)
         return CallerEndOfTurn(_number(obj, "p", k), _number(obj, "t_ms", k))
     if k in (FLUSH_CALLER, CALLER_FLUSHED):
-        if msg.payload:
+        if payload:
             raise MalformedMessageError(f"0x{k:02x} message carries no payload", kind=k)
         return FlushCaller() if k == FLUSH_CALLER else CallerFlushedMessage()
     return None
@@ -114,3 +121,23 @@ def parse(msg: UnknownMessage) -> CallerMessage | None:
 def advertised(metadata: object) -> bool:
     """Whether a ``0x04`` metadata value says the server sends caller transcripts."""
     return isinstance(metadata, dict) and metadata.get(METADATA_KEY) is True
+
+
+def _handler(kind: int) -> Callable[[bytes], list[SessionEvent]]:
+    def handle(payload: bytes) -> list[SessionEvent]:
+        msg = parse_payload(kind, payload)
+        return [] if msg is None else [msg]
+
+    return handle
+
+
+def install_client(session: ClientSession) -> None:
+    """Report 0x50, 0x51 and 0x53 from the server as :class:`CallerTextMessage`,
+    :class:`CallerEndOfTurn` and :class:`CallerFlushedMessage` events."""
+    for kind in (CALLER_TEXT, CALLER_END_OF_TURN, CALLER_FLUSHED):
+        session.register_kind(kind, _handler(kind))
+
+
+def install_server(session: ServerSession) -> None:
+    """Report a client's 0x52 as a :class:`FlushCaller` event."""
+    session.register_kind(FLUSH_CALLER, _handler(FLUSH_CALLER))
