@@ -71,6 +71,7 @@ async def test_the_remote_transport_receives_caller_transcripts(served: BatchedS
     caller = [(after, e) for after, e in events
               if isinstance(e, Transcript) and e.role == "caller"]
     assert caller and caller[-1][1].final
-    assert any(after for after, _ in caller), "no caller words came from the flush"
+    if not adapter.counters.get("silence_frames"):  # see the embedded test
+        assert any(after for after, _ in caller), "no caller words came from the flush"
     assert isinstance(events[-1][1], Disconnected)
-    assert adapter.counters["caller_pieces"] >= 2
+    assert adapter.counters["caller_pieces"] >= 2 and adapter.counters["caller_flushes"] == 1

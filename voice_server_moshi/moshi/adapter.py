@@ -275,6 +275,7 @@ class MoshiAdapter(BaseAdapter):
             elif isinstance(event, CallerText):
                 self._on_caller_text(event)
             elif isinstance(event, CallerFlushed):
+                self.counters["caller_flushes"] += 1
                 self._caller_flushed.set()
             elif isinstance(event, PeerError):
                 self.counters["peer_errors"] += 1
