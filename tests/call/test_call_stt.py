@@ -11,10 +11,10 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
-from voice_server_moshi.call.wavio import read_wav, write_wav_pcm16  # noqa: E402
-from voice_server_moshi.cli import main as cli_main  # noqa: E402
-from voice_server_moshi.corpus.store import bundled_clip_dir  # noqa: E402
-from voice_server_moshi.engine.devstt import DELAY_FRAMES  # noqa: E402
+from voice_server_moshi.call.wavio import read_wav, write_wav_pcm16
+from voice_server_moshi.cli import main as cli_main
+from voice_server_moshi.corpus.store import bundled_clip_dir
+from voice_server_moshi.engine.devstt import DELAY_FRAMES
 
 
 @pytest.mark.slow

@@ -13,6 +13,10 @@ pytest.importorskip("moshi")
 from voice_server_moshi.audio.resample import Resampler  # noqa: E402
 from voice_server_moshi.call.wavio import read_wav  # noqa: E402
 from voice_server_moshi.corpus.store import bundled_clip_dir  # noqa: E402
+from voice_server_moshi.engine.checkpoints import (  # noqa: E402
+    dev_checkpoint_dir,
+    resolve_checkpoint,
+)
 from voice_server_moshi.engine.devstt import (  # noqa: E402
     DELAY_FRAMES,
     dev_stt_checkpoint_dir,
@@ -24,10 +28,6 @@ from voice_server_moshi.engine.stt import (  # noqa: E402
     check_same_codec,
     load_stt,
     silence_codes,
-)
-from voice_server_moshi.engine.checkpoints import (  # noqa: E402
-    dev_checkpoint_dir,
-    resolve_checkpoint,
 )
 
 CPU = torch.device("cpu")

@@ -10,12 +10,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
-from voice_server_moshi.adapter import VoiceModelConfig  # noqa: E402
-from voice_server_moshi.call.wavio import read_wav  # noqa: E402
-from voice_server_moshi.corpus.store import bundled_clip_dir  # noqa: E402
-from voice_server_moshi.events import Disconnected, Event, Transcript  # noqa: E402
-from voice_server_moshi.moshi.adapter import MoshiAdapter  # noqa: E402
-from voice_server_moshi.moshi.settings import MoshiSettings  # noqa: E402
+from voice_server_moshi.adapter import VoiceModelConfig
+from voice_server_moshi.call.wavio import read_wav
+from voice_server_moshi.corpus.store import bundled_clip_dir
+from voice_server_moshi.events import Disconnected, Event, Transcript
+from voice_server_moshi.moshi.adapter import MoshiAdapter
+from voice_server_moshi.moshi.settings import MoshiSettings
 
 
 def test_capability_follows_the_stt_setting() -> None:

@@ -12,16 +12,16 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
-from voice_server_moshi.adapter import VoiceModelConfig  # noqa: E402
-from voice_server_moshi.call.wavio import read_wav  # noqa: E402
-from voice_server_moshi.corpus.store import bundled_clip_dir  # noqa: E402
-from voice_server_moshi.engine.core import Engine, EngineConfig, Sampling  # noqa: E402
-from voice_server_moshi.engine.models import load_models  # noqa: E402
-from voice_server_moshi.events import Disconnected, Event, Transcript  # noqa: E402
-from voice_server_moshi.moshi.adapter import MoshiAdapter  # noqa: E402
-from voice_server_moshi.moshi.remote import RemoteTransport  # noqa: E402
-from voice_server_moshi.moshi.settings import MoshiSettings  # noqa: E402
-from voice_server_moshi.server.app import BatchedServer, ServerConfig  # noqa: E402
+from voice_server_moshi.adapter import VoiceModelConfig
+from voice_server_moshi.call.wavio import read_wav
+from voice_server_moshi.corpus.store import bundled_clip_dir
+from voice_server_moshi.engine.core import Engine, EngineConfig, Sampling
+from voice_server_moshi.engine.models import load_models
+from voice_server_moshi.events import Disconnected, Event, Transcript
+from voice_server_moshi.moshi.adapter import MoshiAdapter
+from voice_server_moshi.moshi.remote import RemoteTransport
+from voice_server_moshi.moshi.settings import MoshiSettings
+from voice_server_moshi.server.app import BatchedServer, ServerConfig
 
 pytestmark = pytest.mark.slow
 
