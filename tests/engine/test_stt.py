@@ -160,7 +160,7 @@ def test_batched_equals_alone(stt: SttModels, mimi: Any) -> None:
 
 
 def test_standalone_transcriber_matches_the_batch(stt: SttModels, mimi: Any) -> None:
-    from voice_server_moshi.engine.transcriber import Transcriber
+    from voice_server_moshi.moshi.transcriber import Transcriber
 
     x = caller_audio("u4", gap_s=0.3)
     codes = encode(mimi, x)

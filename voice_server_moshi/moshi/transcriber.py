@@ -1,8 +1,8 @@
 """Caller transcripts without Moshi: one Kyutai STT stream over its own Mimi.
 
 For hosts that keep their own turn-based pipeline and want only the transcript. The same
-:class:`~.stt.SttBatch` the engine runs beside Moshi, at batch size 1, fed by the STT
-checkpoint's own Mimi. Synchronous and single-threaded: feed it 24 kHz audio as it comes
+:class:`~voice_server_moshi.engine.stt.SttBatch` the engine runs beside Moshi, at batch
+size 1, fed by the STT checkpoint's own Mimi. Synchronous and single-threaded: feed it 24 kHz audio as it comes
 (from a thread, or with ``asyncio.to_thread``). Needs the ``embedded`` extra.
 """
 
@@ -14,10 +14,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from ..events import Transcript
-from ..moshi.transcript import AgentWords
-from .models import resolve_device, resolve_dtype
-from .stt import (
+from ..engine.models import resolve_device, resolve_dtype
+from ..engine.stt import (
     SttBatch,
     SttModels,
     SttOutput,
@@ -26,6 +24,8 @@ from .stt import (
     silence_codes,
     silence_frames,
 )
+from ..events import Transcript
+from .transcript import AgentWords
 
 __all__ = ["Transcriber"]
 
