@@ -2,8 +2,9 @@
 
 For hosts that keep their own turn-based pipeline and want only the transcript. The same
 :class:`~voice_server_moshi.engine.stt.SttBatch` the engine runs beside Moshi, at batch
-size 1, fed by the STT checkpoint's own Mimi. Synchronous and single-threaded: feed it 24 kHz audio as it comes
-(from a thread, or with ``asyncio.to_thread``). Needs the ``embedded`` extra.
+size 1, fed by the STT checkpoint's own Mimi. Synchronous and single-threaded: feed it
+24 kHz audio as it comes (from a thread, or with ``asyncio.to_thread``). Needs the
+``embedded`` extra.
 """
 
 from __future__ import annotations
