@@ -152,8 +152,10 @@ async def test_caller_transcript(provider: Provider, peer: object, rec: Recorder
 async def test_barge_in(provider: Provider, peer: object, rec: Recorder) -> None:
     rec.na_if_cannot("barge-in")
     adapter = provider.make_adapter(peer)
-    caps = adapter.capabilities
     async with in_call(provider, adapter) as call:
+        # Read once connected: a remote Moshi adapter learns from the server's metadata
+        # whether it gets caller transcripts (``connected`` carries the final set).
+        caps = adapter.capabilities
         await call.quiet(200)
         await provider.start_long_speech(peer, call, 5000)
         await call.wait_for(lambda _e: len(_chunks(call.events)) >= 10)
