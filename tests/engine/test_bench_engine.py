@@ -81,3 +81,17 @@ def test_full_architecture_path_runs(monkeypatch: pytest.MonkeyPatch,
     out = run(capsys, ["--architecture", "full", "--device", "cpu", "--slots", "1",
                        "--seconds", "0.24"])
     assert out["architecture"] == "full" and out["points"][0]["ticks"] == 3
+
+
+def test_stt_on_reports_the_added_tick_time_and_memory(
+        ckpt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = run(capsys, ["--checkpoint", ckpt, "--device", "cpu", "--slots", "2",
+                       "--seconds", "0.4", "--stt", "dev"])
+    stt = out["stt"]
+    assert stt["model"] == "stt dev" and stt["codebooks"] == 8 and stt["weights_bytes"] > 0
+    [row] = stt["points"]
+    assert row["slots"] == 2 and row["stt_state_bytes_per_slot"] > 0
+    assert row["tick_cpu_p50_ms_with_stt"] > 0 and row["tick_cpu_p50_ms_without"] > 0
+    assert row["added_cpu_p50_ms"] == pytest.approx(
+        row["tick_cpu_p50_ms_with_stt"] - row["tick_cpu_p50_ms_without"], abs=1e-3)
+    assert out["points"][0]["stt_state_bytes_per_slot"] == row["stt_state_bytes_per_slot"]

@@ -79,7 +79,11 @@ async def test_remote_transport_streams_in_real_time_to_kyutais_server(
 
 
 async def test_five_second_call(moshi_server: MoshiServer) -> None:
-    call = await CallRecorder(MoshiAdapter(_settings(moshi_server, connect_timeout_s=60))).start()
+    # stt is an embedded setting: against Kyutai's server (which sends no caller
+    # transcript) it changes nothing, and the capability says so (ADR 0075).
+    adapter = MoshiAdapter(_settings(moshi_server, connect_timeout_s=60, stt="dev"))
+    call = await CallRecorder(adapter).start()
+    assert not adapter.capabilities.caller_transcript
     await call.send_realtime(speechlike(5.0))
     # Moshi answers each 80 ms frame with one; its output trails the input by its acoustic
     # delay. The call stays open (the stall fill keeps Moshi's clock running) until the
@@ -99,6 +103,7 @@ async def test_five_second_call(moshi_server: MoshiServer) -> None:
     received_ms = call.adapter._agent_ms()
     assert 0 <= received_ms - total < 20 + 1e-6
     assert any(isinstance(e, Transcript) and e.role == "agent" and e.final for e in ev)
+    assert not any(isinstance(e, Transcript) and e.role == "caller" for e in ev)
     assert {"speech-started", "speech-ended"} <= set(names)
     assert call.adapter.counters.get("late_frames", 0) == 0
     disc = ev[-1]

@@ -7,6 +7,11 @@ and memory per slot. N is searched by doubling from 1 while p99 <= 80 ms, then b
 between the last N that held and the first that did not; ``max_realtime_slots`` is the
 largest N that held. ``--profile`` adds a torch.profiler table of one tick (top ops).
 
+``--stt NAME`` batches a Kyutai STT beside Moshi (caller transcripts, ADR 0075) and also
+measures every slot count without it: ``stt.points`` has the added tick time and the STT's
+memory per slot (``--stt full``: kyutai/stt-1b-en_fr's sizes, random weights, with
+``--architecture full``).
+
 ``--architecture full`` builds the full-size Moshi 7B + Mimi with random weights (no
 download; the compute and memory of the real model). That is a GPU measurement: on CPU
 a tick takes seconds and the weights alone need ~16 GB of RAM in bfloat16.
@@ -54,15 +59,19 @@ def measure(models: Any, slots: int, seconds: float, max_wall_s: float,
     frames = (0.1 * rng.standard_normal((8, FRAME_SAMPLES))).astype(np.float32)
     n_ticks = max(3, round(seconds * 1000.0 / BUDGET_MS))
     times: list[float] = []
+    # CPU time of the ticking thread: on CPU with one intra-op thread it is the tick's work,
+    # and unlike wall time it barely moves when other processes share the cores.
+    cpu: list[float] = []
     wall0 = time.perf_counter()
     for k in range(n_ticks):
         for c in calls:
             c.push(frames[k % len(frames)])
-        t = time.perf_counter()
+        t, tc = time.perf_counter(), time.thread_time()
         eng.tick()
         if eng.device.type == "cuda":
             torch.cuda.synchronize(eng.device)  # tick() already syncs on .cpu(); be sure
         times.append((time.perf_counter() - t) * 1000.0)
+        cpu.append((time.thread_time() - tc) * 1000.0)
         if time.perf_counter() - wall0 > max_wall_s and k >= 2:
             break
     m = eng.metrics()
@@ -75,6 +84,7 @@ def measure(models: Any, slots: int, seconds: float, max_wall_s: float,
         "tick_p99_ms": p99,
         "tick_mean_ms": round(float(np.mean(steady)), 3),
         "tick_max_ms": round(float(np.max(steady)), 3),
+        "tick_cpu_p50_ms": _percentile(cpu[1:] if len(cpu) > 2 else cpu, 50),
         "realtime_margin_ms": round(BUDGET_MS - p99, 3),
         "realtime": p99 <= BUDGET_MS,
         "per_call_p50_ms": round(_percentile(steady, 50) / slots, 4),
@@ -83,6 +93,11 @@ def measure(models: Any, slots: int, seconds: float, max_wall_s: float,
         "process_rss_bytes": m.process_rss_bytes,
         "warmup_s": round(warm_s, 3),
     }
+    if eng.stt is not None:
+        from ..engine.core import streaming_state_bytes
+
+        point["stt_state_bytes_per_slot"] = streaming_state_bytes(
+            eng.stt.lm_gen, eng.stt.models.lm) // slots
     for c in calls:
         c.close()
     eng.detach()
@@ -137,6 +152,42 @@ def profile_tick(models: Any, slots: int, cpu_threads: int | None,
     eng.detach()
     return {"slots": slots, "ticks": ticks, "sorted_by": sort_key,
             "self_cpu_ms_per_tick_all_ops": round(total_self, 3), "top_ops": rows}
+
+
+def stt_added(models: Any, points: list[dict[str, Any]], seconds: float,
+              max_wall_s: float, cpu_threads: int | None) -> dict[str, Any]:
+    """The same slot counts without the STT (and with Mimi back at Moshi's codebooks):
+    what the STT adds to a tick, and its memory."""
+    stt = models.stt
+    models.stt = None
+    models.mimi.set_num_codebooks(int(models.lm.n_q - models.lm.dep_q))
+    try:
+        rows = []
+        for p in points:
+            base = measure(models, p["slots"], seconds, max_wall_s, cpu_threads)
+            rows.append({
+                "slots": p["slots"],
+                "tick_p50_ms_with_stt": p["tick_p50_ms"],
+                "tick_p50_ms_without": base["tick_p50_ms"],
+                "added_p50_ms": round(p["tick_p50_ms"] - base["tick_p50_ms"], 3),
+                "tick_cpu_p50_ms_with_stt": p["tick_cpu_p50_ms"],
+                "tick_cpu_p50_ms_without": base["tick_cpu_p50_ms"],
+                "added_cpu_p50_ms": round(p["tick_cpu_p50_ms"] - base["tick_cpu_p50_ms"], 3),
+                "tick_p99_ms_with_stt": p["tick_p99_ms"],
+                "tick_p99_ms_without": base["tick_p99_ms"],
+                "realtime_without": base["realtime"],
+                "stt_state_bytes_per_slot": p.get("stt_state_bytes_per_slot"),
+            })
+    finally:
+        models.stt = stt
+    return {
+        "model": stt.description,
+        "codebooks": stt.codebooks,
+        "audio_delay_s": stt.delay_s,
+        "silence_prefix_s": stt.prefix_s,
+        "weights_bytes": sum(p.numel() * p.element_size() for p in stt.lm.parameters()),
+        "points": rows,
+    }
 
 
 def full_size_memory(context: int | None, dtype: str) -> dict[str, Any]:
@@ -286,6 +337,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--cpu-threads", type=int, default=1,
                    help="torch intra-op threads on CPU (default 1, the engine's default; "
                    "0 = leave torch's default)")
+    p.add_argument("--stt", default=None,
+                   help="batch a Kyutai STT beside Moshi (dev | DIR | HF repo | full) and "
+                   "report the tick time it adds")
     p.add_argument("--equivalence", action="store_true",
                    help="only check batched == alone (greedy, staggered joins) and exit")
     p.add_argument("--memory-only", action="store_true",
@@ -322,7 +376,8 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     try:
         models = load_models(args.checkpoint, device=args.device, dtype=args.dtype,
-                             context=args.context, architecture=args.architecture)
+                             context=args.context, architecture=args.architecture,
+                             stt=args.stt)
     except (ValueError, RuntimeError, OSError) as exc:
         sys.stderr.write(f"error: could not load {args.checkpoint!r} "
                          f"({args.architecture}) on {args.device}: {exc}\n")
@@ -363,6 +418,8 @@ def main(argv: list[str]) -> int:
         per_slot = points[-1]["state_bytes_per_slot"]
         free = machine["gpu_memory_bytes"] - weights
         out["max_slots_by_memory_estimate"] = int(free * 0.9 // max(per_slot, 1))
+    if models.stt is not None:
+        out["stt"] = stt_added(models, points, args.seconds, args.max_wall_s, threads)
     if args.profile:
         n = args.profile_slots or max(best, 1)
         out["profile"] = profile_tick(models, n, threads)

@@ -263,7 +263,9 @@ def _run(args: argparse.Namespace) -> int:
     sys.stderr.write(
         f"[call] done in {result.wall_s:.1f} s: {summary['user_turns']} user turns "
         f"({summary['barge_ins']} barge-in), {summary['backchannels']} backchannels, "
-        f"{summary['agent_turns']} agent turns, {summary['errors']} errors\n"
+        f"{summary['agent_turns']} agent turns, {summary['errors']} errors"
+        + (f", {summary['caller_words']} caller words" if summary["caller_words"] else "")
+        + "\n"
     )
     for name, path in paths.items():
         sys.stderr.write(f"[call]   {name:9s} {path}\n")

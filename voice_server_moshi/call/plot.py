@@ -52,11 +52,11 @@ def _spans(records: list[Record], start: str, end: str, call_s: float) -> list[
 
 
 def _phrases(records: list[Record], spans: list[tuple[float, float, Record]],
-             gap_s: float = 1.0) -> list[tuple[float, float, str]]:
-    """Final agent words grouped into phrases: one per agent turn (or per run of words
-    without a gap longer than ``gap_s``, for words outside turns)."""
+             gap_s: float = 1.0, role: str = "agent") -> list[tuple[float, float, str]]:
+    """Final words of ``role`` grouped into phrases: one per turn of theirs (or per run of
+    words without a gap longer than ``gap_s``, for words outside turns)."""
     words = [(r.t_ms / 1000, str(r.data.get("text", "")).strip()) for r in records
-             if r.name == "transcript" and r.data.get("role") == "agent"
+             if r.name == "transcript" and r.data.get("role") == role
              and r.data.get("final")]
     out: list[tuple[float, float, str]] = []
     for t, w in words:
@@ -116,7 +116,8 @@ def plot_call(
         ax.set_ylim(-1.05, 1.05)
         ax.set_ylabel(f"{label}\n(8 kHz track)" if rate == 8000 else label)
         ax.grid(axis="x", alpha=0.3)
-    for s, e, rec in _spans(cbs, "user-turn-started", "user-turn-ended", call_s):
+    user_spans = _spans(cbs, "user-turn-started", "user-turn-ended", call_s)
+    for s, e, rec in user_spans:
         barge = bool(rec.data.get("barge_in"))
         ax_c.axvspan(s, e, color="#c62828" if barge else "#2e7d32", alpha=0.16)
         ax_c.text(s, 0.93, "barge-in" if barge else "user turn", fontsize=8,
@@ -134,14 +135,19 @@ def plot_call(
                   va="bottom")
     # Wrap each phrase to about the width of its turn (~7 characters a second at 16 in).
     chars_per_s = 7.0 * 36.0 / max(call_s, 1.0)
-    for i, (t0, t1, txt) in enumerate(_phrases(cbs, agent_spans)):
-        width = max(18, int((t1 - t0 + 0.8) * chars_per_s))
-        # Near the right edge the box grows leftwards, so it stays inside the axes.
-        right = t0 + width / chars_per_s > call_s
-        ax_a.text(call_s if right else t0, 0.97 if i % 2 == 0 else -0.45,
-                  textwrap.fill(txt, width), fontsize=7.5, va="top", color="#4e342e",
-                  ha="right" if right else "left",
-                  bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1})
+    # Agent words in the agent's lane; caller words (an STT beside Moshi, ADR 0075), at
+    # the time they arrived, in the caller's.
+    for ax, phrases, y0, color in (
+            (ax_a, _phrases(cbs, agent_spans), 0.97, "#4e342e"),
+            (ax_c, _phrases(cbs, user_spans, role="caller"), 0.8, "#0d47a1")):
+        for i, (t0, t1, txt) in enumerate(phrases):
+            width = max(18, int((t1 - t0 + 0.8) * chars_per_s))
+            # Near the right edge the box grows leftwards, so it stays inside the axes.
+            right = t0 + width / chars_per_s > call_s
+            ax.text(call_s if right else t0, y0 if i % 2 == 0 else -0.45,
+                    textwrap.fill(txt, width), fontsize=7.5, va="top", color=color,
+                    ha="right" if right else "left",
+                    bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1})
     events: dict[str, list[float]] = {name: [] for name, *_ in _TURN_ROWS}
     for r in cbs:
         if r.name in events:
@@ -174,4 +180,6 @@ def describe(result: CallResult) -> dict[str, Any]:
         "backchannels": int(result.mode_stats.get("backchannels", 0)),
         "agent_turns": sum(r.name == "agent-turn-started" for r in cbs),
         "errors": sum(r.name == "error" for r in cbs),
+        "caller_words": sum(r.name == "transcript" and r.data.get("role") == "caller"
+                            and bool(r.data.get("final")) for r in cbs),
     }

@@ -44,14 +44,15 @@ from .metrics import (
 )
 from .models import LoadedModels
 from .row_sampler import RowSampler
-from .slot import PCM, Sink, Slot, SlotError, SlotEvent, SlotOutput, SlotState
+from .slot import PCM, Sink, Slot, SlotError, SlotEvent, SlotOutput, SlotState, SttOutput
 from .steering import SteeringSpec
 from .steering_hooks import SteeringHooks
+from .stt import SttBatch, make_stt_batch
 
 __all__ = [
     "FRAME_SAMPLES", "PCM", "TICK_BUCKETS_S", "TICK_S", "Engine", "EngineConfig",
     "EngineMetrics", "Sampling", "Sink", "Slot", "SlotError", "SlotEvent", "SlotOutput",
-    "SlotState", "TickReport", "streaming_state_bytes",
+    "SlotState", "SttOutput", "TickReport", "streaming_state_bytes",
 ]
 
 log = get_logger(__name__)
@@ -125,6 +126,9 @@ class Engine(SlotAdmission):
             default=self.default_sampling,
         ) if self.config.per_call_sampling else None
         self.mimi = models.mimi
+        # Caller transcripts (ADR 0075): STT rows beside the Moshi rows, fed the same codes.
+        self.stt: SttBatch | None = make_stt_batch(models, n)
+        self._stt_flush: list[Slot] = []  # finished calls whose last words are due
         # Kept so :meth:`detach` can hand the models back (benchmarks reuse them).
         self._streams = [self.mimi.streaming(n), self.lm_gen.streaming(n)]
         self._idle_mask = torch.zeros(n, dtype=torch.bool, device=self.device)
@@ -179,10 +183,14 @@ class Engine(SlotAdmission):
                 self.lm_gen.set_exec_mask(everyone)
                 tokens = self._lm_step(codes, everyone)
                 self.mimi.decode(tokens[:, 1:].clamp(min=0))
+                if self.stt is not None:
+                    self.stt.warm_up_step(codes)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.mimi.reset_streaming()
             self.lm_gen.reset_streaming()
+            if self.stt is not None:
+                self.stt.reset_all()
             self.mimi.set_exec_mask(self._idle_mask)
             self.lm_gen.set_exec_mask(self._idle_mask)
         self._ready = True
@@ -217,8 +225,25 @@ class Engine(SlotAdmission):
             for stack in reversed(self._streams):
                 stack.close()
             self._streams = []
+            if self.stt is not None:
+                self.stt.close()
             self._ready = False
         return self.models
+
+    def finish(self, slot: Slot) -> bool:
+        """Release ``slot`` like :meth:`release`; with an STT, its last words (the STT's
+        delay of silence, run in the next tick) then reach its sink, the last
+        :class:`SttOutput` ``final``. True when such a flush is coming."""
+        flush = False
+        with self._lock:
+            # Queued under the same lock as the release that frees the row, so the tick
+            # that first sees a new call in this row also flushes the old one first.
+            if self.stt is not None and slot.state == "running":
+                self._stt_flush.append(slot)
+                flush = True
+        self.release(slot)
+        self._wake.set()
+        return flush
 
     # ---------------------------------------------------------------- ticking
 
@@ -235,8 +260,9 @@ class Engine(SlotAdmission):
         first_l = [False] * n
         members: list[Slot | None] = [None] * n
         with self._lock:
+            flushing, self._stt_flush = self._stt_flush, []
             for i, s in enumerate(self._slots):
-                if s is None:
+                if s is None or any(s is f for f in flushing):
                     continue
                 frame, _filled = s._take()
                 if frame is None:
@@ -246,6 +272,8 @@ class Engine(SlotAdmission):
                 first_l[i] = s._first
                 s._first = False
                 members[i] = s
+        if flushing and self.stt is not None:
+            self._deliver_stt(flushing, self.stt.flush([s.index for s in flushing]))
         executed = sum(exec_l)
         if executed == 0:
             return TickReport(0, 0, 0.0)
@@ -309,9 +337,22 @@ class Engine(SlotAdmission):
                     # One call's consumer failing must not touch the others.
                     s.log.exception("sink failed; closing the slot")
                     self._fail(s, f"output delivery failed: {exc}")
+        if self.stt is not None:
+            stt_out = self.stt.step(codes, exec_mask, first_mask if any_first else None)
+            self._deliver_stt([s for s in members if s is not None],
+                              {i: [o] for i, o in enumerate(stt_out) if o is not None})
         dt = time.perf_counter() - t0
         self._record_tick(dt)
         return TickReport(executed, delivered, dt)
+
+    def _deliver_stt(self, slots: list[Slot], outs: dict[int, list[SttOutput]]) -> None:
+        for s in slots:
+            try:
+                for o in outs.get(s.index, ()):
+                    s.sink(o)
+            except Exception as exc:
+                s.log.exception("sink failed; closing the slot")
+                self._fail(s, f"output delivery failed: {exc}")
 
     def _lm_step(self, codes: torch.Tensor, exec_mask: torch.Tensor) -> torch.Tensor:
         with (self.sampler.active(exec_mask) if self.sampler is not None
@@ -327,7 +368,7 @@ class Engine(SlotAdmission):
 
     def _has_slots(self) -> bool:
         with self._lock:
-            return any(s is not None for s in self._slots)
+            return bool(self._stt_flush) or any(s is not None for s in self._slots)
 
     def _run(self) -> None:
         period = self.config.tick_s

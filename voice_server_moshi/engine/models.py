@@ -66,6 +66,8 @@ class LoadedModels:
     #: Where the LM and Mimi weights came from (file path or hub name); "" when random.
     lm_file: str = ""
     mimi_file: str = ""
+    #: The caller-transcript STT (:class:`~.stt.SttModels`) batched beside Moshi, or None.
+    stt: Any = None
 
     def text_piece(self, token: int) -> str | None:
         """The text a token stands for, as Kyutai's server sends it; None for PAD/EPAD."""
@@ -84,9 +86,23 @@ def load_models(
     dtype: str = "auto",
     context: int | None = None,
     architecture: Architecture = "checkpoint",
+    stt: str | None = None,
 ) -> LoadedModels:
     """Load Mimi + LM. ``context`` (LM steps of 80 ms) sets the KV cache, i.e. memory per
-    slot; None keeps the checkpoint's (3000 for Moshi)."""
+    slot; None keeps the checkpoint's (3000 for Moshi). ``stt``: a Kyutai STT checkpoint
+    (``dev``, a directory, a repo; ``full``: kyutai/stt-1b-en_fr's sizes, random weights)
+    on the same device and dtype, for caller transcripts (ADR 0075)."""
+    models = _load_moshi(checkpoint, device=device, dtype=dtype, context=context,
+                         architecture=architecture)
+    if stt is not None:
+        from .stt import load_stt
+
+        models.stt = load_stt(stt, device=models.device, dtype=models.dtype)
+    return models
+
+
+def _load_moshi(checkpoint: str, *, device: str, dtype: str, context: int | None,
+                architecture: Architecture) -> LoadedModels:
     from moshi.models import loaders
 
     dev = resolve_device(device)

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from .._log import get_logger
 from .call_sampling import CallSampling
 from .core import Engine
-from .slot import PCM, Slot, SlotError, SlotEvent, SlotOutput
+from .slot import PCM, Slot, SlotError, SlotEvent, SttOutput
 from .steering import SlotSteering
 
 log = get_logger(__name__)
@@ -115,6 +115,15 @@ class EngineCall:
             self._has_items.clear()
             await self._has_items.wait()
 
+    def flush_caller(self) -> None:
+        """The call's audio has ended: leave the engine, and let the caller transcript's
+        last words come through :meth:`events`, up to a ``final`` :class:`SttOutput`
+        (at once when the engine has no STT or the call never ran)."""
+        if self.slot is None or self._ended:
+            return
+        if not self.engine.finish(self.slot):
+            self._deliver(SttOutput(0, None, -1, final=True))
+
     def close(self) -> None:
         """Leave the engine; idempotent; ends :meth:`events`."""
         self._ended = True
@@ -137,7 +146,7 @@ class EngineCall:
         loop.call_soon_threadsafe(self._deliver, event)
 
     def _deliver(self, event: SlotEvent) -> None:
-        if self._ended and isinstance(event, SlotOutput):
+        if self._ended and not isinstance(event, SlotError):
             return
         self._queue.append(event)
         if isinstance(event, SlotError):

@@ -27,6 +27,8 @@ class EngineKey:
     dtype: str
     context: int | None
     sampling: Sampling | None
+    #: Caller-transcript STT checkpoint (ADR 0075); None: none.
+    stt: str | None = None
 
 
 _engines: dict[EngineKey, Engine] = {}
@@ -51,7 +53,7 @@ def get_engine_blocking(key: EngineKey, slots: int, *, start: bool = True) -> En
         if eng is not None:
             return eng
         models = load_models(key.checkpoint, device=key.device, dtype=key.dtype,
-                             context=key.context)
+                             context=key.context, stt=key.stt)
         eng = Engine(models, EngineConfig(slots=slots, sampling=key.sampling))
         if start:
             eng.start()

@@ -57,7 +57,35 @@ class SlotError:
     message: str
 
 
-SlotEvent = SlotOutput | SlotError
+@dataclass(frozen=True, slots=True)
+class SttOutput:
+    """One step of the caller's transcript (an engine with an STT, :mod:`.stt`): a text
+    piece, or None for PAD/EPAD, at the call's frame ``step`` (0 = its first).
+
+    The piece transcribes audio about ``delay_ms`` earlier: ``audio_ms`` is Kyutai's word
+    timestamp. ``final`` marks the end of the call's flush: nothing follows it.
+    """
+
+    step: int
+    text: str | None
+    token: int
+    #: P(turn ended) from the end-of-turn head; None when the checkpoint has no such head.
+    end_of_turn: float | None = None
+    delay_ms: float = 0.0
+    final: bool = False
+
+    @property
+    def stream_ms(self) -> float:
+        """Caller stream time at which this piece came out (end of frame ``step``)."""
+        return (self.step + 1) * 80.0
+
+    @property
+    def audio_ms(self) -> float:
+        """Estimated caller stream time of the audio this piece transcribes."""
+        return max(0.0, self.step * 80.0 - self.delay_ms)
+
+
+SlotEvent = SlotOutput | SlotError | SttOutput
 Sink = Callable[[SlotEvent], None]
 
 SlotState = Literal["waiting", "running", "closed"]

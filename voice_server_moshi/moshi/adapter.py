@@ -21,6 +21,9 @@ Text pieces become agent ``transcript`` events (words; ADR 0021). Caller speech
 start/end come from the caller VAD chosen by ``vad`` in the settings (registered through
 the ``voice_server_register_vads`` hook; ``"energy"`` by default) on the caller's own
 audio, in caller stream time.
+Where the transport carries a caller transcript (Kyutai STT beside Moshi, ADR 0075), its
+pieces become caller ``transcript`` events by the same word rules on the caller's stream
+clock, and :meth:`MoshiAdapter.disconnect` first asks for the STT's last words.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from .transport import (
     PCM,
     AgentAudio,
     AgentText,
+    CallerFlushed,
+    CallerText,
     MoshiTransport,
     PeerClosed,
     PeerError,
@@ -58,6 +63,9 @@ __all__ = ["MAX_OUTBOUND_FRAMES", "MoshiAdapter"]
 
 #: Caller frames queued for the transport while it is slow (2 s); beyond, the oldest go.
 MAX_OUTBOUND_FRAMES = 25
+#: How long disconnect() waits for the STT's last words (its delay, 0.5-2.5 s of audio, runs
+#: in one engine tick embedded; a network round trip remote).
+CALLER_FLUSH_TIMEOUT_S = 3.0
 
 class MoshiAdapter(BaseAdapter):
     """Kyutai Moshi, full duplex, over a remote server, the embedded engine or an injected
@@ -97,16 +105,25 @@ class MoshiAdapter(BaseAdapter):
         self._caller_ms = 0.0  # the caller's own stream time (VAD clock)
         self._agent_samples = 0  # 24 kHz samples received (transcript clock)
         self._stall_ms = float(self.settings.stall_fill_ms or 0)
+        self._caller_words = AgentWords(role="caller")
+        self._caller_flushed = asyncio.Event()
+        self._drained = asyncio.Event()  # every frame taken was sent to the transport
+        self._drained.set()
 
     @property
     def capabilities(self) -> Capabilities:
-        """``steering`` follows the transport: known once connected (a remote server says
-        so in its metadata); before that, True only for the embedded engine."""
-        if self.transport is not None:
-            steer = self.transport.steerable
+        """Follow the transport once connected (a remote server says what it does in its
+        metadata): ``steering`` (before that, True only for the embedded engine) and
+        ``caller_transcript`` (embedded with ``moshi.stt`` set, or ``serve --stt``)."""
+        t = self.transport
+        if t is not None:
+            steer, caller = t.steerable, t.caller_transcript
         else:
-            steer = self._injected is None and self.settings.resolved_transport != "remote"
-        return dataclasses.replace(self.default_capabilities, steering=steer)
+            embedded = self._injected is None and self.settings.resolved_transport != "remote"
+            steer = embedded
+            caller = embedded and self.settings.stt is not None
+        return dataclasses.replace(self.default_capabilities, steering=steer,
+                                   caller_transcript=bool(caller))
 
     # -- steering (ADR 0070) -------------------------------------------------------------
 
@@ -189,8 +206,23 @@ class MoshiAdapter(BaseAdapter):
 
     async def disconnect(self) -> None:
         if self.state == "connected":
+            await self._flush_caller()
             self._emit_all(self._words.flush())
+            self._emit_all(self._caller_words.flush())
         await super().disconnect()
+
+    async def _flush_caller(self) -> None:
+        """Bring the caller transcript's last words in before ``disconnected``."""
+        t = self.transport
+        if t is None or not t.caller_transcript:
+            return
+        try:
+            # The caller audio already taken reaches the STT first.
+            await asyncio.wait_for(self._drained.wait(), CALLER_FLUSH_TIMEOUT_S)
+            await asyncio.wait_for(t.flush_caller(), CALLER_FLUSH_TIMEOUT_S)
+            await asyncio.wait_for(self._caller_flushed.wait(), CALLER_FLUSH_TIMEOUT_S)
+        except (TimeoutError, Exception) as exc:  # the peer may be gone: end anyway
+            self.log.warning("caller_flush_incomplete", error=repr(exc))
 
     # -- transports ----------------------------------------------------------------------
 
@@ -211,6 +243,7 @@ class MoshiAdapter(BaseAdapter):
                 self._outbound.popleft()
                 self.counters["frames_dropped"] += 1
             self._outbound.append(frame)
+            self._drained.clear()
             self._outbound_ready.set()
 
     async def _sender_loop(self, transport: MoshiTransport) -> None:
@@ -222,6 +255,8 @@ class MoshiAdapter(BaseAdapter):
             frame = self._outbound.popleft()
             await transport.send_frame(frame)
             self.counters["frames_sent"] += 1
+            if not self._outbound:
+                self._drained.set()
 
     async def _pacing_loop(self) -> None:
         fmt = self.config.audio
@@ -279,6 +314,11 @@ class MoshiAdapter(BaseAdapter):
                     self._emit_all(self._words.flush())
                     self._emit(Steering(event.request_id, event.status, self._agent_ms(),
                                         event.message))
+            elif isinstance(event, CallerText):
+                self._on_caller_text(event)
+            elif isinstance(event, CallerFlushed):
+                self.counters["caller_flushes"] += 1
+                self._caller_flushed.set()
             elif isinstance(event, PeerError):
                 self.counters["peer_errors"] += 1
                 self._emit(Error(code=event.code, message=event.message, fatal=False))
@@ -287,12 +327,20 @@ class MoshiAdapter(BaseAdapter):
                 return
         await self._peer_gone(PeerClosed(code=None, reason="transport ended", clean=False))
 
+    def _on_caller_text(self, event: CallerText) -> None:
+        if event.text is None:
+            self._emit_all(self._caller_words.advance(event.stream_ms))
+            return
+        self.counters["caller_pieces"] += 1
+        self._emit_all(self._caller_words.feed(event.text, event.stream_ms))
+
     async def _peer_gone(self, event: PeerClosed) -> None:
         # The vendor adapters' rules (BaseAdapter._peer_ended, ADR 0054): hosts see one
         # behaviour whichever model is behind the adapter.
         if self.state != "connected":
             return
         self._emit_all(self._words.flush())
+        self._emit_all(self._caller_words.flush())
         how = "closed the session" if event.clean else "vanished (no close frame)"
         await self._peer_ended(event.code, event.clean,
                                f"Moshi {how}: code {event.code}, {event.reason}")

@@ -23,6 +23,8 @@ from .transport import (
     PCM,
     AgentAudio,
     AgentText,
+    CallerFlushed,
+    CallerText,
     MoshiTransport,
     PeerClosed,
     PeerError,
@@ -74,7 +76,7 @@ class EmbeddedTransport(MoshiTransport):
             ) from None
         s = self.settings
         # Sampling is per call (ADR 0080): every call of one model shares one engine.
-        key = EngineKey(s.checkpoint, s.device, s.dtype, s.context, None)
+        key = EngineKey(s.checkpoint, s.device, s.dtype, s.context, None, s.stt)
         try:
             engine = await get_engine(key, s.slots)
         except Exception as exc:  # any loader failure (hub, files, CUDA) is a connect error
@@ -95,6 +97,7 @@ class EmbeddedTransport(MoshiTransport):
                 f"moshi.admission_wait_s={s.admission_wait_s:g})"
             ) from None
         self.call = call
+        self.caller_transcript = engine.stt is not None
         self.session_id = f"embedded-{uuid.uuid4().hex[:12]}"
         assert call.slot is not None
         self.log.info("embedded_session_opened", session_id=self.session_id,
@@ -117,7 +120,7 @@ class EmbeddedTransport(MoshiTransport):
             await self.call.send_paced(pcm)
 
     async def receive(self) -> AsyncIterator[TransportEvent]:
-        from ..engine.slot import SlotError
+        from ..engine.slot import SlotError, SttOutput
 
         if self.call is None:
             raise ConnectError("receive() before open()")
@@ -126,6 +129,12 @@ class EmbeddedTransport(MoshiTransport):
                 yield PeerError(ev.message, code="engine")
                 yield PeerClosed(code=None, reason=ev.message, clean=False)
                 return
+            if isinstance(ev, SttOutput):
+                if ev.step >= 0 and ev.token >= 0:
+                    yield CallerText(ev.text, ev.stream_ms, ev.end_of_turn)
+                if ev.final:
+                    yield CallerFlushed()
+                continue
             for mark in ev.steering:
                 yield SteerUpdate(mark.request_id, mark.status)
             yield AgentAudio(ev.pcm)
@@ -155,6 +164,9 @@ class EmbeddedTransport(MoshiTransport):
 
     async def cancel_say(self, flush: bool = True) -> None:
         self._steer_call().cancel_say(flush)
+    async def flush_caller(self) -> None:
+        if self.call is not None:
+            self.call.flush_caller()
 
     async def close(self) -> None:
         self._closed = True

@@ -41,7 +41,7 @@ from ..errors import (
     SteeringRequestError,
     SteeringUnsupportedError,
 )
-from . import protocol
+from . import caller_protocol, protocol
 from .remote_connect import WS_LOGGER, build_url, redact_url, ssl_context
 from .session import (
     AudioReceived,
@@ -66,6 +66,8 @@ from .transport import (
     PCM,
     AgentAudio,
     AgentText,
+    CallerFlushed,
+    CallerText,
     MoshiTransport,
     PeerClosed,
     PeerError,
@@ -90,7 +92,8 @@ CLOSE_TIMEOUT_S = 0.5
 #: Agent events buffered between the socket and the adapter (about 6 s of 80 ms frames);
 #: when full the reader stops reading, so TCP pushes back instead of memory growing.
 RECEIVE_QUEUE_SIZE = 150
-#: How long open() waits after a 9-byte handshake for the server's metadata.
+#: After a Rust-style (9-byte) handshake, how long open() waits for the ``0x04`` metadata
+#: that says whether the server sends caller transcripts (``serve`` sends both at once).
 METADATA_WAIT_S = 0.5
 
 class RemoteTransport(MoshiTransport):
@@ -111,6 +114,7 @@ class RemoteTransport(MoshiTransport):
         self.url = build_url(settings)
         self.session = ClientSession(max_message_bytes=max_message_bytes)
         self.steering = ClientSteering(self.session)
+        caller_protocol.install_client(self.session)  # 0x50-0x53 (docs/protocol.md)
         self.log = get_logger(__name__, url=redact_url(self.url))
         self._ws: ClientConnection | None = None
         self._events: asyncio.Queue[TransportEvent | None] = asyncio.Queue(RECEIVE_QUEUE_SIZE)
@@ -223,13 +227,7 @@ class RemoteTransport(MoshiTransport):
         self._encoder = OpusEncoder(MOSHI_SAMPLE_RATE)
         self._decoder = OpusDecoder(MOSHI_SAMPLE_RATE)
         if msg.protocol_version is not None:
-            # A Rust-style server sends its 0x04 metadata right after the handshake; wait
-            # for it briefly so capabilities (steering) are known when the call starts.
-            with contextlib.suppress(TimeoutError, ConnectionClosed):
-                nxt = await asyncio.wait_for(ws.recv(decode=False), METADATA_WAIT_S)
-                for ev in session.receive_data(nxt):
-                    for event in self._transport_events(ev):
-                        self._events.put_nowait(event)
+            await self._await_metadata(ws, min(METADATA_WAIT_S, deadline - loop.time()))
         self._last_rx = loop.time()
         self._reader = loop.create_task(self._read(ws), name=f"moshi-remote-reader:{call_id}")
         self._watchdog = loop.create_task(
@@ -304,6 +302,23 @@ class RemoteTransport(MoshiTransport):
         self._steer_check()
         self.steering.cancel(flush)
         await self._steer_send("")
+    async def _await_metadata(self, ws: ClientConnection, wait_s: float) -> None:
+        """The capabilities must be known when open() returns: take the message after the
+        handshake if it comes within ``wait_s`` (queued for the adapter like any other)."""
+        with contextlib.suppress(TimeoutError, ConnectionClosed):
+            raw = await asyncio.wait_for(ws.recv(decode=False), max(0.0, wait_s))
+            for ev in self.session.receive_data(raw):
+                if isinstance(ev, MetadataReceived):
+                    self.caller_transcript = caller_protocol.advertised(ev.value)
+                for event in self._transport_events(ev):
+                    self._events.put_nowait(event)
+
+    async def flush_caller(self) -> None:
+        if not self.caller_transcript or self._ws is None:
+            return
+        if self.session.send_raw(caller_protocol.FLUSH_CALLER, b""):
+            with contextlib.suppress(ConnectionClosed):
+                await self._flush(self._ws)
 
     async def receive(self) -> AsyncIterator[TransportEvent]:
         async for event in queued_events(self._events):
@@ -420,6 +435,15 @@ class RemoteTransport(MoshiTransport):
             case Ignored(message=m):
                 # Ping, Control, Image, Codes: nothing for a voice call to do with them.
                 self.log.debug("moshi_message_ignored", kind=type(m).__name__)
+            case caller_protocol.CallerTextMessage(text=t, t_ms=ms):
+                if self.caller_transcript:  # never from a server that did not advertise it
+                    return [CallerText(t, ms)]
+            case caller_protocol.CallerEndOfTurn(p=p, t_ms=ms):
+                if self.caller_transcript:
+                    return [CallerText(None, ms, p)]
+            case caller_protocol.CallerFlushedMessage():
+                if self.caller_transcript:
+                    return [CallerFlushed()]
             case Closed(code=code, reason=reason, clean=clean):
                 self.log.info("moshi_peer_closed", code=code, reason=reason, clean=clean)
                 return [PeerClosed(code=code, reason=reason, clean=clean)]

@@ -76,6 +76,13 @@ class MoshiSettings:
         metadata={"help": "embedded weights: 'dev' (generated tiny checkpoint, babbles), a "
                   f"local directory, or a Hugging Face repo such as {DEFAULT_HF_REPO}"},
     )
+    stt: str | None = field(
+        default=None,
+        metadata={"help": "embedded: caller transcripts from a Kyutai streaming STT batched "
+                  "beside Moshi: 'dev' (generated tiny checkpoint, babbles), a local "
+                  "directory, or a Hugging Face repo such as kyutai/stt-1b-en_fr; unset: "
+                  "none. Device and dtype follow the engine's"},
+    )
     device: str = field(
         default="auto", metadata={"help": "embedded: cpu, cuda, cuda:N or auto"}
     )

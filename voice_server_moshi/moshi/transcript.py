@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-from ..events import Transcript
+from ..events import Role, Transcript
 
 __all__ = ["DEFAULT_PAUSE_MS", "AgentWords"]
 
@@ -37,10 +37,12 @@ _WS = re.compile(r"(\s+)")
 class AgentWords:
     """Assembles text pieces into word transcripts. Pure; no I/O, no clock of its own."""
 
-    def __init__(self, pause_ms: float = DEFAULT_PAUSE_MS) -> None:
+    def __init__(self, pause_ms: float = DEFAULT_PAUSE_MS, role: Role = "agent") -> None:
         if pause_ms <= 0:
             raise ValueError(f"pause_ms must be > 0, got {pause_ms}")
         self.pause_ms = pause_ms
+        #: Whose words: the same rules assemble the caller's STT pieces (ADR 0075).
+        self.role: Role = role
         self._word = ""
         self._last_piece_ms = 0.0
 
@@ -60,7 +62,7 @@ class AgentWords:
                 out += self.flush()
             else:
                 self._word += part
-                out.append(Transcript(role="agent", text=self._word, final=False))
+                out.append(Transcript(role=self.role, text=self._word, final=False))
         return out
 
     def advance(self, t_ms: float) -> list[Transcript]:
@@ -74,4 +76,4 @@ class AgentWords:
         if not self._word:
             return []
         word, self._word = self._word, ""
-        return [Transcript(role="agent", text=word, final=True)]
+        return [Transcript(role=self.role, text=word, final=True)]

@@ -75,7 +75,25 @@ class SteerUpdate:
     message: str = ""
 
 
-TransportEvent = AgentAudio | AgentText | PeerError | PeerClosed | SteerUpdate
+@dataclass(frozen=True, slots=True)
+class CallerText:
+    """One step of the caller's transcript (Kyutai STT, ADR 0075): a text piece as Kyutai's
+    tokenizer writes it (``" hel"``), or None for a step without one; ``stream_ms`` is the
+    caller stream time at which it came out (the audio it transcribes is the STT's delay
+    earlier); ``end_of_turn`` the end-of-turn head's probability where there is one."""
+
+    text: str | None
+    stream_ms: float
+    end_of_turn: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallerFlushed:
+    """The caller transcript is complete: the answer to :meth:`MoshiTransport.flush_caller`."""
+
+
+TransportEvent = (AgentAudio | AgentText | PeerError | PeerClosed | SteerUpdate | CallerText
+                  | CallerFlushed)
 
 
 async def queued_events(
@@ -93,6 +111,15 @@ async def queued_events(
 
 class MoshiTransport(ABC):
     """One call's link to a Moshi model."""
+
+    #: This transport delivers :class:`CallerText` (known once :meth:`open` returned).
+    caller_transcript: bool = False
+
+    async def flush_caller(self) -> None:
+        """The call is ending: ask for the caller transcript's last words (the STT runs
+        its delay's worth of silence); a :class:`CallerFlushed` follows them. Transports
+        without a caller transcript have nothing to flush."""
+        return None
 
     @abstractmethod
     async def open(self, call_id: str) -> str:

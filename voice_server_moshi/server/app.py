@@ -45,9 +45,10 @@ from .._log import get_logger
 from ..audio.framing import SampleFramer
 from ..audio.opus import OpusDecoder, OpusEncoder
 from ..engine.call_sampling import SamplingError, parse_sampling_query
-from ..engine.core import FRAME_SAMPLES, Engine, SlotError, SlotOutput
+from ..engine.core import FRAME_SAMPLES, Engine, SlotError, SlotOutput, SttOutput
 from ..engine.session import EngineCall
 from ..errors import ServerBusyError
+from ..moshi import caller_protocol
 from ..moshi.session import (
     CLOSE_BAD_PAYLOAD,
     CLOSE_BUSY,
@@ -127,9 +128,12 @@ class BatchedServer:
 
     def default_session(self) -> ServerSession:
         """A session with this server's limits and metadata (extensions start from it)."""
-        return steering.install(ServerSession(max_message_bytes=self.config.max_message_bytes,
-                                              query_parser=self.call_params,
-                                              metadata_builder=self.base_metadata))
+        session = steering.install(ServerSession(
+            max_message_bytes=self.config.max_message_bytes, query_parser=self.call_params,
+            metadata_builder=self.base_metadata))
+        if self.engine.stt is not None:
+            caller_protocol.install_server(session)  # 0x52: the client asks for last words
+        return session
 
     def call_params(self, query: Mapping[str, str]) -> Mapping[str, Any]:
         """Kyutai's per-call sampling query parameters, validated, seeds drawn (ADR 0080)."""
@@ -149,7 +153,10 @@ class BatchedServer:
             mimi_model_file=models.mimi_file or models.description,
             instance_name=self.config.instance_name,
             extra={"slots": self.engine.slots, "model": models.description,
-                   "per_call_sampling": self.engine.sampler is not None},
+                   "per_call_sampling": self.engine.sampler is not None,
+                   # docs/protocol.md: 0x50-0x53 caller transcripts (an STT beside Moshi).
+                   **({caller_protocol.METADATA_KEY: True} if self.engine.stt is not None
+                      else {})},
         )
 
     @property
@@ -355,7 +362,10 @@ class BatchedServer:
                             return  # the engine closed this call; the sender reports why
                 elif isinstance(ev, steering.STEERING_EVENTS):
                     await steering.handle(session, call, ev, clog)
-                # Unknown kinds, control, ping: nothing to do here.
+                elif isinstance(ev, caller_protocol.FlushCaller):
+                    # The client's audio has ended: its last words, then 0x53.
+                    call.flush_caller()
+                # Client text, unknown kinds, control, ping: nothing to do here (yet).
             await conn.flush()  # replies to malformed messages
 
     async def _send_loop(self, conn: _Connection, call: EngineCall, clog: Any) -> None:
@@ -371,7 +381,23 @@ class BatchedServer:
     async def _send_outputs(self, conn: _Connection, call: EngineCall, clog: Any) -> None:
         encoder = OpusEncoder(SAMPLE_RATE)
         session = conn.session
+        turn_ended = False  # 0x51 goes out when the end-of-turn head crosses 0.5 upwards
         async for ev in call.events():
+            if isinstance(ev, SttOutput):
+                if ev.text:
+                    session.send_raw(caller_protocol.CALLER_TEXT,
+                                     caller_protocol.encode_text(ev.text, ev.stream_ms)[1:])
+                if ev.end_of_turn is not None:
+                    if ev.end_of_turn > 0.5 and not turn_ended:
+                        session.send_raw(caller_protocol.CALLER_END_OF_TURN,
+                                         caller_protocol.encode_end_of_turn(
+                                             ev.end_of_turn, ev.stream_ms)[1:])
+                    turn_ended = ev.end_of_turn > 0.5
+                if ev.final:
+                    session.send_raw(caller_protocol.CALLER_FLUSHED, b"")
+                with contextlib.suppress(ConnectionClosed):
+                    await conn.flush()
+                continue
             if isinstance(ev, SlotError):
                 clog.warning("engine failed the call", error=ev.message)
                 session.fail(ev.message, code=CLOSE_INTERNAL, reason="engine error")

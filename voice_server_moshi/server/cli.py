@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="dev",
                    help=f"'dev' (tiny random, babbles), a local dir, or a HF repo such as "
                    f"{DEFAULT_HF_REPO}")
+    p.add_argument("--stt", default=None,
+                   help="caller transcripts (docs/protocol.md 0x50-0x53) from a Kyutai STT "
+                   "batched beside Moshi: 'dev', a local dir, or a HF repo such as "
+                   "kyutai/stt-1b-en_fr; default none")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--context", type=int, default=None,
@@ -89,7 +93,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         models = load_models(args.checkpoint, device=args.device, dtype=args.dtype,
-                             context=args.context)
+                             context=args.context, stt=args.stt)
         engine = Engine(models, ecfg)
     except (ValueError, RuntimeError, OSError) as exc:
         sys.stderr.write(f"error: could not load checkpoint {args.checkpoint!r} on "

@@ -294,7 +294,8 @@ class MoshiRemoteProvider(_MoshiBase):
 
 
 class MoshiEmbeddedProvider(_MoshiBase):
-    """The Moshi adapter with the in-process engine on the generated dev checkpoint."""
+    """The Moshi adapter with the in-process engine on the generated dev checkpoint, with
+    the dev STT batched beside it (``caller_transcript`` claimed, ADR 0075)."""
 
     name = "moshi (embedded)"
     cannot: ClassVar[dict[str, str]] = {
@@ -316,7 +317,8 @@ class MoshiEmbeddedProvider(_MoshiBase):
         from voice_server_moshi.moshi.settings import MoshiSettings
 
         return MoshiAdapter(MoshiSettings(transport="embedded", checkpoint=str(peer),
-                                          device="cpu", max_queued_events=max_queued_events))
+                                          device="cpu", max_queued_events=max_queued_events,
+                                          stt="dev"))
 
 
 #: Loaded dev-checkpoint models, handed from one test's serve peer to the next (loading
@@ -331,7 +333,7 @@ def _take_serve_models(checkpoint: str) -> Any:
     with _SERVE_MODELS_LOCK:
         if _SERVE_MODELS:
             return _SERVE_MODELS.pop()
-    return load_models(checkpoint, device="cpu", dtype="float32")
+    return load_models(checkpoint, device="cpu", dtype="float32", stt="dev")
 
 
 @dataclass
@@ -349,8 +351,9 @@ class MoshiServeProvider(_MoshiBase):
     """The Moshi adapter's remote transport against this project's own batched server
     (``voice-server-moshi serve``: :class:`~voice_server_moshi.server.app.BatchedServer`
     over an :class:`~voice_server_moshi.engine.core.Engine`), run in process on loopback
-    with the dev checkpoint on CPU, bearer-token auth on. Every scenario is the server's
-    real behaviour:
+    with the dev checkpoint on CPU and the dev STT beside it (``serve --stt dev``: caller
+    transcripts claimed), bearer-token auth on. Every scenario is the server's real
+    behaviour:
 
     * connect-refused: a wrong token is answered HTTP 401 before the upgrade;
     * peer-error: a stray malformed message on the call's socket (an empty one) is what

@@ -49,6 +49,7 @@ __all__ = [  # noqa: RUF022
     "test_connect_refused",
     "test_caller_speaks_then_pauses",
     "test_agent_speaks",
+    "test_caller_transcript",
     "test_barge_in",
     "test_peer_error",
     "test_peer_closes",
@@ -128,11 +129,35 @@ async def test_agent_speaks(provider: Provider, peer: object, rec: Recorder) -> 
         provider.check_peer_side(peer, "agent-speaks")
 
 
+async def test_caller_transcript(provider: Provider, peer: object, rec: Recorder) -> None:
+    """The caller's words: an adapter that claims ``caller_transcript`` delivers at least
+    one final caller transcript for a second of caller speech, before ``disconnected``;
+    one that does not claim it delivers none (the parity rules check every scenario)."""
+    rec.na_if_cannot("caller-transcript")
+    adapter = provider.make_adapter(peer)
+    async with in_call(provider, adapter) as call:
+        await call.quiet(300)
+        await call.speak(1000)
+        await call.quiet(1500)
+        await call.hang_up()
+    claimed = adapter.capabilities.caller_transcript
+    rec("caller-transcript", call.events, adapter.capabilities, call.fmt,
+        note="caller_transcript claimed" if claimed else "caller_transcript not claimed")
+    caller = [e for e in call.events if isinstance(e, Transcript) and e.role == "caller"]
+    if claimed:
+        assert any(e.final and e.text for e in caller), "claimed, but no final caller words"
+        assert isinstance(call.events[-1], Disconnected)
+    else:
+        assert not caller
+
+
 async def test_barge_in(provider: Provider, peer: object, rec: Recorder) -> None:
     rec.na_if_cannot("barge-in")
     adapter = provider.make_adapter(peer)
-    caps = adapter.capabilities
     async with in_call(provider, adapter) as call:
+        # Read once connected: a remote Moshi adapter learns from the server's metadata
+        # whether it gets caller transcripts (``connected`` carries the final set).
+        caps = adapter.capabilities
         await call.quiet(200)
         await provider.start_long_speech(peer, call, 5000)
         await call.wait_for(lambda _e: len(_chunks(call.events)) >= 10)
