@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "voice_server_moshi.server.cli:main",
         "batched Moshi server on Kyutai's /api/chat protocol (many calls, one engine)",
     ),
+    "cluster": (
+        "voice_server_moshi.cluster.cli:main",
+        "the batched server on a local Ray Serve cluster: N engine replicas behind one URL",
+    ),
     "call": (
         "voice_server_moshi.call.main:main",
         "a phone call through the plugin (embedded Moshi by default): recordings, timeline, "

@@ -1,0 +1,243 @@
+"""The cluster's front door: Kyutai's ``/api/chat`` plus health, readiness, capacity and
+metrics aggregated over the engine replicas, as a FastAPI app under ``@serve.ingress``.
+
+Per call: auth, then admission (refuse at once with ``0x05`` + 1013 when the directory
+shows no free slot, else take a lease through Serve's router, which only routes to a
+replica below ``max_ongoing_requests`` = slots; a lease not granted within the routing
+limit, or ``admission_wait_s`` when longer, is cancelled and the call refused), then the
+relay (:mod:`.relay`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import websockets
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from ray import serve
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from .._log import get_logger
+from ..moshi import protocol
+from . import directory, relay
+from .metrics import render
+
+log = get_logger(__name__)
+
+#: Directory snapshots are reused this long (admission and the HTTP endpoints).
+SNAPSHOT_MAX_AGE_S = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class IngressSpec:
+    app_name: str = "voice-server-moshi"
+    auth_token: str | None = None
+    admission_wait_s: float = 0.0
+    #: How long Serve's router may take to grant a lease before the call is refused.
+    route_timeout_s: float = 2.0
+    max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES
+    instance_name: str = "voice-server-moshi"
+
+    def __repr__(self) -> str:  # never show the token
+        return (f"IngressSpec(app_name={self.app_name!r}, "
+                f"auth_token={'set' if self.auth_token else 'none'})")
+
+
+class _StarletteCaller:
+    """:class:`relay.CallerSocket` over Starlette's WebSocket."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+
+    async def receive(self) -> bytes | None:
+        try:
+            msg = await self.ws.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            return None
+        if msg["type"] == "websocket.disconnect":
+            return None
+        if msg.get("bytes") is not None:
+            return bytes(msg["bytes"])
+        return str(msg.get("text") or "").encode("utf-8")
+
+    async def send(self, data: bytes) -> None:
+        if self.ws.application_state != WebSocketState.CONNECTED:
+            raise relay.CallerGone()
+        try:
+            await self.ws.send_bytes(data)
+        except (WebSocketDisconnect, RuntimeError) as exc:
+            raise relay.CallerGone() from exc
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.ws.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await self.ws.close(code, reason)
+
+
+fastapi_app = FastAPI(title="voice-server-moshi cluster", docs_url=None, redoc_url=None)
+
+
+@serve.ingress(fastapi_app)
+class Ingress:
+    """Serve deployment class (options set in :mod:`.app`)."""
+
+    def __init__(self, engine: Any, spec: IngressSpec) -> None:
+        self.engine = engine
+        self.spec = spec
+        self.counters = relay.IngressCounters()
+        self.name = f"ingress-{os.getpid()}"
+        self._directory = directory.get_directory(spec.app_name)
+        self._snap: list[dict[str, Any]] = []
+        self._snap_at = 0.0
+
+    async def replicas(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        if now - self._snap_at > SNAPSHOT_MAX_AGE_S:
+            try:
+                self._snap = list(await self._directory.snapshot.remote())
+            except Exception:
+                log.warning("directory unreachable; using the last snapshot")
+            self._snap_at = now
+        return self._snap
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    @fastapi_app.get("/healthz")
+    async def healthz(self) -> PlainTextResponse:
+        return PlainTextResponse("ok\n")
+
+    @fastapi_app.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        reps = await self.replicas()
+        free = sum(int(r["free_slots"]) for r in reps if r["ready"])
+        ready = free > 0
+        reason = "ok" if ready else ("no engine replica" if not reps else "no free slot")
+        return JSONResponse({"ready": ready, "reason": reason, "free_slots": free,
+                             "replicas": len(reps)}, status_code=200 if ready else 503)
+
+    @fastapi_app.get("/capacity")
+    async def capacity(self) -> JSONResponse:
+        reps = await self.replicas()
+        keys = ("replica", "pid", "node", "slots", "free_slots", "active_slots", "ready",
+                "device", "tick_p50_s", "tick_p99_s", "age_s")
+        return JSONResponse({
+            "slots": sum(int(r["slots"]) for r in reps),
+            "free_slots": sum(int(r["free_slots"]) for r in reps),
+            "active_slots": sum(int(r["active_slots"]) for r in reps),
+            "ready": any(r["ready"] for r in reps),
+            "replicas": [{k: r.get(k) for k in keys} for r in reps],
+            "ingress": {"name": self.name, "active_calls": self.counters.active_calls,
+                        "routed": self.counters.routed,
+                        "routing_seconds_sum": self.counters.routing_seconds_sum},
+        })
+
+    @fastapi_app.get("/metrics")
+    async def metrics(self, request: Request) -> Response:
+        if not self._authorized(request.headers, str(request.url.query)):
+            return PlainTextResponse("unauthorized\n", status_code=401)
+        text = render(await self.replicas(), self.counters, self.name)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    def _authorized(self, headers: Any, query: str) -> bool:
+        token = self.spec.auth_token
+        if token is None:
+            return True
+        from urllib.parse import parse_qs
+
+        offered: list[str] = []
+        auth = headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            offered.append(auth[7:].strip())
+        if headers.get("kyutai-api-key"):
+            offered.append(headers["kyutai-api-key"])
+        offered += parse_qs(query).get("auth_token", [])
+        return any(hmac.compare_digest(o.encode(), token.encode()) for o in offered)
+
+    # -- /api/chat ------------------------------------------------------------------------
+
+    @fastapi_app.websocket("/api/chat")
+    async def chat(self, ws: WebSocket) -> None:
+        call_id = f"clu-{uuid.uuid4().hex[:12]}"
+        clog = log.bind(call_id=call_id, ingress=self.name)
+        if not self._authorized(ws.headers, ws.url.query):
+            self.counters.auth_failures += 1
+            clog.warning("unauthorized /api/chat request")
+            await ws.close(1008, "missing or wrong bearer token")
+            return
+        await ws.accept()
+        caller = _StarletteCaller(ws)
+        self.counters.connections += 1
+        t0 = time.perf_counter()
+        granted = await self._admit(call_id, clog)
+        if granted is None:
+            self.counters.refused_busy += 1
+            clog.info("call refused: no free slot on any replica")
+            await relay.refuse_busy(caller, "every engine replica's slots are busy; "
+                                    "try again later")
+            return
+        lease, first = granted
+        self.counters.routed += 1
+        self.counters.routing_seconds_sum += time.perf_counter() - t0
+        clog = clog.bind(replica=first["replica"])
+        try:
+            data = await websockets.connect(first["url"], compression=None, proxy=None,
+                                            open_timeout=5, ping_interval=1, ping_timeout=3,
+                                            max_size=64 * 1024)
+            await data.send(json.dumps({"ticket": first["ticket"]}))
+        except Exception as exc:
+            lease.cancel()
+            clog.warning("engine data plane unreachable", error=str(exc))
+            self.counters.replica_failures += 1
+            await relay._fail(caller, "engine replica unreachable; please call again")
+            return
+        self.counters.active_calls += 1
+        clog.info("call started", routing_ms=round((time.perf_counter() - t0) * 1000, 1))
+        try:
+            outcome = await relay.relay_call(
+                caller, data, lease_end=_drain(lease), counters=self.counters, clog=clog,
+                max_message_bytes=self.spec.max_message_bytes,
+                metadata={"instance_name": self.spec.instance_name,
+                          "server": "voice-server-moshi", "cluster": True,
+                          "replica": first["replica"], "slots": first["slots"]})
+            clog.info("call ended", outcome=outcome)
+        finally:
+            self.counters.active_calls -= 1
+            lease.cancel()
+            await caller.close(relay.CLOSE_GOING_AWAY, "call over")
+
+    async def _admit(self, call_id: str, clog: Any) -> tuple[Any, dict[str, Any]] | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.spec.admission_wait_s
+        while True:
+            reps = await self.replicas()
+            if reps and any(int(r["free_slots"]) > 0 for r in reps if r["ready"]):
+                limit = max(self.spec.route_timeout_s, deadline - loop.time())
+                lease = self.engine.options(stream=True).lease.remote(call_id)
+                try:
+                    first = await asyncio.wait_for(lease.__anext__(), limit)
+                except TimeoutError:
+                    lease.cancel()  # still queued in Serve's router: every replica full
+                    first = None
+                except Exception as exc:  # the chosen replica died while granting
+                    clog.warning("lease failed", error=f"{type(exc).__name__}: {exc}")
+                    first = None
+                if first is not None and "busy" not in first:
+                    return lease, first
+            if loop.time() >= deadline:
+                return None
+            await asyncio.sleep(0.1)
+
+
+async def _drain(lease: Any) -> None:
+    """Wait for the lease's last item; raises if its replica died."""
+    async for _ in lease:
+        pass
