@@ -69,7 +69,6 @@ def build_app(cfg: ClusterConfig, *, version: str | None = None) -> Application:
         1.0 if spec.device.startswith("cuda") else 0.0)
     engine_opts: dict[str, Any] = dict(
         name="MoshiEngine",
-        version=version or cfg.version(),
         # One WebSocket call holds one lease for its life: this is the per-replica cap.
         max_ongoing_requests=spec.slots,
         graceful_shutdown_timeout_s=cfg.drain_timeout_s,
@@ -90,7 +89,6 @@ def build_app(cfg: ClusterConfig, *, version: str | None = None) -> Application:
     engine = serve.deployment(EngineReplica).options(**engine_opts)
     ingress = serve.deployment(Ingress).options(
         name="MoshiIngress",
-        version=version or cfg.version(),
         num_replicas=cfg.ingress_replicas,
         max_ongoing_requests=10_000,  # WebSockets held; CPU, not this, is the limit
         graceful_shutdown_timeout_s=cfg.drain_timeout_s,

@@ -127,6 +127,9 @@ def main(argv: list[str]) -> int:
     # machine's own address and listen there.
     node_ip = "127.0.0.1" if args.host in ("127.0.0.1", "localhost") else None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray starts workers at nice 15; an engine replica paces real-time calls and must not
+    # lose the CPU to every batch job on the host.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(_node_ip_address=node_ip, include_dashboard=False, num_cpus=num_cpus,
              log_to_driver=False, configure_logging=False)
     try:

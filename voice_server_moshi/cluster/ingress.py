@@ -83,14 +83,33 @@ class _StarletteCaller:
                 await self.ws.close(code, reason)
 
 
-fastapi_app = FastAPI(title="voice-server-moshi cluster", docs_url=None, redoc_url=None)
+#: The ingress of this process (one replica per Ray actor process): Serve calls
+#: :func:`build_asgi` right after the deployment's constructor.
+_current: IngressCore | None = None
 
 
-@serve.ingress(fastapi_app)
-class Ingress:
-    """Serve deployment class (options set in :mod:`.app`)."""
+def build_asgi() -> FastAPI:
+    """The ASGI app of this process's ingress. A builder (not a module-level FastAPI app)
+    because Serve pickles a ready app, and FastAPI's telemetry holds a lock."""
+    core = _current
+    if core is None:
+        raise RuntimeError("build_asgi() before the ingress was constructed")
+    app = FastAPI(title="voice-server-moshi cluster", docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.add_api_route("/healthz", core.healthz, methods=["GET"])
+    app.add_api_route("/readyz", core.readyz, methods=["GET"])
+    app.add_api_route("/capacity", core.capacity, methods=["GET"])
+    app.add_api_route("/metrics", core.metrics, methods=["GET"])
+    app.add_api_websocket_route("/api/chat", core.chat)
+    return app
+
+
+class IngressCore:
+    """The ingress's state and handlers; :data:`Ingress` is the Serve deployment class."""
 
     def __init__(self, engine: Any, spec: IngressSpec) -> None:
+        global _current
+        _current = self
         self.engine = engine
         self.spec = spec
         self.counters = relay.IngressCounters()
@@ -111,11 +130,9 @@ class Ingress:
 
     # -- HTTP -----------------------------------------------------------------------------
 
-    @fastapi_app.get("/healthz")
     async def healthz(self) -> PlainTextResponse:
         return PlainTextResponse("ok\n")
 
-    @fastapi_app.get("/readyz")
     async def readyz(self) -> JSONResponse:
         reps = await self.replicas()
         free = sum(int(r["free_slots"]) for r in reps if r["ready"])
@@ -124,7 +141,6 @@ class Ingress:
         return JSONResponse({"ready": ready, "reason": reason, "free_slots": free,
                              "replicas": len(reps)}, status_code=200 if ready else 503)
 
-    @fastapi_app.get("/capacity")
     async def capacity(self) -> JSONResponse:
         reps = await self.replicas()
         keys = ("replica", "pid", "node", "slots", "free_slots", "active_slots", "ready",
@@ -140,7 +156,6 @@ class Ingress:
                         "routing_seconds_sum": self.counters.routing_seconds_sum},
         })
 
-    @fastapi_app.get("/metrics")
     async def metrics(self, request: Request) -> Response:
         if not self._authorized(request.headers, str(request.url.query)):
             return PlainTextResponse("unauthorized\n", status_code=401)
@@ -164,7 +179,6 @@ class Ingress:
 
     # -- /api/chat ------------------------------------------------------------------------
 
-    @fastapi_app.websocket("/api/chat")
     async def chat(self, ws: WebSocket) -> None:
         call_id = f"clu-{uuid.uuid4().hex[:12]}"
         clog = log.bind(call_id=call_id, ingress=self.name)
@@ -235,6 +249,9 @@ class Ingress:
             if loop.time() >= deadline:
                 return None
             await asyncio.sleep(0.1)
+
+
+Ingress = serve.ingress(build_asgi)(IngressCore)
 
 
 async def _drain(lease: Any) -> None:
