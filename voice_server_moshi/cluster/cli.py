@@ -73,6 +73,40 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def _console(cfg: object, stop: threading.Event) -> None:
+    """Operator commands on stdin, one per line: ``scale N`` (engine replicas; a replica
+    removed drains first) and ``redeploy`` (roll every replica, each drained); ``stop``.
+    Each prints a JSON line on stdout when Serve has taken it."""
+    from dataclasses import replace
+
+    from ray import serve
+
+    from .app import APP_NAME, ClusterConfig, build_app
+
+    assert isinstance(cfg, ClusterConfig)
+    generation = 0
+    for line in sys.stdin:
+        words = line.split()
+        try:
+            if words[:1] == ["scale"] and len(words) == 2:
+                cfg = replace(cfg, replicas=int(words[1]))
+            elif words == ["redeploy"]:
+                generation += 1
+                cfg = replace(cfg, engine=replace(cfg.engine, generation=generation))
+            elif words == ["stop"]:
+                stop.set()
+                return
+            else:
+                sys.stderr.write(f"unknown command {line.strip()!r}: scale N | redeploy | stop\n")
+                continue
+            serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
+            sys.stdout.write(json.dumps({"event": "deployed", "command": line.strip(),
+                                         "replicas": cfg.replicas}) + "\n")
+            sys.stdout.flush()
+        except (ValueError, RuntimeError) as exc:
+            sys.stderr.write(f"error: {exc}\n")
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     token = args.auth_token or os.environ.get(AUTH_ENV) or None
@@ -130,7 +164,8 @@ def main(argv: list[str]) -> int:
     # Ray starts workers at nice 15; an engine replica paces real-time calls and must not
     # lose the CPU to every batch job on the host.
     os.environ.setdefault("RAY_worker_niceness", "0")
-    ray.init(_node_ip_address=node_ip, include_dashboard=False, num_cpus=num_cpus,
+    # address="local": always a new cluster of our own, never one found on the machine.
+    ray.init(address="local", _node_ip_address=node_ip, include_dashboard=False, num_cpus=num_cpus,
              log_to_driver=False, configure_logging=False)
     try:
         serve.start(http_options={"host": args.host, "port": port},
@@ -157,6 +192,7 @@ def main(argv: list[str]) -> int:
                 "app": APP_NAME,
             }) + "\n")
             sys.stdout.flush()
+        threading.Thread(target=_console, args=(cfg, stop), daemon=True).start()
         stop.wait()
         return 0
     finally:

@@ -48,6 +48,8 @@ class EngineSpec:
     fill_after_ticks: int | None = None
     greedy: bool = False
     max_queued_outputs: int = 150
+    #: Bumped to roll every replica (a redeploy) without any other change.
+    generation: int = 0
 
 
 class EngineReplica:
@@ -75,6 +77,7 @@ class EngineReplica:
                                      max_queued_outputs=spec.max_queued_outputs)
         self.data.start()
         self._directory = directory.get_directory(app_name)
+        self.data.on_change = self._report
         self._reporting = self.data.call_soon(self._report_forever())
         self.log = log.bind(replica=self.replica, pid=os.getpid())
         self.log.info("engine replica ready", url=self.data.url, slots=spec.slots)
@@ -93,10 +96,14 @@ class EngineReplica:
             "tick_buckets": list(m.tick_buckets), "model": self.engine.models.description,
         }
 
+    def _report(self) -> None:
+        with contextlib.suppress(Exception):  # the directory restarts; report again
+            self._directory.report.remote(self.snapshot())
+
     async def _report_forever(self) -> None:
+        # Periodic, plus at once on every slot change (:attr:`EngineDataServer.on_change`).
         while True:
-            with contextlib.suppress(Exception):  # the directory restarts; report again
-                self._directory.report.remote(self.snapshot())
+            self._report()
             await asyncio.sleep(directory.REPORT_PERIOD_S)
 
     async def lease(self, call_id: str) -> AsyncIterator[dict[str, Any]]:

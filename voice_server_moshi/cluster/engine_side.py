@@ -58,6 +58,8 @@ class EngineDataServer:
                                         name="engine-data-plane", daemon=True)
         self._server: Server | None = None
         self._reservations: dict[str, _Reservation] = {}
+        #: Called on the data-plane loop whenever a slot is taken or freed.
+        self.on_change: Callable[[], None] | None = None
 
     # -- lifecycle (any thread) ------------------------------------------------------------
 
@@ -111,7 +113,15 @@ class EngineDataServer:
         res = _Reservation(call, self._loop.create_future())
         self._reservations[ticket] = res
         self._loop.call_later(ATTACH_TIMEOUT_S, self._expire, ticket)
+        self._changed()
         return ticket
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change()
+            except Exception:
+                log.exception("on_change failed")
 
     def _expire(self, ticket: str) -> None:
         res = self._reservations.get(ticket)
@@ -140,6 +150,7 @@ class EngineDataServer:
         if res is None:
             return
         res.call.close()
+        self._changed()
         slot = res.call.slot
         if not res.ended.done():
             res.ended.set_result({

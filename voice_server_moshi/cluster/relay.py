@@ -190,7 +190,6 @@ async def _downlink(caller: CallerSocket, data: ClientConnection,
         pass
     # A close frame from the replica (1000/1001) is an orderly end; anything else (no
     # close frame: 1006) means the replica or its host went away.
-    rcvd = data.close_rcvd
-    if rcvd is not None and rcvd.code in (1000, 1001):
+    if data.close_code in (1000, 1001):
         return "replica closed the call"
     return "replica lost"
