@@ -266,17 +266,20 @@ async def test_a_scale_down_during_calls_cuts_none(cluster: Cluster) -> None:
         await c.connect()
     talks = [asyncio.create_task(c.talk(n)) for c in calls]
     await asyncio.sleep(0.5)
-    # The operator scales the engine deployment to one replica mid-call.
+    # The operator scales the engine deployment to one replica mid-call. The command
+    # returns when Serve has finished the deploy, i.e. after the drain: read it at the end.
     assert cluster.proc.stdin is not None and cluster.proc.stdout is not None
     cluster.proc.stdin.write("scale 1\n")
     cluster.proc.stdin.flush()
-    ack = json.loads(await asyncio.to_thread(cluster.proc.stdout.readline))
-    assert ack == {"event": "deployed", "command": "scale 1", "replicas": 1}
+    ack = asyncio.create_task(asyncio.to_thread(cluster.proc.stdout.readline))
     assert await asyncio.gather(*talks) == [n] * 4
     await asyncio.gather(*(c.wait_audio(n - 1) for c in calls))
     await asyncio.sleep(0.5)
     assert [c.audio for c in calls] == [n - 1] * 4
     assert not any(c.errors for c in calls) and all(c.closed_at is None for c in calls)
+    assert not ack.done()  # the removed replica is still draining: our calls hold it
     await asyncio.gather(*(c.close() for c in calls))
-    # The drained replica leaves once its calls are over.
+    line = await asyncio.wait_for(ack, 120)
+    assert json.loads(line) == {"event": "deployed", "command": "scale 1", "replicas": 1}
+    # The drained replica is gone once its calls were over.
     await wait_replicas(cluster, 1, limit_s=60)
