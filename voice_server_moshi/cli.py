@@ -49,6 +49,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 #: ``bench <name>`` -> (module:function, one-line help); each prints JSON on stdout.
 BENCHES: dict[str, tuple[str, str]] = {
+    "cluster": (
+        "voice_server_moshi.bench.cluster:main",
+        "Ray Serve cluster vs single-process serve: added latency, CPU per call, failover",
+    ),
     "turns": (
         "voice_server_moshi.bench.turns:main",
         "full-duplex turn detection on the labelled corpus: onsets, backchannels, barge-ins",

@@ -119,7 +119,7 @@ class Client:
 
     async def wait_audio(self, n: int, limit_s: float = 90) -> None:
         t_end = time.monotonic() + limit_s
-        while self.audio < n and time.monotonic() < t_end and self.closed_at is None:
+        while self.audio < n and time.monotonic() < t_end and self.closed_at is None:  # noqa: ASYNC110 (a bounded poll)
             await asyncio.sleep(0.05)
 
     async def wait_closed(self, limit_s: float) -> None:
@@ -209,7 +209,8 @@ async def test_four_calls_spread_two_and_two_and_a_fifth_is_refused(cluster: Clu
     assert [c.audio for c in calls] == [n - 1] * 4  # one back per frame after the first
     assert not any(c.errors for c in calls)
     await asyncio.gather(*(c.close() for c in calls))
-    metrics = httpx.get(f"http://127.0.0.1:{cluster.port}/metrics", trust_env=False).text
+    metrics = (await asyncio.to_thread(
+        httpx.get, f"http://127.0.0.1:{cluster.port}/metrics", trust_env=False)).text
     assert "moshi_cluster_replicas 2" in metrics
     assert "moshi_server_refused_busy_total{" in metrics
 

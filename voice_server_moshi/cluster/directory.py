@@ -10,6 +10,7 @@ only the read side that Serve does not expose.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -46,7 +47,7 @@ def get_directory(app_name: str) -> Any:
     """The app's directory actor, created on first use (detached: it outlives replicas;
     restarted by Ray if it dies, and refilled by the next reports)."""
     actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Directory)
-    return actor.options(  # type: ignore[attr-defined]
+    return actor.options(
         name=directory_name(app_name), namespace=NAMESPACE, lifetime="detached",
         get_if_exists=True,
     ).remote()
@@ -54,7 +55,5 @@ def get_directory(app_name: str) -> Any:
 
 def kill_directory(app_name: str) -> None:
     """Remove the app's directory actor (after ``serve.delete``); quiet if absent."""
-    try:
+    with contextlib.suppress(ValueError):
         ray.kill(ray.get_actor(directory_name(app_name), namespace=NAMESPACE))
-    except ValueError:
-        pass

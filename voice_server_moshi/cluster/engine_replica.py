@@ -72,7 +72,7 @@ class EngineReplica:
             self.replica = serve.get_replica_context().replica_id.unique_id
         except Exception:  # outside Serve (unit use): any stable name
             self.replica = f"engine-{os.getpid()}"
-        self.host = ray.util.get_node_ip_address()
+        self.host = str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
         self.data = EngineDataServer(self.engine, self.host,
                                      max_queued_outputs=spec.max_queued_outputs)
         self.data.start()
