@@ -102,7 +102,7 @@ def load_models(
     if architecture != "checkpoint":
         raise ValueError(f"architecture must be 'checkpoint' or 'full', got {architecture!r}")
 
-    from ..moshi.checkpoint import resolve_checkpoint
+    from .checkpoints import resolve_checkpoint
 
     info = resolve_checkpoint(checkpoint)
     if info.model_type != "moshi":

@@ -14,7 +14,8 @@ from collections import deque
 from collections.abc import AsyncIterator
 
 from .._log import get_logger
-from .core import PCM, Engine, Slot, SlotError, SlotEvent, SlotOutput
+from .core import Engine
+from .slot import PCM, Slot, SlotError, SlotEvent, SlotOutput
 
 log = get_logger(__name__)
 

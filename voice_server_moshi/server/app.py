@@ -17,24 +17,26 @@ again later"), never a silent wait. Optional bearer-token auth guards ``/api/cha
 Operators can end calls without stopping the server: :meth:`BatchedServer.close_call`
 closes one call, or all of them, with a close code of their choice (1001 "going away" by
 default, what a shutdown sends too).
+
+The protocol itself (handshake, metadata, kinds, malformed messages, errors, close codes)
+is the sans-I/O :class:`~voice_server_moshi.moshi.session.ServerSession`, one per
+connection; this module is its shell on ``websockets``: HTTP endpoints, engine slots, Opus,
+and sending what the session queues. ``session_factory`` is where extensions configure
+each connection's session (query parameters, metadata keys, extra kinds).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import http
-import json
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -44,76 +46,91 @@ from ..audio.opus import OpusDecoder, OpusEncoder
 from ..engine.core import FRAME_SAMPLES, Engine, SlotError, SlotOutput
 from ..engine.session import EngineCall
 from ..errors import ServerBusyError
-from ..moshi import protocol
+from ..moshi.session import (
+    CLOSE_BAD_PAYLOAD,
+    CLOSE_BUSY,
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
+    AudioReceived,
+    CloseFrame,
+    MalformedReceived,
+    ServerSession,
+    bearer_authorized,
+)
+from .config import ServerConfig
 from .metrics import ServerCounters, render_metrics
+from .responses import json_response, response
+
+__all__ = [
+    "CLOSE_BAD_PAYLOAD", "CLOSE_BUSY", "CLOSE_GOING_AWAY", "CLOSE_INTERNAL", "BatchedServer",
+    "ServerConfig", "SessionFactory", "run_server",
+]
 
 log = get_logger(__name__)
 
 SAMPLE_RATE = 24000
-#: Close codes: 1013 try again later (busy), 1008 policy (auth), 1007 bad payload,
-#: 1011 internal error, 1001 going away (shutdown).
-CLOSE_BUSY = 1013
-CLOSE_BAD_PAYLOAD = 1007
-CLOSE_INTERNAL = 1011
-CLOSE_GOING_AWAY = 1001
 
 
-@dataclass(frozen=True, slots=True)
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8998
-    auth_token: str | None = None
-    #: Largest message accepted; an 80 ms Ogg page is a few hundred bytes.
-    max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES
-    #: How long a new call may wait for a free slot before it is refused.
-    admission_wait_s: float = 0.0
-    #: Outputs buffered per call when the client reads slowly (oldest dropped).
-    max_queued_outputs: int = 150
-    instance_name: str = "voice-server-moshi"
+class _Connection:
+    """A WebSocket and its session: sends what the session queued, in order."""
 
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be in 0..65535, got {self.port}")
-        if self.max_message_bytes < 1024:
-            raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
-        if self.admission_wait_s < 0:
-            raise ValueError(f"admission_wait_s must be >= 0, got {self.admission_wait_s}")
-        if self.auth_token is not None and not self.auth_token.strip():
-            raise ValueError("auth_token must not be empty when set")
+    def __init__(self, ws: ServerConnection, session: ServerSession) -> None:
+        self.ws = ws
+        self.session = session
 
-    def __repr__(self) -> str:  # never show the token
-        tok = "set" if self.auth_token else "none"
-        return f"ServerConfig(host={self.host!r}, port={self.port}, auth_token={tok})"
+    async def flush(self) -> None:
+        for item in self.session.data_to_send():
+            if isinstance(item, CloseFrame):
+                await self.ws.close(item.code, item.reason)
+            else:
+                await self.ws.send(item)
+
+    async def flush_quietly(self) -> None:
+        """Flush, ignoring a connection that is already gone."""
+        with contextlib.suppress(ConnectionClosed):
+            await self.flush()
 
 
-def _response(status: http.HTTPStatus, body: str, content_type: str) -> Response:
-    headers = Headers()
-    headers["Content-Type"] = content_type
-    headers["Content-Length"] = str(len(body.encode()))
-    headers["Cache-Control"] = "no-store"
-    # websockets closes the TCP connection after a process_request response; say so, or
-    # keep-alive clients (httpx, Prometheus) race a reused, already-closed connection.
-    headers["Connection"] = "close"
-    return Response(status.value, status.phrase, headers, body.encode())
-
-
-def _json(status: http.HTTPStatus, obj: Any) -> Response:
-    return _response(status, json.dumps(obj) + "\n", "application/json")
+#: Makes each connection's session (the server passed in); see :meth:`BatchedServer.new_session`.
+SessionFactory = Callable[["BatchedServer"], ServerSession]
 
 
 class BatchedServer:
     """Serves ``engine`` on Kyutai's protocol. Start with :meth:`start`, stop with
     :meth:`close`; the engine's tick thread must be running (``engine.start()``)."""
 
-    def __init__(self, engine: Engine, config: ServerConfig | None = None) -> None:
+    def __init__(self, engine: Engine, config: ServerConfig | None = None, *,
+                 session_factory: SessionFactory | None = None) -> None:
         self.engine = engine
         self.config = config or ServerConfig()
         self.counters = ServerCounters()
+        self.session_factory = session_factory
         self._server: Server | None = None
         self._calls: set[EngineCall] = set()
         #: call id -> its connection, for :meth:`close_call`.
-        self._connections: dict[str, ServerConnection] = {}
+        self._connections: dict[str, _Connection] = {}
         self._closing = False
+
+    def new_session(self) -> ServerSession:
+        """The protocol session of a new connection: ``session_factory(self)`` if given,
+        else :meth:`default_session`."""
+        if self.session_factory is not None:
+            return self.session_factory(self)
+        return self.default_session()
+
+    def default_session(self) -> ServerSession:
+        """A session with this server's limits and metadata (extensions start from it)."""
+        return ServerSession(max_message_bytes=self.config.max_message_bytes,
+                             metadata_builder=self.base_metadata)
+
+    def base_metadata(self, session: ServerSession) -> Mapping[str, Any]:
+        """The ``0x04`` metadata every call gets."""
+        return {
+            "instance_name": self.config.instance_name,
+            "server": "voice-server-moshi",
+            "slots": self.engine.slots,
+            "model": self.engine.models.description,
+        }
 
     @property
     def port(self) -> int:
@@ -171,11 +188,12 @@ class BatchedServer:
             conn = self._connections.get(call_id)
             targets = [] if conn is None else [conn]
 
-        async def close_one(ws: ServerConnection) -> None:
+        async def close_one(conn: _Connection) -> None:
+            conn.session.close(code, reason)
             with contextlib.suppress(Exception):
-                await ws.close(code, reason)
+                await conn.flush()
 
-        await asyncio.gather(*(close_one(ws) for ws in targets))
+        await asyncio.gather(*(close_one(conn) for conn in targets))
         if targets:
             log.info("calls closed by the operator", count=len(targets), code=code,
                      reason=reason)
@@ -190,53 +208,42 @@ class BatchedServer:
     # -- HTTP ----------------------------------------------------------------------------
 
     def _authorized(self, request: Request) -> bool:
-        token = self.config.auth_token
-        if token is None:
-            return True
-        offered: list[str] = []
-        auth = request.headers.get("Authorization", "")
-        if auth.lower().startswith("bearer "):
-            offered.append(auth[7:].strip())
-        if "kyutai-api-key" in request.headers:  # the header Kyutai's Rust server reads
-            offered.append(request.headers["kyutai-api-key"])
-        # Browsers cannot set headers on a WebSocket: allow ?auth_token= as well.
-        offered += parse_qs(urlsplit(request.path).query).get("auth_token", [])
-        return any(hmac.compare_digest(o.encode(), token.encode()) for o in offered)
+        return bearer_authorized(self.config.auth_token, request.headers, request.path)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
         if path == "/healthz":
-            return _response(http.HTTPStatus.OK, "ok\n", "text/plain")
+            return response(http.HTTPStatus.OK, "ok\n", "text/plain")
         if path == "/readyz":
             free = self.engine.free_slots()
             ready = self.engine.ready and free > 0 and not self._closing
             reason = ("ok" if ready else "closing" if self._closing
                       else "warming up" if not self.engine.ready else "no free slot")
             status = http.HTTPStatus.OK if ready else http.HTTPStatus.SERVICE_UNAVAILABLE
-            return _json(status, {"ready": ready, "reason": reason, "free_slots": free})
+            return json_response(status, {"ready": ready, "reason": reason, "free_slots": free})
         if path == "/capacity":
             free = self.engine.free_slots()
-            return _json(http.HTTPStatus.OK, {
+            return json_response(http.HTTPStatus.OK, {
                 "slots": self.engine.slots, "free_slots": free,
                 "active_slots": self.engine.slots - free, "ready": self.engine.ready,
             })
         if path == "/metrics":
             if not self._authorized(request):
-                return _response(http.HTTPStatus.UNAUTHORIZED, "unauthorized\n", "text/plain")
+                return response(http.HTTPStatus.UNAUTHORIZED, "unauthorized\n", "text/plain")
             text = render_metrics(self.engine.metrics(), self.counters)
-            return _response(http.HTTPStatus.OK, text, "text/plain; version=0.0.4")
+            return response(http.HTTPStatus.OK, text, "text/plain; version=0.0.4")
         if path == "/api/chat":
             if not self._authorized(request):
                 self.counters.auth_failures += 1
                 log.warning("unauthorized /api/chat request",
                             remote=str(connection.remote_address))
-                return _response(http.HTTPStatus.UNAUTHORIZED,
+                return response(http.HTTPStatus.UNAUTHORIZED,
                                  "missing or wrong bearer token\n", "text/plain")
             if self._closing:
-                return _response(http.HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n",
+                return response(http.HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n",
                                  "text/plain")
             return None  # go on with the WebSocket upgrade
-        return _response(http.HTTPStatus.NOT_FOUND,
+        return response(http.HTTPStatus.NOT_FOUND,
                          "not found: try /api/chat, /healthz, /readyz, /capacity, /metrics\n",
                          "text/plain")
 
@@ -246,33 +253,35 @@ class BatchedServer:
         call_id = f"srv-{uuid.uuid4().hex[:12]}"
         clog = log.bind(call_id=call_id, remote=str(ws.remote_address))
         self.counters.connections += 1
+        conn = _Connection(ws, self.new_session())
+        session = conn.session
+        # Per-call parameters are checked before a slot is taken.
+        if not session.accept(ws.request.path if ws.request is not None else ""):
+            clog.info("call refused: bad request", reason=session.close_reason)
+            await conn.flush_quietly()
+            return
         call = EngineCall(self.engine, call_id, max_queued=self.config.max_queued_outputs)
         try:
             await call.open(self.config.admission_wait_s)
         except ServerBusyError as exc:
             self.counters.refused_busy += 1
             clog.info("call refused: server busy")
-            with contextlib.suppress(ConnectionClosed):
-                await ws.send(protocol.encode(protocol.ErrorMessage(f"server busy: {exc}")))
-                await ws.close(CLOSE_BUSY, "server busy")
+            session.refuse_busy(str(exc))
+            await conn.flush_quietly()
             return
         assert call.slot is not None
         clog = clog.bind(slot=call.slot.index)
         self._calls.add(call)
-        self._connections[call_id] = ws
+        self._connections[call_id] = conn
         self.counters.active_connections += 1
         sender: asyncio.Task[None] | None = None
         try:
-            await ws.send(protocol.encode(protocol.Handshake(0, 0)))
-            await ws.send(protocol.encode(protocol.Metadata({
-                "instance_name": self.config.instance_name,
-                "server": "voice-server-moshi",
-                "slots": self.engine.slots,
-                "model": self.engine.models.description,
-            })))
+            session.start()
+            await conn.flush()
             clog.info("call started")
-            sender = asyncio.create_task(self._send_loop(ws, call, clog), name=f"send:{call_id}")
-            await self._receive_loop(ws, call, clog)
+            sender = asyncio.create_task(self._send_loop(conn, call, clog),
+                                         name=f"send:{call_id}")
+            await self._receive_loop(conn, call, clog)
             if call.slot.closed:
                 # The engine ended the call under us: give the sender the moment it needs
                 # to send the engine's error and close with 1011 before it is cancelled.
@@ -289,70 +298,65 @@ class BatchedServer:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await sender
             if self._closing:
+                session.close(CLOSE_GOING_AWAY, "server shutting down")
                 with contextlib.suppress(Exception):
-                    await ws.close(CLOSE_GOING_AWAY, "server shutting down")
+                    await conn.flush()
             clog.info("call ended", dropped_outputs=call.dropped_outputs,
                       underruns=call.slot.underruns, overruns=call.slot.overruns)
 
-    async def _receive_loop(self, ws: ServerConnection, call: EngineCall, clog: Any) -> None:
+    async def _receive_loop(self, conn: _Connection, call: EngineCall, clog: Any) -> None:
         decoder = OpusDecoder(SAMPLE_RATE)
         framer = SampleFramer(FRAME_SAMPLES, np.float32)
-        async for raw in ws:
-            data = raw.encode("utf-8") if isinstance(raw, str) else raw
+        session = conn.session
+        async for raw in conn.ws:
             self.counters.messages_in += 1
-            try:
-                msg = protocol.decode(data, max_size=self.config.max_message_bytes)
-            except protocol.ProtocolError as exc:
-                self.counters.protocol_errors += 1
-                clog.info("malformed message skipped", error=str(exc))
-                await ws.send(protocol.encode(protocol.ErrorMessage(f"malformed message: {exc}")))
-                continue
-            if not isinstance(msg, protocol.Audio):
-                # Control, ping, metadata and unknown kinds: nothing to do in a full-duplex
-                # call (protocol.md: discard what you do not use).
-                continue
-            try:
-                pcm = decoder.decode(msg.data)
-            except Exception as exc:  # sphn raises its own errors on corrupt streams
-                self.counters.protocol_errors += 1
-                clog.info("bad Ogg/Opus audio; closing the call", error=str(exc))
-                await ws.send(protocol.encode(protocol.ErrorMessage(
-                    f"invalid Ogg/Opus audio (24 kHz mono expected): {exc}")))
-                await ws.close(CLOSE_BAD_PAYLOAD, "invalid Ogg/Opus audio")
-                return
-            for frame in framer.push(pcm):
-                try:
-                    call.send(frame)
-                except RuntimeError:
-                    return  # the engine closed this call; the sender reports why
+            for ev in session.receive_data(raw):
+                if isinstance(ev, MalformedReceived):
+                    self.counters.protocol_errors += 1
+                    clog.info("malformed message skipped", error=str(ev.error))
+                elif isinstance(ev, AudioReceived):
+                    try:
+                        pcm = decoder.decode(ev.data)
+                    except Exception as exc:  # sphn raises its own errors on corrupt streams
+                        self.counters.protocol_errors += 1
+                        clog.info("bad Ogg/Opus audio; closing the call", error=str(exc))
+                        session.reject_audio(str(exc))
+                        await conn.flush()
+                        return
+                    for frame in framer.push(pcm):
+                        try:
+                            call.send(frame)
+                        except RuntimeError:
+                            return  # the engine closed this call; the sender reports why
+                # Client text, unknown kinds, control, ping: nothing to do here (yet).
+            await conn.flush()  # replies to malformed messages
 
-    async def _send_loop(self, ws: ServerConnection, call: EngineCall, clog: Any) -> None:
+    async def _send_loop(self, conn: _Connection, call: EngineCall, clog: Any) -> None:
         try:
-            await self._send_outputs(ws, call, clog)
+            await self._send_outputs(conn, call, clog)
         except Exception as exc:
             # Never leave a call half alive: no more audio would come, so end it.
             clog.exception("sending to the client failed; closing the call")
+            conn.session.fail(f"server error: {exc}", code=CLOSE_INTERNAL, reason="server error")
             with contextlib.suppress(Exception):
-                await ws.send(protocol.encode(protocol.ErrorMessage(f"server error: {exc}")))
-                await ws.close(CLOSE_INTERNAL, "server error")
+                await conn.flush()
 
-    async def _send_outputs(self, ws: ServerConnection, call: EngineCall, clog: Any) -> None:
+    async def _send_outputs(self, conn: _Connection, call: EngineCall, clog: Any) -> None:
         encoder = OpusEncoder(SAMPLE_RATE)
+        session = conn.session
         async for ev in call.events():
             if isinstance(ev, SlotError):
                 clog.warning("engine failed the call", error=ev.message)
-                with contextlib.suppress(ConnectionClosed):
-                    await ws.send(protocol.encode(protocol.ErrorMessage(ev.message)))
-                    await ws.close(CLOSE_INTERNAL, "engine error")
+                session.fail(ev.message, code=CLOSE_INTERNAL, reason="engine error")
+                await conn.flush_quietly()
                 return
             assert isinstance(ev, SlotOutput)
-            ogg = encoder.encode(ev.pcm)
+            if session.send_audio(encoder.encode(ev.pcm)):
+                self.counters.audio_frames_out += 1
+            if ev.text:
+                session.send_text(ev.text)
             try:
-                if ogg:
-                    await ws.send(protocol.encode(protocol.Audio(ogg)))
-                    self.counters.audio_frames_out += 1
-                if ev.text:
-                    await ws.send(protocol.encode(protocol.Text(ev.text)))
+                await conn.flush()
             except ConnectionClosed:
                 return
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..engine.core import TICK_BUCKETS_S, EngineMetrics
+from ..engine.metrics import TICK_BUCKETS_S, EngineMetrics
 
 
 @dataclass
