@@ -83,6 +83,8 @@ class EngineReplica:
         self.log.info("engine replica ready", url=self.data.url, slots=spec.slots)
 
     def snapshot(self) -> dict[str, Any]:
+        from ..engine.core import TICK_BUCKETS_S
+
         m = self.engine.metrics()
         return {
             "replica": self.replica, "pid": os.getpid(), "node": self.host,
@@ -93,7 +95,8 @@ class EngineReplica:
             "calls_started": m.calls_started, "calls_refused": m.calls_refused,
             "tick_p50_s": m.tick_p50_s, "tick_p99_s": m.tick_p99_s,
             "tick_count": m.tick_count, "tick_sum_s": m.tick_sum_s,
-            "tick_buckets": list(m.tick_buckets), "model": self.engine.models.description,
+            "tick_buckets": list(m.tick_buckets), "tick_bucket_bounds": list(TICK_BUCKETS_S),
+            "model": self.engine.models.description,
         }
 
     def _report(self) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import os
 import time
@@ -28,6 +27,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from .._log import get_logger
 from ..moshi import protocol
+from ..moshi.session import ServerSession, bearer_authorized
 from . import directory, relay
 from .metrics import render
 
@@ -58,7 +58,7 @@ class _StarletteCaller:
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
 
-    async def receive(self) -> bytes | None:
+    async def receive(self) -> bytes | str | None:
         try:
             msg = await self.ws.receive()
         except (WebSocketDisconnect, RuntimeError):
@@ -67,7 +67,7 @@ class _StarletteCaller:
             return None
         if msg.get("bytes") is not None:
             return bytes(msg["bytes"])
-        return str(msg.get("text") or "").encode("utf-8")
+        return str(msg.get("text") or "")
 
     async def send(self, data: bytes) -> None:
         if self.ws.application_state != WebSocketState.CONNECTED:
@@ -163,21 +163,13 @@ class IngressCore:
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     def _authorized(self, headers: Any, query: str) -> bool:
-        token = self.spec.auth_token
-        if token is None:
-            return True
-        from urllib.parse import parse_qs
-
-        offered: list[str] = []
-        auth = headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            offered.append(auth[7:].strip())
-        if headers.get("kyutai-api-key"):
-            offered.append(headers["kyutai-api-key"])
-        offered += parse_qs(query).get("auth_token", [])
-        return any(hmac.compare_digest(o.encode(), token.encode()) for o in offered)
+        return bearer_authorized(self.spec.auth_token, headers, f"/?{query}")
 
     # -- /api/chat ------------------------------------------------------------------------
+
+    def _metadata(self, replica: dict[str, Any]) -> dict[str, Any]:
+        return {"instance_name": self.spec.instance_name, "server": "voice-server-moshi",
+                "cluster": True, "replica": replica["replica"], "slots": replica["slots"]}
 
     async def chat(self, ws: WebSocket) -> None:
         call_id = f"clu-{uuid.uuid4().hex[:12]}"
@@ -189,16 +181,24 @@ class IngressCore:
             return
         await ws.accept()
         caller = _StarletteCaller(ws)
+        granted_meta: dict[str, Any] = {}
+        session = ServerSession(max_message_bytes=self.spec.max_message_bytes,
+                                metadata_builder=lambda _s: granted_meta)
         self.counters.connections += 1
+        # Per-call parameters are checked before a slot is taken.
+        if not session.accept(dict(ws.query_params)):
+            await relay.flush_quietly(caller, session)
+            return
         t0 = time.perf_counter()
         granted = await self._admit(call_id, clog)
         if granted is None:
             self.counters.refused_busy += 1
             clog.info("call refused: no free slot on any replica")
-            await relay.refuse_busy(caller, "every engine replica's slots are busy; "
-                                    "try again later")
+            session.refuse_busy("every engine replica's slots are busy; try again later")
+            await relay.flush_quietly(caller, session)
             return
         lease, first = granted
+        granted_meta.update(self._metadata(first))
         self.counters.routed += 1
         self.counters.routing_seconds_sum += time.perf_counter() - t0
         clog = clog.bind(replica=first["replica"])
@@ -211,22 +211,19 @@ class IngressCore:
             lease.cancel()
             clog.warning("engine data plane unreachable", error=str(exc))
             self.counters.replica_failures += 1
-            await relay._fail(caller, "engine replica unreachable; please call again")
+            session.refuse_busy("engine replica unreachable; try again")
+            await relay.flush_quietly(caller, session)
             return
         self.counters.active_calls += 1
         clog.info("call started", routing_ms=round((time.perf_counter() - t0) * 1000, 1))
         try:
-            outcome = await relay.relay_call(
-                caller, data, lease_end=_drain(lease), counters=self.counters, clog=clog,
-                max_message_bytes=self.spec.max_message_bytes,
-                metadata={"instance_name": self.spec.instance_name,
-                          "server": "voice-server-moshi", "cluster": True,
-                          "replica": first["replica"], "slots": first["slots"]})
+            outcome = await relay.relay_call(caller, session, data, lease_end=_drain(lease),
+                                             counters=self.counters, clog=clog)
             clog.info("call ended", outcome=outcome)
         finally:
             self.counters.active_calls -= 1
             lease.cancel()
-            await caller.close(relay.CLOSE_GOING_AWAY, "call over")
+            await caller.close(relay_close_code(session), "call over")
 
     async def _admit(self, call_id: str, clog: Any) -> tuple[Any, dict[str, Any]] | None:
         loop = asyncio.get_running_loop()
@@ -249,6 +246,13 @@ class IngressCore:
             if loop.time() >= deadline:
                 return None
             await asyncio.sleep(0.1)
+
+
+def relay_close_code(session: ServerSession) -> int:
+    """1000 for a call that ended normally; the session's own code otherwise (it has
+    already sent that close, and a second close is a no-op)."""
+    code = session.close_code
+    return 1000 if code is None else int(code)
 
 
 Ingress = serve.ingress(build_asgi)(IngressCore)

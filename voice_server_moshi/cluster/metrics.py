@@ -1,13 +1,13 @@
 """Prometheus text for the cluster ingress: every engine replica's figures, labelled by
 replica, plus this ingress's counters (labelled by ingress). Written by hand like
-:mod:`voice_server_moshi.server.metrics`; no Ray here."""
+:mod:`voice_server_moshi.server.metrics`; no Ray and no torch here (the ingress does not
+load the model: bucket bounds come with each replica's snapshot)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
-from ..engine.core import TICK_BUCKETS_S
 from .relay import IngressCounters
 
 
@@ -44,7 +44,7 @@ def render(replicas: Iterable[dict[str, Any]], counters: IngressCounters, ingres
     family("moshi_engine_tick_seconds", "histogram", "Time of one engine tick.")
     for r in reps:
         lab = f'replica="{_esc(r["replica"])}"'
-        for le, n in zip(TICK_BUCKETS_S, r["tick_buckets"], strict=False):
+        for le, n in zip(r["tick_bucket_bounds"], r["tick_buckets"], strict=False):
             lines.append(f'moshi_engine_tick_seconds_bucket{{{lab},le="{le}"}} {int(n)}')
         lines.append(f'moshi_engine_tick_seconds_bucket{{{lab},le="+Inf"}} '
                      f'{int(r["tick_count"])}')

@@ -1,9 +1,10 @@
 """One Kyutai-protocol call relayed to an engine replica's data plane, no Ray here.
 
-The caller side is any WebSocket behind :class:`CallerSocket` (Starlette under Ray Serve,
-or ``websockets``); the engine side is a ``websockets`` client connection to
-:mod:`.engine_side`. Opus and the protocol run here, in the ingress, off the engine's tick
-thread (ADR 0095).
+The protocol is the sans-I/O :class:`~voice_server_moshi.moshi.session.ServerSession`,
+the same as ``serve``'s; this module is its shell between two sockets: the caller's (any
+WebSocket behind :class:`CallerSocket`: Starlette under Ray Serve, or ``websockets``) and
+a ``websockets`` client connection to the replica's data plane (:mod:`.engine_side`).
+Opus runs here, in the ingress, off the engine's tick thread (ADR 0095).
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ from websockets.exceptions import ConnectionClosed
 
 from ..audio.framing import SampleFramer
 from ..audio.opus import OpusDecoder, OpusEncoder
-from ..moshi import protocol
+from ..moshi.session import (
+    CLOSE_GOING_AWAY,
+    AudioReceived,
+    CloseFrame,
+    MalformedReceived,
+    ServerSession,
+)
 from . import wire
 
 SAMPLE_RATE = 24000
-CLOSE_BUSY = 1013
-CLOSE_BAD_PAYLOAD = 1007
-CLOSE_INTERNAL = 1011
-CLOSE_GOING_AWAY = 1001
 
 
 class CallerGone(Exception):
@@ -35,8 +38,8 @@ class CallerGone(Exception):
 
 
 class CallerSocket(Protocol):
-    async def receive(self) -> bytes | None:
-        """The next message (text as UTF-8), None when the caller has gone."""
+    async def receive(self) -> bytes | str | None:
+        """The next message; None when the caller has gone."""
 
     async def send(self, data: bytes) -> None:
         """Send one binary message; raises CallerGone when closed."""
@@ -61,24 +64,30 @@ class IngressCounters:
     routing_seconds_sum: float = 0.0
 
 
-async def refuse_busy(caller: CallerSocket, detail: str) -> None:
-    """What ``serve`` does when every slot is taken: ``0x05`` then close 1013."""
-    with contextlib.suppress(CallerGone, Exception):
-        await caller.send(protocol.encode(protocol.ErrorMessage(f"server busy: {detail}")))
-        await caller.close(CLOSE_BUSY, "server busy")
+async def flush(caller: CallerSocket, session: ServerSession) -> None:
+    """Send what the session queued, in order; a CloseFrame closes the caller."""
+    for item in session.data_to_send():
+        if isinstance(item, CloseFrame):
+            await caller.close(item.code, item.reason)
+        else:
+            await caller.send(item)
 
 
-async def relay_call(caller: CallerSocket, data: ClientConnection, *,
-                     metadata: dict[str, Any], lease_end: Awaitable[Any],
-                     counters: IngressCounters, clog: Any,
-                     max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES) -> str:
-    """Run the call until it ends; returns why it ended. The caller sees Kyutai's Rust
-    handshake and a ``0x04`` metadata message first. If the engine replica is lost (its
-    data connection drops, or ``lease_end`` raises) the caller gets ``0x05`` and 1011."""
-    await caller.send(protocol.encode(protocol.Handshake(0, 0)))
-    await caller.send(protocol.encode(protocol.Metadata(metadata)))
-    up = asyncio.create_task(_uplink(caller, data, counters, clog, max_message_bytes))
-    down = asyncio.create_task(_downlink(caller, data, counters))
+async def flush_quietly(caller: CallerSocket, session: ServerSession) -> None:
+    with contextlib.suppress(CallerGone):
+        await flush(caller, session)
+
+
+async def relay_call(caller: CallerSocket, session: ServerSession, data: ClientConnection, *,
+                     lease_end: Awaitable[Any], counters: IngressCounters,
+                     clog: Any) -> str:
+    """Start ``session`` (handshake, metadata) and run the call until it ends; returns why.
+    If the engine replica is lost (its data connection drops, or ``lease_end`` raises) the
+    caller gets ``0x05`` and 1011, like any engine failure in ``serve``."""
+    session.start()
+    await flush(caller, session)
+    up = asyncio.create_task(_uplink(caller, session, data, counters, clog))
+    down = asyncio.create_task(_downlink(caller, session, data, counters))
     lease = asyncio.ensure_future(lease_end)
     outcome = "ended"
     try:
@@ -87,10 +96,6 @@ async def relay_call(caller: CallerSocket, data: ClientConnection, *,
             outcome = up.result()
         elif down in done:
             outcome = down.result()
-            if outcome == "replica lost":
-                # The lease may say why (Ray's actor-died error) within a moment.
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(lease), 0.05)
         elif lease.exception() is not None:
             outcome = "replica lost"
         else:
@@ -101,12 +106,12 @@ async def relay_call(caller: CallerSocket, data: ClientConnection, *,
         if outcome == "replica lost":
             counters.replica_failures += 1
             clog.warning("engine replica lost mid-call", lease_error=_exc_name(lease))
-            await _fail(caller, "engine replica lost; please call again")
+            session.fail("engine replica lost; please call again", reason="engine replica lost")
         elif outcome == "engine error":
             counters.engine_errors += 1
         elif outcome in ("replica closed the call", "lease ended"):
-            with contextlib.suppress(CallerGone, Exception):
-                await caller.close(CLOSE_GOING_AWAY, "engine replica stopped")
+            session.close(CLOSE_GOING_AWAY, "engine replica stopped")
+        await flush_quietly(caller, session)
         return outcome
     finally:
         for t in (up, down, lease):
@@ -124,14 +129,8 @@ def _exc_name(fut: asyncio.Future[Any]) -> str | None:
     return type(fut.exception()).__name__
 
 
-async def _fail(caller: CallerSocket, message: str) -> None:
-    with contextlib.suppress(CallerGone, Exception):
-        await caller.send(protocol.encode(protocol.ErrorMessage(message)))
-        await caller.close(CLOSE_INTERNAL, "engine error")
-
-
-async def _uplink(caller: CallerSocket, data: ClientConnection, counters: IngressCounters,
-                  clog: Any, max_message_bytes: int) -> str:
+async def _uplink(caller: CallerSocket, session: ServerSession, data: ClientConnection,
+                  counters: IngressCounters, clog: Any) -> str:
     decoder = OpusDecoder(SAMPLE_RATE)
     framer = SampleFramer(wire.FRAME_SAMPLES, np.float32)
     while True:
@@ -139,35 +138,29 @@ async def _uplink(caller: CallerSocket, data: ClientConnection, counters: Ingres
         if raw is None:
             return "caller closed"
         counters.messages_in += 1
-        try:
-            msg = protocol.decode(raw, max_size=max_message_bytes)
-        except protocol.ProtocolError as exc:
-            counters.protocol_errors += 1
-            clog.info("malformed message skipped", error=str(exc))
-            with contextlib.suppress(CallerGone):
-                await caller.send(protocol.encode(
-                    protocol.ErrorMessage(f"malformed message: {exc}")))
-            continue
-        if not isinstance(msg, protocol.Audio):
-            continue  # control, ping, metadata, unknown kinds: nothing to do
-        try:
-            pcm = decoder.decode(msg.data)
-        except Exception as exc:  # sphn raises its own errors on corrupt streams
-            counters.protocol_errors += 1
-            clog.info("bad Ogg/Opus audio; closing the call", error=str(exc))
-            with contextlib.suppress(CallerGone, Exception):
-                await caller.send(protocol.encode(protocol.ErrorMessage(
-                    f"invalid Ogg/Opus audio (24 kHz mono expected): {exc}")))
-                await caller.close(CLOSE_BAD_PAYLOAD, "invalid Ogg/Opus audio")
-            return "bad audio"
-        for frame in framer.push(pcm):
-            try:
-                await data.send(wire.encode_frame(frame))
-            except ConnectionClosed:
-                return "replica lost"
+        for ev in session.receive_data(raw):
+            if isinstance(ev, MalformedReceived):
+                counters.protocol_errors += 1
+                clog.info("malformed message skipped", error=str(ev.error))
+            elif isinstance(ev, AudioReceived):
+                try:
+                    pcm = decoder.decode(ev.data)
+                except Exception as exc:  # sphn raises its own errors on corrupt streams
+                    counters.protocol_errors += 1
+                    clog.info("bad Ogg/Opus audio; closing the call", error=str(exc))
+                    session.reject_audio(str(exc))
+                    await flush_quietly(caller, session)
+                    return "bad audio"
+                for frame in framer.push(pcm):
+                    try:
+                        await data.send(wire.encode_frame(frame))
+                    except ConnectionClosed:
+                        return "replica lost"
+            # Client text, unknown kinds, control, ping: nothing to do here (yet).
+        await flush_quietly(caller, session)  # replies to malformed messages
 
 
-async def _downlink(caller: CallerSocket, data: ClientConnection,
+async def _downlink(caller: CallerSocket, session: ServerSession, data: ClientConnection,
                     counters: IngressCounters) -> str:
     encoder = OpusEncoder(SAMPLE_RATE)
     try:
@@ -176,14 +169,14 @@ async def _downlink(caller: CallerSocket, data: ClientConnection,
                 continue
             reply = wire.decode_reply(raw)
             if isinstance(reply, wire.EngineFailure):
-                await _fail(caller, reply.message)
+                session.fail(reply.message, reason="engine error")
+                await flush_quietly(caller, session)
                 return "engine error"
-            ogg = encoder.encode(reply.pcm)
-            if ogg:
-                await caller.send(protocol.encode(protocol.Audio(ogg)))
+            if session.send_audio(encoder.encode(reply.pcm)):
                 counters.audio_frames_out += 1
             if reply.text:
-                await caller.send(protocol.encode(protocol.Text(reply.text)))
+                session.send_text(reply.text)
+            await flush(caller, session)
     except CallerGone:
         return "caller closed"
     except ConnectionClosed:
