@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http
 import json
 import secrets
 import threading
@@ -18,13 +19,18 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from .._log import get_logger
 from ..engine.core import Engine, SlotError, SlotOutput
 from ..engine.session import EngineCall
+from ..errors import ServerBusyError
+from ..server.metrics import ServerCounters, render_metrics
+from ..server.responses import json_response, response
 from . import wire
 
 log = get_logger(__name__)
@@ -58,6 +64,8 @@ class EngineDataServer:
                                         name="engine-data-plane", daemon=True)
         self._server: Server | None = None
         self._reservations: dict[str, _Reservation] = {}
+        #: Data-plane counters: connections, refusals (``/metrics``).
+        self.counters = ServerCounters()
         #: Called on the data-plane loop whenever a slot is taken or freed.
         self.on_change: Callable[[], None] | None = None
 
@@ -69,7 +77,8 @@ class EngineDataServer:
 
     async def _start(self) -> None:
         self._server = await serve(self._handle, self.host, self._port, compression=None,
-                                   max_size=64 * 1024, ping_interval=1, ping_timeout=3)
+                                   max_size=64 * 1024, ping_interval=1, ping_timeout=3,
+                                   process_request=self._process_request)
         sock = next(iter(self._server.sockets))
         self._port = int(sock.getsockname()[1])
         log.info("engine data plane listening", host=self.host, port=self._port)
@@ -105,10 +114,11 @@ class EngineDataServer:
 
     # -- reservations (run on the data-plane loop via call_soon) ---------------------------
 
-    async def reserve(self, call_id: str) -> str:
-        """Take a free slot now for ``call_id``; raises ServerBusyError when none is free."""
+    async def reserve(self, call_id: str, wait_s: float = 0.0) -> str:
+        """Take a free slot for ``call_id`` (waiting up to ``wait_s``); raises
+        ServerBusyError when none frees."""
         call = EngineCall(self.engine, call_id, max_queued=self.max_queued_outputs)
-        await call.open(0.0)
+        await call.open(wait_s)
         ticket = secrets.token_urlsafe(16)
         res = _Reservation(call, self._loop.create_future())
         self._reservations[ticket] = res
@@ -163,20 +173,57 @@ class EngineDataServer:
     def active(self) -> int:
         return len(self._reservations)
 
+    # -- HTTP for ingresses: what the engine holds -------------------------------------------
+
+    def capacity(self) -> dict[str, Any]:
+        free = self.engine.free_slots()
+        return {"slots": self.engine.slots, "free_slots": free,
+                "active_slots": self.engine.slots - free, "ready": self.engine.ready,
+                "model": self.engine.models.description}
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == "/capacity":
+            return json_response(http.HTTPStatus.OK, self.capacity())
+        if path == "/metrics":
+            self.counters.active_connections = self.active()
+            text = render_metrics(self.engine.metrics(), self.counters)
+            return response(http.HTTPStatus.OK, text, "text/plain; version=0.0.4")
+        if path == "/call":
+            return None
+        return response(http.HTTPStatus.NOT_FOUND, "not found\n", "text/plain")
+
     # -- data connections ------------------------------------------------------------------
 
     async def _handle(self, conn: ServerConnection) -> None:
+        """First message: ``{"ticket": t}`` (a lease reserved the slot), or ``{"call_id":
+        id, "wait_s": s}`` (reserve now, for ingresses without a lease: ``serve
+        --ingress-workers``); a full engine then answers ``0x15`` "server busy: ..." and
+        close 1013; a granted reservation is confirmed with the text ``{"ok": true}``."""
         try:
-            first = await asyncio.wait_for(conn.recv(), ATTACH_TIMEOUT_S)
-            ticket = str(json.loads(first)["ticket"])
+            first = json.loads(await asyncio.wait_for(conn.recv(), ATTACH_TIMEOUT_S))
+            if "call_id" in first:
+                ticket = await self.reserve(str(first["call_id"]),
+                                            min(60.0, max(0.0, float(first.get("wait_s", 0)))))
+                await conn.send(json.dumps({"ok": True}))
+            else:
+                ticket = str(first["ticket"])
+        except ServerBusyError as exc:
+            self.counters.refused_busy += 1
+            with contextlib.suppress(ConnectionClosed):
+                await conn.send(wire.encode_error(f"server busy: {exc}"))
+                await conn.close(1013, "server busy")
+            return
         except (TimeoutError, ConnectionClosed, ValueError, KeyError, TypeError):
-            await conn.close(1008, "expected {\"ticket\": ...} first")
+            with contextlib.suppress(ConnectionClosed):
+                await conn.close(1008, "expected {\"ticket\": ...} or {\"call_id\": ...} first")
             return
         res = self._reservations.get(ticket)
         if res is None or res.attached:
             await conn.close(1008, "unknown or used ticket")
             return
         res.attached, res.conn = True, conn
+        self.counters.connections += 1
         sender = asyncio.create_task(self._send(conn, res.call))
         reason = "ingress closed"
         try:

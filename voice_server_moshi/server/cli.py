@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--greedy", action="store_true",
                    help="greedy decoding (deterministic; for tests)")
     p.add_argument("--instance-name", default="voice-server-moshi")
+    p.add_argument("--ingress-workers", type=int, default=0,
+                   help="run Opus and the protocol in this many worker processes sharing "
+                   "the port (the engine process keeps only the model); 0: one process")
     return p
 
 
@@ -85,6 +88,10 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"error: could not load checkpoint {args.checkpoint!r} on "
                          f"{args.device}: {exc}\n")
         return 2
+    if args.ingress_workers > 0:
+        from .workers import serve_split
+
+        return serve_split(engine, scfg, args.ingress_workers)
 
     async def serve() -> None:
         stop = asyncio.Event()
