@@ -1,16 +1,19 @@
 """``bench cluster``: what the Ray Serve path costs against single-process ``serve``.
 
 In one run, on the same checkpoint and device, it starts the real commands one after the
-other: ``serve --slots S*R`` and ``cluster --replicas R --slots S``, and drives each with
+other: ``serve --slots S*R``, ``serve --slots S*R --ingress-workers 2`` and ``cluster
+--replicas R --slots S``, and drives each with
 the same Kyutai-style clients (Ogg/Opus at 80 ms, real time). It reports:
 
-* ``frame_latency_ms``: per 80 ms frame, from sending caller frame k+1 to receiving the
-  agent frame it produced (p50/p99), for both, and the difference (the distributed path's
-  added latency: Serve proxy hop, ingress, data plane);
-* ``cpu_per_call_ms_per_frame``: CPU outside the model per call per 80 ms frame: for
-  ``serve`` every thread but the engine's tick thread; for the cluster the ingress and
-  Serve proxy processes (the engine replicas only run the model and the data plane), and
-  ``calls_per_ingress_core`` from it;
+* ``one_call.frame_latency_ms``: one call alone (the engine far from its limit), per 80 ms
+  frame, from sending caller frame k+1 to receiving the agent frame it produced
+  (p50/p99); ``cluster_added_latency_ms`` is the cluster's minus ``serve``'s (Serve proxy
+  hop, ingress, data plane), likewise for ``serve --ingress-workers 2``;
+* ``cpu_per_call_ms_per_frame``: with R*S calls at once, CPU outside the model per call
+  per 80 ms frame where it limits a process: ``serve``'s event-loop thread (Opus and the
+  protocol, the one-process ceiling); with ``--ingress-workers`` the engine process's
+  data-plane thread (what is left beside the model); for the cluster the ingress and
+  Serve proxy processes, and ``calls_per_core`` from each;
 * ``routing_ms``: connect to handshake for a new call (p50/max);
 * ``failover``: a replica killed mid-call: time until its calls are closed with an error,
   and until Ray has a replacement replica serving.
@@ -43,8 +46,9 @@ def _pct(xs: list[float], q: float) -> float | None:
     return round(float(np.percentile(np.asarray(xs), q)), 2) if xs else None
 
 
-def _cpu_s(pid: int, *, skip_thread: str | None = None) -> float:
-    """utime+stime of a process (all threads), less one named thread's."""
+def _cpu_s(pid: int, threads: str | None = None) -> float:
+    """utime+stime of a process: all its threads (None), its main thread ("main"), or the
+    threads whose name starts with ``threads``."""
     total = 0.0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -53,10 +57,20 @@ def _cpu_s(pid: int, *, skip_thread: str | None = None) -> float:
             continue
         name = stat[stat.index("(") + 1:stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()
-        if skip_thread is not None and name.startswith(skip_thread):
+        if threads == "main" and task.name != str(pid):
+            continue
+        if threads not in (None, "main") and not name.startswith(threads):
             continue
         total += (int(fields[11]) + int(fields[12])) / TICKS_PER_S
     return total
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2:].split()[1])
 
 
 def _pids_named(fragment: str) -> list[int]:
@@ -158,19 +172,25 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 async def _drive(url: str, calls: int, frames: int, cpu_pids: dict[int, str | None]
                  ) -> dict[str, Any]:
-    before = {p: _cpu_s(p, skip_thread=skip) for p, skip in cpu_pids.items()}
+    """One call alone (the engine far from its limit: latency is the path's), then
+    ``calls`` at once (CPU outside the model per call and frame)."""
+    solo = _Call(url)
+    await solo.run(frames)
+    lat = solo.latencies_ms()
+    before = {p: _cpu_s(p, threads) for p, threads in cpu_pids.items()}
     t0 = time.perf_counter()
     cs = [_Call(url) for _ in range(calls)]
     await asyncio.gather(*(c.run(frames) for c in cs))
     wall = time.perf_counter() - t0
-    cpu = sum(_cpu_s(p, skip_thread=skip) - before[p] for p, skip in cpu_pids.items())
-    lat = [x for c in cs for x in c.latencies_ms()]
+    cpu = sum(_cpu_s(p, threads) - before[p] for p, threads in cpu_pids.items())
     frames_done = sum(len(c.got) for c in cs)
     per_frame_ms = 1000 * cpu / frames_done if frames_done else None
     return {
+        "one_call": {"frames_sent": len(solo.sent), "frames_received": len(solo.got),
+                     "frame_latency_ms": {"p50": _pct(lat, 50), "p99": _pct(lat, 99)},
+                     "routing_ms": round(solo.connect_ms, 1)},
         "calls": calls, "frames_per_call": frames, "wall_s": round(wall, 2),
         "frames_received": frames_done, "errors": [c.error for c in cs if c.error],
-        "frame_latency_ms": {"p50": _pct(lat, 50), "p99": _pct(lat, 99)},
         "routing_ms": {"p50": _pct([c.connect_ms for c in cs], 50),
                        "max": round(max(c.connect_ms for c in cs), 1)},
         "cpu_outside_model_s": round(cpu, 3),
@@ -223,22 +243,36 @@ def main(argv: list[str]) -> int:
     calls = args.replicas * args.slots
     frames = max(10, round(args.seconds / 0.08))
     cli = [sys.executable, "-m", "voice_server_moshi.cli"]
-    common = ["--checkpoint", args.checkpoint, "--device", args.device, "--port", "0",
-              "--queue-frames", "100"]
+    common = ["--checkpoint", args.checkpoint, "--device", args.device, "--port", "0"]
     result: dict[str, Any] = {
         "bench": "cluster", "checkpoint": args.checkpoint, "device": args.device,
         "replicas": args.replicas, "slots_per_replica": args.slots,
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
                  "load_avg_1m_at_start": round(os.getloadavg()[0], 2)},
     }
-    # 1. single-process serve, the same number of calls in one engine.
+    # 1. single-process serve, the same number of calls in one engine: Opus and the
+    # protocol run on its event-loop (main) thread, the ceiling of one process.
     proc, info = _start([*cli, "serve", "--slots", str(calls), *common], 300)
     try:
-        result["serve"] = asyncio.run(_drive(info["url"], calls, frames,
-                                             {proc.pid: "moshi-engine"}))
+        result["serve"] = asyncio.run(_drive(info["url"], calls, frames, {proc.pid: "main"}))
+        result["serve"]["cpu_measured"] = "event-loop thread of the serve process"
     finally:
         _stop(proc)
-    # 2. the cluster.
+    # 2. serve --ingress-workers 2: the engine process keeps the model and the PCM data
+    # plane; Opus and the protocol run in the workers.
+    proc, info = _start([*cli, "serve", "--slots", str(calls), "--ingress-workers", "2",
+                         *common], 300)
+    try:
+        workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                   and _parent(int(p.name)) == proc.pid]
+        engine_side = asyncio.run(_drive(info["url"], calls, frames,
+                                         {proc.pid: "engine-data"}))
+        result["serve_ingress_workers"] = engine_side
+        engine_side["cpu_measured"] = "engine process: its data-plane thread"
+        engine_side["workers"] = len(workers)
+    finally:
+        _stop(proc)
+    # 3. the cluster.
     proc, info = _start([*cli, "cluster", "--replicas", str(args.replicas), "--slots",
                          str(args.slots), "--health-check-period-s",
                          str(args.health_check_period_s), *common], 600)
@@ -247,15 +281,20 @@ def main(argv: list[str]) -> int:
             pid: None for pid in _pids_named("ServeReplica:voice-server-moshi:MoshiIngress")}
         outside |= {pid: None for pid in _pids_named("ray::ProxyActor")}
         result["cluster"] = asyncio.run(_drive(info["url"], calls, frames, outside))
-        result["cluster"]["cpu_processes"] = "ingress replica + Serve proxy"
+        result["cluster"]["cpu_measured"] = "ingress replica + Serve proxy processes"
         if not args.no_failover:
             result["failover"] = asyncio.run(_failover(info["url"], info["port"], frames))
     finally:
         _stop(proc)
-    s, c = result["serve"]["frame_latency_ms"], result["cluster"]["frame_latency_ms"]
+    s1, c1 = result["serve"]["one_call"], result["cluster"]["one_call"]
+    s, c = s1["frame_latency_ms"], c1["frame_latency_ms"]
     if s["p50"] is not None and c["p50"] is not None:
-        result["added_latency_ms"] = {"p50": round(c["p50"] - s["p50"], 2),
-                                      "p99": round(c["p99"] - s["p99"], 2)}
+        result["cluster_added_latency_ms"] = {"p50": round(c["p50"] - s["p50"], 2),
+                                              "p99": round(c["p99"] - s["p99"], 2)}
+    w = result["serve_ingress_workers"]["one_call"]["frame_latency_ms"]
+    if s["p50"] is not None and w["p50"] is not None:
+        result["ingress_workers_added_latency_ms"] = {"p50": round(w["p50"] - s["p50"], 2),
+                                                      "p99": round(w["p99"] - s["p99"], 2)}
     text = json.dumps(result, indent=2)
     sys.stdout.write(text + "\n")
     if args.out:
