@@ -37,3 +37,17 @@ def test_bad_replies_are_refused(data: bytes) -> None:
 def test_a_frame_of_the_wrong_size_is_not_encoded() -> None:
     with pytest.raises(wire.WireError):
         wire.encode_frame(np.zeros(100, np.float32))
+
+
+def test_serve_and_the_shared_cluster_parts_never_import_ray() -> None:
+    """Single-process ``serve`` (with or without ingress workers) runs without Ray."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import voice_server_moshi.server.cli, voice_server_moshi.server.workers\n"
+            "import voice_server_moshi.cluster.relay, voice_server_moshi.cluster.engine_side\n"
+            "import voice_server_moshi.cluster.wire, voice_server_moshi.cluster.metrics\n"
+            "bad = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
