@@ -10,7 +10,8 @@ the same Kyutai-style clients (Ogg/Opus at 80 ms, real time). It reports:
   (p50/p99); ``cluster_added_latency_ms`` is the cluster's minus ``serve``'s (Serve proxy
   hop, ingress, data plane), likewise for ``serve --ingress-workers 2``;
 * ``cpu_per_call_ms_per_frame``: with R*S calls at once, CPU outside the model per call
-  per 80 ms frame where it limits a process: ``serve``'s event-loop thread (Opus and the
+  per 80 ms frame (one frame in and one out; normalised by the frames that moved) where it
+  limits a process: ``serve``'s event-loop thread (Opus and the
   protocol, the one-process ceiling); with ``--ingress-workers`` the engine process's
   data-plane thread (what is left beside the model); for the cluster the ingress and
   Serve proxy processes, and ``calls_per_core`` from each;
@@ -184,13 +185,17 @@ async def _drive(url: str, calls: int, frames: int, cpu_pids: dict[int, str | No
     wall = time.perf_counter() - t0
     cpu = sum(_cpu_s(p, threads) - before[p] for p, threads in cpu_pids.items())
     frames_done = sum(len(c.got) for c in cs)
-    per_frame_ms = 1000 * cpu / frames_done if frames_done else None
+    # Each call-frame is one frame in (Opus decode) and one out (encode); an engine behind
+    # real time returns fewer, so normalise by the frames that actually moved.
+    moved = sum(len(c.sent) + len(c.got) for c in cs) / 2
+    per_frame_ms = 1000 * cpu / moved if moved else None
     return {
         "one_call": {"frames_sent": len(solo.sent), "frames_received": len(solo.got),
                      "frame_latency_ms": {"p50": _pct(lat, 50), "p99": _pct(lat, 99)},
                      "routing_ms": round(solo.connect_ms, 1)},
         "calls": calls, "frames_per_call": frames, "wall_s": round(wall, 2),
-        "frames_received": frames_done, "errors": [c.error for c in cs if c.error],
+        "frames_sent": sum(len(c.sent) for c in cs), "frames_received": frames_done,
+        "errors": [c.error for c in cs if c.error],
         "routing_ms": {"p50": _pct([c.connect_ms for c in cs], 50),
                        "max": round(max(c.connect_ms for c in cs), 1)},
         "cpu_outside_model_s": round(cpu, 3),
@@ -267,6 +272,8 @@ def main(argv: list[str]) -> int:
                    and _parent(int(p.name)) == proc.pid]
         engine_side = asyncio.run(_drive(info["url"], calls, frames,
                                          {proc.pid: "engine-data"}))
+        # ... and what the workers spend (they scale with the cores).
+        engine_side["workers_cpu_note"] = "workers not counted: they scale with cores"
         result["serve_ingress_workers"] = engine_side
         engine_side["cpu_measured"] = "engine process: its data-plane thread"
         engine_side["workers"] = len(workers)

@@ -50,6 +50,16 @@ class _Reservation:
     started: float = field(default_factory=time.monotonic)
 
 
+def _name_os_thread(name: str) -> None:
+    """Name the calling thread for the OS (Linux ``prctl(PR_SET_NAME)``); Python before
+    3.14 leaves every thread called ``python``. Best effort."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)
+
+
 class EngineDataServer:
     """Serves ``engine``'s slots to ingresses. :meth:`start` binds ``host`` (port 0: any)."""
 
@@ -60,8 +70,7 @@ class EngineDataServer:
         self._port = port
         self.max_queued_outputs = max_queued_outputs
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever,
-                                        name="engine-data-plane", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="engine-data", daemon=True)
         self._server: Server | None = None
         self._reservations: dict[str, _Reservation] = {}
         #: Data-plane counters: connections, refusals (``/metrics``).
@@ -70,6 +79,10 @@ class EngineDataServer:
         self.on_change: Callable[[], None] | None = None
 
     # -- lifecycle (any thread) ------------------------------------------------------------
+
+    def _run(self) -> None:
+        _name_os_thread("engine-data")  # so per-thread CPU shows in /proc (bench cluster)
+        self._loop.run_forever()
 
     def start(self) -> None:
         self._thread.start()
