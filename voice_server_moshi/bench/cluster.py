@@ -171,25 +171,29 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         proc.kill()
 
 
-async def _drive(url: str, calls: int, frames: int, cpu_pids: dict[int, str | None]
-                 ) -> dict[str, Any]:
+async def _drive(url: str, calls: int, frames: int, cpu_pids: dict[int, str | None],
+                 side_pids: tuple[int, ...] = ()) -> dict[str, Any]:
     """One call alone (the engine far from its limit: latency is the path's), then
     ``calls`` at once (CPU outside the model per call and frame)."""
     solo = _Call(url)
     await solo.run(frames)
     lat = solo.latencies_ms()
     before = {p: _cpu_s(p, threads) for p, threads in cpu_pids.items()}
+    side_before = sum(_cpu_s(p) for p in side_pids)
     t0 = time.perf_counter()
     cs = [_Call(url) for _ in range(calls)]
     await asyncio.gather(*(c.run(frames) for c in cs))
     wall = time.perf_counter() - t0
     cpu = sum(_cpu_s(p, threads) - before[p] for p, threads in cpu_pids.items())
+    side = sum(_cpu_s(p) for p in side_pids) - side_before
     frames_done = sum(len(c.got) for c in cs)
     # Each call-frame is one frame in (Opus decode) and one out (encode); an engine behind
     # real time returns fewer, so normalise by the frames that actually moved.
     moved = sum(len(c.sent) + len(c.got) for c in cs) / 2
     per_frame_ms = 1000 * cpu / moved if moved else None
-    return {
+    extra = {} if not side_pids or not moved else {
+        "side_processes_cpu_per_call_ms_per_frame": round(1000 * side / moved, 3)}
+    return extra | {
         "one_call": {"frames_sent": len(solo.sent), "frames_received": len(solo.got),
                      "frame_latency_ms": {"p50": _pct(lat, 50), "p99": _pct(lat, 99)},
                      "routing_ms": round(solo.connect_ms, 1)},
@@ -268,14 +272,12 @@ def main(argv: list[str]) -> int:
     proc, info = _start([*cli, "serve", "--slots", str(calls), "--ingress-workers", "2",
                          *common], 300)
     try:
-        workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-                   and _parent(int(p.name)) == proc.pid]
+        workers = [pid for pid in _pids_named("spawn_main") if _parent(pid) == proc.pid]
         engine_side = asyncio.run(_drive(info["url"], calls, frames,
-                                         {proc.pid: "engine-data"}))
-        # ... and what the workers spend (they scale with the cores).
-        engine_side["workers_cpu_note"] = "workers not counted: they scale with cores"
+                                         {proc.pid: "engine-data"}, tuple(workers)))
         result["serve_ingress_workers"] = engine_side
-        engine_side["cpu_measured"] = "engine process: its data-plane thread"
+        engine_side["cpu_measured"] = ("engine process: its data-plane thread; side processes:"
+                                       " the ingress workers (Opus, protocol; scale with cores)")
         engine_side["workers"] = len(workers)
     finally:
         _stop(proc)
