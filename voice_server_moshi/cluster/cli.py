@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TextIO
 
 from ..moshi import protocol
 from ..moshi.settings import DEFAULT_HF_REPO
@@ -73,7 +74,16 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def _console(cfg: object, stop: threading.Event) -> None:
+def _own_stdout() -> TextIO:
+    """Keep stdout for our JSON lines: Ray's driver prints status lines there, so fd 1 goes
+    to stderr and we write through a private copy of the original stdout."""
+    sys.stdout.flush()
+    ours = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    return ours
+
+
+def _console(cfg: object, stop: threading.Event, out: TextIO) -> None:
     """Operator commands on stdin, one per line: ``scale N`` (engine replicas; a replica
     removed drains first) and ``redeploy`` (roll every replica, each drained); ``stop``.
     Each prints a JSON line on stdout when Serve has taken it."""
@@ -100,9 +110,9 @@ def _console(cfg: object, stop: threading.Event) -> None:
                 sys.stderr.write(f"unknown command {line.strip()!r}: scale N | redeploy | stop\n")
                 continue
             serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
-            sys.stdout.write(json.dumps({"event": "deployed", "command": line.strip(),
-                                         "replicas": cfg.replicas}) + "\n")
-            sys.stdout.flush()
+            out.write(json.dumps({"event": "deployed", "command": line.strip(),
+                                  "replicas": cfg.replicas}) + "\n")
+            out.flush()
         except (ValueError, RuntimeError) as exc:
             sys.stderr.write(f"error: {exc}\n")
 
@@ -165,6 +175,7 @@ def main(argv: list[str]) -> int:
     # lose the CPU to every batch job on the host.
     os.environ.setdefault("RAY_worker_niceness", "0")
     # address="local": always a new cluster of our own, never one found on the machine.
+    out = _own_stdout()
     ray.init(address="local", _node_ip_address=node_ip, include_dashboard=False, num_cpus=num_cpus,
              log_to_driver=False, configure_logging=False)
     try:
@@ -184,15 +195,15 @@ def main(argv: list[str]) -> int:
                 sys.stderr.write("error: engine replicas did not come up within 600 s\n")
                 return 1
         if not stop.is_set():
-            sys.stdout.write(json.dumps({
+            out.write(json.dumps({
                 "event": "listening", "host": args.host, "port": port,
                 "replicas": len(reps), "slots": args.slots, "device": args.device,
                 "url": f"ws://{args.host}:{port}/api/chat",
                 "ray_address": ray.get_runtime_context().gcs_address,
                 "app": APP_NAME,
             }) + "\n")
-            sys.stdout.flush()
-        threading.Thread(target=_console, args=(cfg, stop), daemon=True).start()
+            out.flush()
+        threading.Thread(target=_console, args=(cfg, stop, out), daemon=True).start()
         stop.wait()
         return 0
     finally:
