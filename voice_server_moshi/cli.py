@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "voice_server_moshi.server.cli:main",
         "batched Moshi server on Kyutai's /api/chat protocol (many calls, one engine)",
     ),
+    "cluster": (
+        "voice_server_moshi.cluster.cli:main",
+        "the batched server on a local Ray Serve cluster: N engine replicas behind one URL",
+    ),
     "call": (
         "voice_server_moshi.call.main:main",
         "a phone call through the plugin (embedded Moshi by default): recordings, timeline, "
@@ -49,6 +53,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 #: ``bench <name>`` -> (module:function, one-line help); each prints JSON on stdout.
 BENCHES: dict[str, tuple[str, str]] = {
+    "cluster": (
+        "voice_server_moshi.bench.cluster:main",
+        "Ray Serve cluster vs single-process serve: added latency, CPU per call, failover",
+    ),
     "turns": (
         "voice_server_moshi.bench.turns:main",
         "full-duplex turn detection on the labelled corpus: onsets, backchannels, barge-ins",

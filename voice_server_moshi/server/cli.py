@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--static", default=None, metavar="DIR",
                    help="serve a built web client (e.g. Kyutai's client/dist) at / beside the "
                    "API (default: none)")
+    p.add_argument("--ingress-workers", type=int, default=0,
+                   help="run Opus and the protocol in this many worker processes sharing "
+                   "the port (the engine process keeps only the model); 0: one process")
     return p
 
 
@@ -99,6 +102,10 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"error: could not load checkpoint {args.checkpoint!r} on "
                          f"{args.device}: {exc}\n")
         return 2
+    if args.ingress_workers > 0:
+        from .workers import serve_split
+
+        return serve_split(engine, scfg, args.ingress_workers)
 
     async def serve() -> None:
         stop = asyncio.Event()

@@ -1,0 +1,63 @@
+"""The production manifests under deploy/, validated offline against the schemas their
+packages ship: Ray Serve's own config schema (pydantic) and Kubernetes' Pod schema
+(kubernetes-validate) for the RayService's pod templates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytest.importorskip("ray.serve")
+
+from ray.serve.schema import ServeDeploySchema
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def load(name: str) -> Any:
+    return yaml.safe_load((DEPLOY / name).read_text())
+
+
+def test_serve_config_is_valid_and_drains_longer_than_a_call() -> None:
+    cfg = ServeDeploySchema.parse_obj(load("serve-config.yaml"))
+    (app,) = cfg.applications
+    assert app.import_path == "voice_server_moshi.cluster.app:app_from_args"
+    engine = next(d for d in app.deployments if d.name == "MoshiEngine")
+    assert engine.max_ongoing_requests == app.args["engine"]["slots"]
+    assert engine.ray_actor_options.num_gpus == 1
+    assert engine.graceful_shutdown_timeout_s == app.args["drain_timeout_s"] >= 3600
+    assert engine.autoscaling_config["target_ongoing_requests"] < engine.max_ongoing_requests
+
+
+def test_the_config_args_build_the_application() -> None:
+    from ray.serve import Application
+
+    from voice_server_moshi.cluster.app import app_from_args
+
+    (app,) = load("serve-config.yaml")["applications"]
+    assert isinstance(app_from_args(app["args"]), Application)
+    with pytest.raises(TypeError):
+        app_from_args({"no_such_field": 1})
+
+
+def test_rayservice_carries_the_serve_config_and_valid_pod_templates() -> None:
+    kv = pytest.importorskip("kubernetes_validate")
+    svc = load("rayservice.yaml")
+    assert (svc["apiVersion"], svc["kind"]) == ("ray.io/v1", "RayService")
+    assert yaml.safe_load(svc["spec"]["serveConfigV2"]) == load("serve-config.yaml")
+    cluster = svc["spec"]["rayClusterConfig"]
+    drain = load("serve-config.yaml")["applications"][0]["args"]["drain_timeout_s"]
+    templates = [cluster["headGroupSpec"]["template"]]
+    for group in cluster["workerGroupSpecs"]:
+        templates.append(group["template"])
+        spec = group["template"]["spec"]
+        assert spec["terminationGracePeriodSeconds"] > drain
+        limits = spec["containers"][0]["resources"]["limits"]
+        assert limits["nvidia.com/gpu"] == 1
+    for t in templates:
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},
+               "spec": t["spec"]}
+        kv.validate(pod, kv.latest_version(), strict=True)

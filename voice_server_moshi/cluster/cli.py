@@ -1,0 +1,214 @@
+"""``voice-server-moshi cluster``: the batched server on a local Ray cluster, one URL.
+
+Starts Ray on this machine (kept on loopback unless ``--host`` says otherwise), deploys
+the Serve application (:mod:`.app`) with ``serve``'s flags, prints one JSON line on stdout
+when every engine replica is up (``{"event": "listening", ...}``), and on Ctrl-C or
+SIGTERM deletes the application and stops Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TextIO
+
+from ..moshi import protocol
+from ..moshi.settings import DEFAULT_HF_REPO
+from ..server.cli import AUTH_ENV
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="voice-server-moshi cluster",
+        description="Serve Moshi calls from several engine replicas on a local Ray cluster "
+        "behind one URL (Kyutai's /api/chat, /healthz, /readyz, /capacity, /metrics).",
+    )
+    p.add_argument("--replicas", type=int, default=2, help="engine replicas (default 2)")
+    p.add_argument("--max-replicas", type=int, default=None,
+                   help="autoscale between --min-replicas and this on active calls")
+    p.add_argument("--min-replicas", type=int, default=1)
+    p.add_argument("--target-calls", type=float, default=None,
+                   help="autoscaling target of calls per replica (default 3/4 of --slots)")
+    p.add_argument("--ingress-replicas", type=int, default=1,
+                   help="ingress replicas (Opus and the protocol run there)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8998, help="port (default 8998; 0 = any)")
+    p.add_argument("--slots", type=int, default=4, help="concurrent calls per replica")
+    p.add_argument("--checkpoint", default="dev",
+                   help=f"'dev', a local dir, or a HF repo such as {DEFAULT_HF_REPO}")
+    p.add_argument("--device", default="cpu", help="cpu, cuda (one GPU per replica)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--context", type=int, default=None)
+    p.add_argument("--auth-token", default=None,
+                   help=f"require this bearer token (or set {AUTH_ENV})")
+    p.add_argument("--auth-token-file", default=None, help="read the bearer token from a file")
+    p.add_argument("--admission-wait-s", type=float, default=0.0,
+                   help="how long a new call may wait for a free slot before it is refused")
+    p.add_argument("--route-timeout-s", type=float, default=2.0,
+                   help="how long Serve's router may take to place a call")
+    p.add_argument("--queue-frames", type=int, default=4)
+    p.add_argument("--fill-after-ms", type=float, default=None)
+    p.add_argument("--max-message-bytes", type=int, default=protocol.DEFAULT_MAX_MESSAGE_BYTES)
+    p.add_argument("--greedy", action="store_true", help="greedy decoding (for tests)")
+    p.add_argument("--instance-name", default="voice-server-moshi")
+    p.add_argument("--drain-timeout-s", type=float, default=3600.0,
+                   help="how long a replica being removed waits for its calls to end")
+    p.add_argument("--health-check-period-s", type=float, default=2.0)
+    p.add_argument("--num-cpus", type=int, default=None,
+                   help="CPUs Ray may schedule on (default: enough for the replicas)")
+    return p
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _own_stdout() -> TextIO:
+    """Keep stdout for our JSON lines: Ray's driver prints status lines there, so fd 1 goes
+    to stderr and we write through a private copy of the original stdout."""
+    sys.stdout.flush()
+    ours = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    return ours
+
+
+def _console(cfg: object, stop: threading.Event, out: TextIO) -> None:
+    """Operator commands on stdin, one per line: ``scale N`` (engine replicas; a replica
+    removed drains first) and ``redeploy`` (roll every replica, each drained); ``stop``.
+    Each prints a JSON line on stdout when Serve has taken it."""
+    from dataclasses import replace
+
+    from ray import serve
+
+    from .app import APP_NAME, ClusterConfig, build_app
+
+    assert isinstance(cfg, ClusterConfig)
+    generation = 0
+    for line in sys.stdin:
+        words = line.split()
+        try:
+            if words[:1] == ["scale"] and len(words) == 2:
+                cfg = replace(cfg, replicas=int(words[1]))
+            elif words == ["redeploy"]:
+                generation += 1
+                cfg = replace(cfg, engine=replace(cfg.engine, generation=generation))
+            elif words == ["stop"]:
+                stop.set()
+                return
+            else:
+                sys.stderr.write(f"unknown command {line.strip()!r}: scale N | redeploy | stop\n")
+                continue
+            serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
+            out.write(json.dumps({"event": "deployed", "command": line.strip(),
+                                  "replicas": cfg.replicas}) + "\n")
+            out.flush()
+        except (ValueError, RuntimeError) as exc:
+            sys.stderr.write(f"error: {exc}\n")
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    token = args.auth_token or os.environ.get(AUTH_ENV) or None
+    if args.auth_token_file:
+        try:
+            token = Path(args.auth_token_file).read_text().strip() or None
+        except OSError as exc:
+            sys.stderr.write(f"error: cannot read --auth-token-file: {exc}\n")
+            return 2
+    try:
+        import ray
+        from ray import serve
+
+        from .app import APP_NAME, ClusterConfig, build_app
+        from .directory import get_directory, kill_directory
+        from .engine_replica import EngineSpec
+        from .ingress import IngressSpec
+    except ImportError as exc:
+        sys.stderr.write("error: 'cluster' needs the cluster extra "
+                         f"(pip install 'voice-server-moshi[cluster]'): {exc}\n")
+        return 2
+    try:
+        fill = (None if args.fill_after_ms is None
+                else max(0, math.ceil(args.fill_after_ms / 80.0)))
+        cfg = ClusterConfig(
+            engine=EngineSpec(checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
+                              context=args.context, slots=args.slots,
+                              queue_frames=args.queue_frames, fill_after_ticks=fill,
+                              greedy=args.greedy),
+            ingress=IngressSpec(app_name=APP_NAME, auth_token=token,
+                                admission_wait_s=args.admission_wait_s,
+                                route_timeout_s=args.route_timeout_s,
+                                max_message_bytes=args.max_message_bytes,
+                                instance_name=args.instance_name),
+            replicas=args.replicas, min_replicas=args.min_replicas,
+            max_replicas=args.max_replicas, target_calls=args.target_calls,
+            ingress_replicas=args.ingress_replicas, drain_timeout_s=args.drain_timeout_s,
+            health_check_period_s=args.health_check_period_s)
+        if args.slots < 1:
+            raise ValueError(f"slots must be >= 1, got {args.slots}")
+    except (ValueError, TypeError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    port = args.port or _free_port(args.host)
+    most = args.max_replicas or args.replicas
+    num_cpus = args.num_cpus or math.ceil(most * cfg.engine_num_cpus
+                                          + args.ingress_replicas * cfg.ingress_num_cpus) + 1
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    # Keep Ray itself on loopback for a loopback URL: left alone it may pick the
+    # machine's own address and listen there.
+    node_ip = "127.0.0.1" if args.host in ("127.0.0.1", "localhost") else None
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray starts workers at nice 15; an engine replica paces real-time calls and must not
+    # lose the CPU to every batch job on the host.
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    # address="local": always a new cluster of our own, never one found on the machine.
+    out = _own_stdout()
+    ray.init(address="local", _node_ip_address=node_ip, include_dashboard=False, num_cpus=num_cpus,
+             log_to_driver=False, configure_logging=False)
+    try:
+        serve.start(http_options={"host": args.host, "port": port},
+                    logging_config={"enable_access_log": False})
+        serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
+        directory = get_directory(APP_NAME)
+        deadline = time.monotonic() + 600
+        while not stop.is_set() and time.monotonic() < deadline:
+            reps = ray.get(directory.snapshot.remote())
+            if sum(1 for r in reps if r["ready"]) >= (args.min_replicas if args.max_replicas
+                                                      else args.replicas):
+                break
+            time.sleep(0.2)
+        else:
+            if not stop.is_set():
+                sys.stderr.write("error: engine replicas did not come up within 600 s\n")
+                return 1
+        if not stop.is_set():
+            out.write(json.dumps({
+                "event": "listening", "host": args.host, "port": port,
+                "replicas": len(reps), "slots": args.slots, "device": args.device,
+                "url": f"ws://{args.host}:{port}/api/chat",
+                "ray_address": ray.get_runtime_context().gcs_address,
+                "app": APP_NAME,
+            }) + "\n")
+            out.flush()
+        threading.Thread(target=_console, args=(cfg, stop, out), daemon=True).start()
+        stop.wait()
+        return 0
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        with contextlib.suppress(Exception):
+            kill_directory(APP_NAME)
+        ray.shutdown()

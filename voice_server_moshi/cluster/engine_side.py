@@ -1,0 +1,275 @@
+"""The engine replica's side of the data plane: a WebSocket server on its own thread.
+
+A lease (:mod:`.engine_replica`) reserves a slot with :meth:`EngineDataServer.reserve` and
+gets a one-time ticket; the ingress then connects to :attr:`EngineDataServer.url`, sends
+the ticket, and streams PCM frames (:mod:`.wire`). The server runs its own event loop on
+its own thread so that neither Ray's replica loop nor the engine's tick thread ever waits
+on a caller's network. No Ray here: the module is plain asyncio + ``websockets``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from .._log import get_logger
+from ..engine.core import Engine, SlotError, SlotOutput
+from ..engine.session import EngineCall
+from ..errors import ServerBusyError
+from ..server.metrics import ServerCounters, render_metrics
+from ..server.responses import json_response, response
+from . import wire
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+
+#: A reservation not claimed by a data connection within this time is released.
+ATTACH_TIMEOUT_S = 10.0
+
+
+@dataclass
+class _Reservation:
+    call: EngineCall
+    ended: asyncio.Future[dict[str, Any]]
+    attached: bool = False
+    conn: ServerConnection | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+def _name_os_thread(name: str) -> None:
+    """Name the calling thread for the OS (Linux ``prctl(PR_SET_NAME)``); Python before
+    3.14 leaves every thread called ``python``. Best effort."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)
+
+
+class EngineDataServer:
+    """Serves ``engine``'s slots to ingresses. :meth:`start` binds ``host`` (port 0: any)."""
+
+    def __init__(self, engine: Engine, host: str, *, port: int = 0,
+                 max_queued_outputs: int = 150) -> None:
+        self.engine = engine
+        self.host = host
+        self._port = port
+        self.max_queued_outputs = max_queued_outputs
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="engine-data", daemon=True)
+        self._server: Server | None = None
+        self._reservations: dict[str, _Reservation] = {}
+        #: Data-plane counters: connections, refusals (``/metrics``).
+        self.counters = ServerCounters()
+        #: Called on the data-plane loop whenever a slot is taken or freed.
+        self.on_change: Callable[[], None] | None = None
+
+    # -- lifecycle (any thread) ------------------------------------------------------------
+
+    def _run(self) -> None:
+        _name_os_thread("engine-data")  # so per-thread CPU shows in /proc (bench cluster)
+        self._loop.run_forever()
+
+    def start(self) -> None:
+        self._thread.start()
+        self.call_soon(self._start()).result(timeout=30)
+
+    async def _start(self) -> None:
+        self._server = await serve(self._handle, self.host, self._port, compression=None,
+                                   max_size=64 * 1024, ping_interval=1, ping_timeout=3,
+                                   process_request=self._process_request)
+        sock = next(iter(self._server.sockets))
+        self._port = int(sock.getsockname()[1])
+        log.info("engine data plane listening", host=self.host, port=self._port)
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self._port}/call"
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self._server is not None
+
+    def call_soon(self, coro: Coroutine[Any, Any, T]) -> Any:
+        """Run ``coro`` on the data-plane loop; returns a concurrent Future."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def run_on_loop(self, fn: Callable[[], None]) -> None:
+        self._loop.call_soon_threadsafe(fn)
+
+    def stop(self) -> None:
+        async def _stop() -> None:
+            for r in list(self._reservations.values()):
+                r.call.close()
+            if self._server is not None:
+                self._server.close()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._server.wait_closed(), 5)
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                self.call_soon(_stop()).result(timeout=10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+
+    # -- reservations (run on the data-plane loop via call_soon) ---------------------------
+
+    async def reserve(self, call_id: str, wait_s: float = 0.0) -> str:
+        """Take a free slot for ``call_id`` (waiting up to ``wait_s``); raises
+        ServerBusyError when none frees."""
+        call = EngineCall(self.engine, call_id, max_queued=self.max_queued_outputs)
+        await call.open(wait_s)
+        ticket = secrets.token_urlsafe(16)
+        res = _Reservation(call, self._loop.create_future())
+        self._reservations[ticket] = res
+        self._loop.call_later(ATTACH_TIMEOUT_S, self._expire, ticket)
+        self._changed()
+        return ticket
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change()
+            except Exception:
+                log.exception("on_change failed")
+
+    def _expire(self, ticket: str) -> None:
+        res = self._reservations.get(ticket)
+        if res is not None and not res.attached:
+            res.call.log.warning("reserved slot never attached; released")
+            self._finish(ticket, "never attached")
+
+    async def wait_ended(self, ticket: str) -> dict[str, Any]:
+        res = self._reservations.get(ticket)
+        if res is None:
+            return {"reason": "unknown ticket"}
+        return await asyncio.shield(res.ended)
+
+    async def release(self, ticket: str, reason: str) -> None:
+        """End the call (its lease went away): close the data connection too."""
+        res = self._reservations.get(ticket)
+        if res is None:
+            return
+        if res.conn is not None:
+            with contextlib.suppress(Exception):
+                await res.conn.close(1001, reason)
+        self._finish(ticket, reason)
+
+    def _finish(self, ticket: str, reason: str) -> None:
+        res = self._reservations.pop(ticket, None)
+        if res is None:
+            return
+        res.call.close()
+        self._changed()
+        slot = res.call.slot
+        if not res.ended.done():
+            res.ended.set_result({
+                "reason": reason, "seconds": round(time.monotonic() - res.started, 3),
+                "frames_in": slot.frames_in if slot else 0,
+                "frames_out": slot.frames_out if slot else 0,
+                "dropped_outputs": res.call.dropped_outputs,
+            })
+
+    def active(self) -> int:
+        return len(self._reservations)
+
+    # -- HTTP for ingresses: what the engine holds -------------------------------------------
+
+    def capacity(self) -> dict[str, Any]:
+        free = self.engine.free_slots()
+        return {"slots": self.engine.slots, "free_slots": free,
+                "active_slots": self.engine.slots - free, "ready": self.engine.ready,
+                "model": self.engine.models.description}
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == "/capacity":
+            return json_response(http.HTTPStatus.OK, self.capacity())
+        if path == "/metrics":
+            self.counters.active_connections = self.active()
+            text = render_metrics(self.engine.metrics(), self.counters)
+            return response(http.HTTPStatus.OK, text, "text/plain; version=0.0.4")
+        if path == "/call":
+            return None
+        return response(http.HTTPStatus.NOT_FOUND, "not found\n", "text/plain")
+
+    # -- data connections ------------------------------------------------------------------
+
+    async def _handle(self, conn: ServerConnection) -> None:
+        """First message: ``{"ticket": t}`` (a lease reserved the slot), or ``{"call_id":
+        id, "wait_s": s}`` (reserve now, for ingresses without a lease: ``serve
+        --ingress-workers``); a full engine then answers ``0x15`` "server busy: ..." and
+        close 1013; a granted reservation is confirmed with the text ``{"ok": true}``."""
+        try:
+            first = json.loads(await asyncio.wait_for(conn.recv(), ATTACH_TIMEOUT_S))
+            if "call_id" in first:
+                ticket = await self.reserve(str(first["call_id"]),
+                                            min(60.0, max(0.0, float(first.get("wait_s", 0)))))
+                await conn.send(json.dumps({"ok": True}))
+            else:
+                ticket = str(first["ticket"])
+        except ServerBusyError as exc:
+            self.counters.refused_busy += 1
+            with contextlib.suppress(ConnectionClosed):
+                await conn.send(wire.encode_error(f"server busy: {exc}"))
+                await conn.close(1013, "server busy")
+            return
+        except (TimeoutError, ConnectionClosed, ValueError, KeyError, TypeError):
+            with contextlib.suppress(ConnectionClosed):
+                await conn.close(1008, "expected {\"ticket\": ...} or {\"call_id\": ...} first")
+            return
+        res = self._reservations.get(ticket)
+        if res is None or res.attached:
+            await conn.close(1008, "unknown or used ticket")
+            return
+        res.attached, res.conn = True, conn
+        self.counters.connections += 1
+        sender = asyncio.create_task(self._send(conn, res.call))
+        reason = "ingress closed"
+        try:
+            async for raw in conn:
+                if not isinstance(raw, bytes):
+                    continue
+                try:
+                    pcm = wire.decode_frame(raw)
+                except wire.WireError as exc:
+                    reason = f"bad frame: {exc}"
+                    await conn.close(1007, "bad frame")
+                    break
+                try:
+                    res.call.send(pcm)
+                except RuntimeError:
+                    break  # the engine closed the call; the sender reports why
+            if res.call.slot is not None and res.call.slot.closed:
+                reason = "engine ended the call"
+                await asyncio.wait({sender}, timeout=2.0)
+        except ConnectionClosed:
+            pass
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+            self._finish(ticket, reason)
+
+    async def _send(self, conn: ServerConnection, call: EngineCall) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for ev in call.events():
+                if isinstance(ev, SlotError):
+                    await conn.send(wire.encode_error(ev.message))
+                    await conn.close(1011, "engine error")
+                    return
+                assert isinstance(ev, SlotOutput)
+                await conn.send(wire.encode_output(ev.step, ev.text_token, ev.text, ev.pcm))
