@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from typing import Any
@@ -97,10 +98,9 @@ class SafeLogger:
             return self
 
     def _call(self, method: str, event: str, kw: dict[str, Any]) -> None:
-        try:
+        # A log line must never fail the request it describes.
+        with contextlib.suppress(Exception):
             getattr(self._log, method)(event, **kw)
-        except Exception:  # noqa: S110 - a log line must never fail the request it describes
-            pass
 
     def debug(self, event: str, **kw: Any) -> None:
         self._call("debug", event, kw)
