@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="close every call after this long (default off: calls run on past "
                    "the model's context)")
     g.add_argument("--ping-interval-s", type=float, default=_LIMITS.ping_interval_s,
-                   help=f"WebSocket keepalive ping period (default {_off(_LIMITS.ping_interval_s)})")
+                   help=f"WebSocket keepalive ping period "
+                   f"(default {_off(_LIMITS.ping_interval_s)})")
     g.add_argument("--ping-timeout-s", type=float, default=_LIMITS.ping_timeout_s,
                    help=f"close a peer that does not answer a ping this long "
                    f"(default {_off(_LIMITS.ping_timeout_s)})")
