@@ -73,7 +73,7 @@ def opus_bomb(pages: int, packets_per_page: int = 50) -> list[bytes]:
     serial = parsed[0][2]
     headers = b"".join(page(p[4], serial=serial, seq=p[3], granule=p[1], htype=p[0])
                        for p in parsed[:2])
-    frame = parsed[2][4]  # the packets of one 80 ms frame
+    frame = [p for pg in parsed[2:] for p in pg[4]]  # the packets of one 80 ms frame
     out = [headers]
     granule = 0
     for i in range(pages):

@@ -105,6 +105,9 @@ def load_models(
     from ..moshi.checkpoint import resolve_checkpoint
 
     info = resolve_checkpoint(checkpoint)
+    from ..moshi.weights_check import check_checkpoint_weights
+
+    check_checkpoint_weights(info)  # safetensors only, before anything is loaded
     if info.model_type != "moshi":
         raise ValueError(
             f"checkpoint {checkpoint!r} is a {info.model_type!r} model; the engine serves "
