@@ -45,6 +45,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from .._log import get_logger
 from ..audio.framing import SampleFramer
@@ -175,6 +176,7 @@ class BatchedServer:
             max_queue=32,
             ping_interval=lim.ping_interval_s,
             ping_timeout=lim.ping_timeout_s,
+            close_timeout=lim.close_timeout_s,
             server_header="voice-server-moshi",
             logger=logging.getLogger("websockets.server"),  # redacted: install_redaction
         )
@@ -353,11 +355,11 @@ class BatchedServer:
             })))
             clog.info("call started")
             sender = asyncio.create_task(self._send_loop(ws, call, clog), name=f"send:{call_id}")
-            watchdog = asyncio.create_task(self._watchdog(ws, guard, call_id, clog),
+            watchdog = asyncio.create_task(self._watchdog(ws, call, guard, call_id, clog),
                                            name=f"watchdog:{call_id}")
             reap = await self._receive_loop(ws, call, guard, clog)
             if reap is not None:
-                await self._reap(ws, call_id, reap, clog)
+                await self._reap(ws, call, call_id, reap, clog)
             elif call.slot is not None and call.slot.closed:
                 # The engine ended the call under us: give the sender the moment it needs
                 # to send the engine's error and close with 1011 before it is cancelled.
@@ -378,9 +380,13 @@ class BatchedServer:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await watchdog
 
-    async def _reap(self, ws: ServerConnection, call_id: str, reap: Reap,
+    async def _reap(self, ws: ServerConnection, call: EngineCall, call_id: str, reap: Reap,
                     clog: SafeLogger) -> None:
-        """End a call for ``reap``'s reason: ``0x05`` text, then the close frame."""
+        """End a call for ``reap``'s reason: free its slot at once, then send the ``0x05``
+        text and the close frame (which a dead peer may take ``close_timeout_s`` over)."""
+        call.close()
+        if ws.state is not State.OPEN:
+            return  # already closing: keepalive, the client or the operator came first
         if self._ending.setdefault(call_id, reap.reason) is not reap.reason:
             return  # already being closed for another reason
         clog.info("closing the call", reason=reap.reason.value, code=reap.code,
@@ -392,8 +398,8 @@ class BatchedServer:
         with contextlib.suppress(Exception):
             await ws.close(reap.code, reap.reason.value)
 
-    async def _watchdog(self, ws: ServerConnection, guard: CallGuard, call_id: str,
-                        clog: SafeLogger) -> None:
+    async def _watchdog(self, ws: ServerConnection, call: EngineCall, guard: CallGuard,
+                        call_id: str, clog: SafeLogger) -> None:
         """Fires the call's timeouts (first audio, no input, maximum length)."""
         loop = asyncio.get_running_loop()
         while True:
@@ -408,7 +414,7 @@ class BatchedServer:
                 continue
             reap = guard.check_timeouts(loop.time())
             if reap is not None:
-                await self._reap(ws, call_id, reap, clog)
+                await self._reap(ws, call, call_id, reap, clog)
                 return
             await asyncio.sleep(0.01)
 

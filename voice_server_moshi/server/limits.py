@@ -77,6 +77,9 @@ class CallLimits:
     #: ``ping_timeout_s`` closes the connection (a frozen peer is gone within their sum).
     ping_interval_s: float | None = 5.0
     ping_timeout_s: float | None = 5.0
+    #: How long a closing handshake may wait for the peer (websockets' default is 10 s,
+    #: which a frozen peer would hold a connection for after being reaped).
+    close_timeout_s: float = 2.0
     #: How far the audio a call sent may run ahead of the wall clock.
     max_audio_ahead_s: float = 2.0
     #: Average messages per second (Kyutai's client sends 12.5) and the burst allowed.
@@ -91,6 +94,8 @@ class CallLimits:
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise ValueError(f"{name} must be > 0 or None (off), got {v}")
+        if not self.close_timeout_s > 0:
+            raise ValueError(f"close_timeout_s must be > 0, got {self.close_timeout_s}")
         if not self.max_audio_ahead_s > 0:
             raise ValueError(f"max_audio_ahead_s must be > 0, got {self.max_audio_ahead_s}")
         if not self.max_messages_per_s > 0 or self.message_burst < 1:
