@@ -167,23 +167,22 @@ async def test_readyz_says_so_when_the_tick_thread_dies(ckpt: str) -> None:
     eng = Engine(load_models(ckpt, device="cpu", dtype="float32"), EngineConfig(slots=1))
     await asyncio.to_thread(eng.start)
     try:
-        async with running(eng) as srv:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{srv.port}",
-                                         trust_env=False) as http:
-                assert (await http.get("/readyz")).status_code == 200
+        async with running(eng) as srv, httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{srv.port}", trust_env=False) as http:
+            assert (await http.get("/readyz")).status_code == 200
 
-                def boom() -> bool:
-                    raise RuntimeError("killed outside the tick's error handling")
+            def boom() -> bool:
+                raise RuntimeError("killed outside the tick's error handling")
 
-                eng._has_slots = boom  # type: ignore[method-assign]
-                eng._wake.set()
-                for _ in range(100):
-                    r = await http.get("/readyz")
-                    if r.status_code == 503:
-                        break
-                    await asyncio.sleep(0.05)
-                assert r.status_code == 503
-                assert r.json()["reason"] == "engine tick thread is not running"
-                assert "moshi_engine_tick_thread_alive 0.0" in (await http.get("/metrics")).text
+            eng._has_slots = boom  # type: ignore[method-assign]
+            eng._wake.set()
+            for _ in range(100):
+                r = await http.get("/readyz")
+                if r.status_code == 503:
+                    break
+                await asyncio.sleep(0.05)
+            assert r.status_code == 503
+            assert r.json()["reason"] == "engine tick thread is not running"
+            assert "moshi_engine_tick_thread_alive 0.0" in (await http.get("/metrics")).text
     finally:
         eng.stop()
