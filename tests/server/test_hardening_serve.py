@@ -5,6 +5,7 @@ checkpoints that are not safetensors (issue 10)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
 import websockets
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from .test_server import Client, tone
 
@@ -79,14 +80,15 @@ class TimedClient(Client):
 
     async def _read(self) -> None:
         assert self.ws is not None
-        async for m in self.ws:
-            assert isinstance(m, bytes)
-            if m[0] == 1:
-                self.got_at.append(time.monotonic())
-                self.audio_msgs += 1
-                self._changed.set()
-            elif m[0] == 5:
-                self.errors.append(m[1:].decode())
+        with contextlib.suppress(ConnectionClosed):
+            async for m in self.ws:
+                assert isinstance(m, bytes)
+                if m[0] == 1:
+                    self.got_at.append(time.monotonic())
+                    self.audio_msgs += 1
+                    self._changed.set()
+                elif m[0] == 5:
+                    self.errors.append(m[1:].decode())
 
     async def talk(self, frames: list, pace_s: float = 0.08) -> None:  # type: ignore[type-arg]
         import sphn
@@ -118,6 +120,13 @@ async def engine_drops(http: httpx.AsyncClient) -> int:
         if line.startswith(("moshi_engine_overruns_total ", "moshi_engine_trimmed_frames_total ")):
             total += int(float(line.split()[1]))
     return total
+
+
+async def late_ticks(http: httpx.AsyncClient) -> int:
+    for line in (await http.get("/metrics")).text.splitlines():
+        if line.startswith("moshi_engine_late_ticks_total "):
+            return int(float(line.split()[1]))
+    return -1
 
 
 @pytest.mark.slow
@@ -199,9 +208,11 @@ async def test_an_opus_bomb_and_an_error_flood_are_closed_and_cost_another_call_
             assert out, err.decode()[-2000:]
             results.append(json.loads(out))
         await talking
-        await good.wait_audio(n - 1, limit_s=30)
+        with contextlib.suppress(TimeoutError):
+            await good.wait_audio(n - 1, limit_s=10)
         await asyncio.sleep(0.3)
         drops = await engine_drops(http) - drops_before
+        late = await late_ticks(http)
         await good.close()
 
     b, f = results
@@ -209,10 +220,12 @@ async def test_an_opus_bomb_and_an_error_flood_are_closed_and_cost_another_call_
     assert any("faster than real time" in e for e in b["errors"]), b
     assert f["close_code"] == 1007 and f["close_reason"] == "too_many_malformed"
     assert f["errors"][-1] == "more than 10 malformed messages; closing the call"
+    lags = good.lags()
+    print(f"good call: {good.audio_msgs} of {n - 1} outputs, {drops} input frames dropped, "
+          f"{late} late engine ticks in all; lag max {max(lag for _, lag in lags):.3f} s")
     # The well-behaved call lost no frame...
     assert good.audio_msgs == n - 1 and drops == 0 and not good.errors
     # ...and its lag stayed within one frame of its own baseline.
-    lags = good.lags()
     base = statistics.median(lag for t, lag in lags if t < attack_at)
     after = [lag for t, lag in lags if t >= attack_at]
     worst = sorted(after)[int(0.9 * (len(after) - 1))]
