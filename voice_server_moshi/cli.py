@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "list the adapters and modes that plugins register",
     ),
     "make-dev-checkpoint": (
-        "voice_server_moshi.moshi.checkpoint:main",
+        "voice_server_moshi.engine.checkpoints:main",
         "write the tiny random dev checkpoint (babbles: for tests and benchmarks only)",
     ),
     "serve": (
@@ -39,7 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "synthesize the labelled call corpus (espeak-ng + sox) into DIR",
     ),
     "contract-report": (
-        "voice_server_moshi.contract_report:main",
+        "voice_server_moshi.testing.contract.report:main",
         "run the contract suite and write the parity table (--out docs/contract-parity.md)",
     ),
 }

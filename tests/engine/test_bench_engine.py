@@ -11,7 +11,8 @@ pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
 from voice_server_moshi.bench import engine as bench
-from voice_server_moshi.moshi.checkpoint import DEV_LM_CONFIG, make_dev_checkpoint
+from voice_server_moshi.engine.checkpoints import make_dev_checkpoint
+from voice_server_moshi.engine.devcheckpoint import DEV_LM_CONFIG
 
 
 @pytest.fixture(scope="module")

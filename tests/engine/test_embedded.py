@@ -12,8 +12,8 @@ pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
 from voice_server_moshi.engine import shared
+from voice_server_moshi.engine.checkpoints import make_dev_checkpoint
 from voice_server_moshi.errors import ConnectError, ServerBusyError
-from voice_server_moshi.moshi.checkpoint import make_dev_checkpoint
 from voice_server_moshi.moshi.embedded import EmbeddedTransport
 from voice_server_moshi.moshi.settings import MoshiSettings
 from voice_server_moshi.moshi.transport import (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 
@@ -11,8 +12,11 @@ import pytest
 from voice_server_moshi.adapter import VoiceModelConfig
 from voice_server_moshi.errors import ServerBusyError
 from voice_server_moshi.events import AudioChunk, Disconnected, Error, Transcript
+from voice_server_moshi.moshi import protocol
 from voice_server_moshi.moshi.adapter import MoshiAdapter
+from voice_server_moshi.moshi.remote import RemoteTransport
 from voice_server_moshi.moshi.settings import MoshiSettings
+from voice_server_moshi.moshi.transport import MOSHI_FRAME_SAMPLES, AgentAudio
 from voice_server_moshi.testing.calls import MULAW_8K, CallRecorder, speechlike
 from voice_server_moshi.testing.moshi_server import MoshiServer
 
@@ -24,6 +28,48 @@ MOSHI_FRAME_MS = 80.0
 
 def _settings(server: MoshiServer, **kw: object) -> MoshiSettings:
     return MoshiSettings(url=server.url, **kw)  # type: ignore[arg-type]
+
+
+def _frames_handled(server: MoshiServer) -> list[float]:
+    """Kyutai's server's own per-frame times ("frame handled in X ms") so far."""
+    text = server.log_path.read_text(errors="replace")
+    return [float(x) for x in re.findall(r"frame handled in ([\d.]+)ms", text)]
+
+
+async def test_remote_transport_streams_in_real_time_to_kyutais_server(
+    moshi_server: MoshiServer,
+) -> None:
+    """The dev checkpoint on Kyutai's unmodified server, driven by our remote transport
+    like Kyutai's own client: 25 frames of a tone in real time, one agent frame back per
+    frame after the first, every frame handled by the server."""
+    import numpy as np
+
+    handled_before = len(_frames_handled(moshi_server))
+    transport = RemoteTransport(MoshiSettings(url=moshi_server.url, connect_timeout_s=60))
+    await transport.open("kyutai-check")
+    assert transport.handshake == protocol.Handshake()  # Python server: 1-byte handshake
+    samples = 0
+
+    async def receive() -> None:
+        nonlocal samples
+        async for event in transport.receive():
+            if isinstance(event, AgentAudio):
+                samples += len(event.pcm)
+
+    reader = asyncio.create_task(receive())
+    t = np.arange(MOSHI_FRAME_SAMPLES) / 24000
+    frames = 25
+    for i in range(frames):
+        await transport.send_frame((0.2 * np.sin(2 * np.pi * 220 * (t + i * 0.08)))
+                                   .astype(np.float32))
+        await asyncio.sleep(0.08)
+    await asyncio.sleep(1.0)
+    await transport.close()
+    await asyncio.wait_for(reader, 5)
+    handled = _frames_handled(moshi_server)[handled_before:]
+    # Allowing a few still in flight when the client hung up on a loaded machine.
+    assert len(handled) >= 20, handled
+    assert samples >= 20 * MOSHI_FRAME_SAMPLES - 960, samples
 
 
 async def test_five_second_call(moshi_server: MoshiServer) -> None:

@@ -19,7 +19,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 sys.path.insert(0, str(Path(__file__).parent))
-from oggcraft import opus_bomb  # noqa: E402
+from oggcraft import opus_bomb
 
 
 async def attack(kind: str, url: str) -> dict[str, object]:

@@ -42,7 +42,7 @@ def engine(ckpt: str) -> Iterator[Engine]:
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from voice_server_moshi.moshi.checkpoint import make_dev_checkpoint
+    from voice_server_moshi.engine.checkpoints import make_dev_checkpoint
 
     d = tmp_path_factory.mktemp("hardening") / "dev"
     make_dev_checkpoint(d)

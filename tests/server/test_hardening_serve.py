@@ -35,7 +35,7 @@ TOKEN = "tok-9f2c1e7ab3d44e0c"
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from voice_server_moshi.moshi.checkpoint import make_dev_checkpoint
+    from voice_server_moshi.engine.checkpoints import make_dev_checkpoint
 
     d = tmp_path_factory.mktemp("harden-serve") / "dev"
     make_dev_checkpoint(d)
@@ -348,7 +348,7 @@ def test_a_pt_checkpoint_and_a_pickle_payload_are_refused_before_loading(
     from safetensors.torch import load_file
 
     from voice_server_moshi.engine.models import load_models
-    from voice_server_moshi.moshi.weights_check import UnsafeCheckpointError
+    from voice_server_moshi.engine.weights_check import UnsafeCheckpointError
     from voice_server_moshi.server.cli import main
 
     # Real weights, saved with torch.save: refused for what the file is, not its content.

@@ -207,7 +207,7 @@ class _Payload:
 
 
 def test_only_safetensors_weights_pass_the_check(tmp_path: Path) -> None:
-    from voice_server_moshi.moshi.weights_check import (
+    from voice_server_moshi.engine.weights_check import (
         UnsafeCheckpointError,
         check_safetensors_file,
     )

@@ -27,9 +27,9 @@ import sphn
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from voice_server_moshi.engine.checkpoints import make_dev_checkpoint
 from voice_server_moshi.engine.core import Engine, EngineConfig, Sampling
 from voice_server_moshi.engine.models import load_models
-from voice_server_moshi.moshi.checkpoint import make_dev_checkpoint
 from voice_server_moshi.server.app import BatchedServer, ServerConfig
 
 FRAME = 1920

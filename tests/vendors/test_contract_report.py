@@ -1,11 +1,11 @@
-"""Rendering of the parity report (voice_server_moshi.contract_report)."""
+"""Rendering of the parity report (voice_server_moshi.testing.contract.report)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from voice_server_moshi.contract_report import main, render
+from voice_server_moshi.testing.contract.report import main, render
 
 RECORD = {
     "providers": ["a", "b"],

@@ -7,8 +7,9 @@ in for Moshi, on a virtual clock. Scores against the labels (see
 :mod:`voice_server_moshi.corpus.evaluate`) and the issue's goals are printed as JSON.
 
 ``--sweep`` also varies ``max_backchannel_ms`` (ADR 0041). ``--playout`` runs one call on a
-real-time clock with the scripted agent or the embedded engine, records when each agent
-frame arrives, and replays the arrivals through playout buffers of several sizes (ADR 0042).
+real-time clock with the scripted agent, the embedded engine or a server at ``--url``,
+records when each agent frame arrives, and replays the arrivals through playout buffers of
+several sizes (ADR 0042).
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def goals(by_snr: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def playout_measure(agent: str, seconds: float, prebuffers: list[int]) -> dict[str, Any]:
+async def playout_measure(agent: str, seconds: float, prebuffers: list[int],
+                          url: str | None = None) -> dict[str, Any]:
     """One real-time call; the agent frames' arrival times replayed through each buffer."""
     from ..corpus.assemble import build_call
     from ..host.config import HostConfig
@@ -84,22 +86,17 @@ async def playout_measure(agent: str, seconds: float, prebuffers: list[int]) -> 
     if agent == "scripted":
         result = await run_corpus_call(call, clock="realtime", tail_ms=0.0)
     else:
-        import contextlib
-
         from ..audio import g711
         from ..call.wavio import to_int16
 
-        with contextlib.ExitStack() as stack:
-            cfg = HostConfig()
-            if agent == "remote":
-                # Kyutai's own moshi.server on loopback (dev checkpoint, CPU): Opus + WebSocket.
-                from ..testing.moshi_server import running_moshi_server
-
-                server = stack.enter_context(running_moshi_server())
-                cfg = cfg.with_sections(adapter={"url": server.url})
-            host = ReferenceHost(cfg)
-            result = await host.run_call(g711.encode(to_int16(call.caller), "mulaw"),
-                                         clock="realtime", tail_ms=0.0)
+        cfg = HostConfig()
+        if agent == "remote":
+            # A Kyutai-protocol server the user started (Opus + WebSocket), e.g. Kyutai's
+            # moshi.server on the dev checkpoint: python -m voice_server_moshi.testing.moshi_server
+            cfg = cfg.with_sections(adapter={"url": url})
+        host = ReferenceHost(cfg)
+        result = await host.run_call(g711.encode(to_int16(call.caller), "mulaw"),
+                                     clock="realtime", tail_ms=0.0)
     arrivals = result.arrival_ms
     # Lateness of each 20 ms frame against its stream position, relative to the earliest:
     # what the buffer must absorb (includes the 60 ms a frame waits inside its 80 ms burst).
@@ -167,7 +164,8 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         out["sweep"] = rows
     if args.playout:
         out["playout"] = await playout_measure(
-            args.playout, args.playout_seconds, [0, 20, 40, 60, 80, 100, 120, 160]
+            args.playout, args.playout_seconds, [0, 20, 40, 60, 80, 100, 120, 160],
+            url=args.url,
         )
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     return out
@@ -181,9 +179,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--sweep", action="store_true", help="also sweep the overlap thresholds")
     p.add_argument("--playout", choices=["scripted", "embedded", "remote"],
                    help="also measure agent-frame arrival jitter on a real-time call "
-                   "(remote: Kyutai's moshi.server on loopback with the dev checkpoint)")
+                   "(remote: the server at --url)")
+    p.add_argument("--url", help="with --playout remote: a Kyutai-protocol server, e.g. Kyutai's "
+                   "moshi.server on the dev checkpoint, started by 'python -m "
+                   "voice_server_moshi.testing.moshi_server' (prints its URL)")
     p.add_argument("--playout-seconds", type=float, default=20.0)
     args = p.parse_args(argv)
+    if args.playout == "remote" and not args.url:
+        sys.stderr.write("error: --playout remote needs --url ws://HOST:PORT/api/chat\n")
+        return 2
     if args.calls < 1:
         sys.stderr.write("error: --calls must be >= 1\n")
         return 2

@@ -102,12 +102,9 @@ def load_models(
     if architecture != "checkpoint":
         raise ValueError(f"architecture must be 'checkpoint' or 'full', got {architecture!r}")
 
-    from ..moshi.checkpoint import resolve_checkpoint
+    from .checkpoints import resolve_checkpoint
 
-    info = resolve_checkpoint(checkpoint)
-    from ..moshi.weights_check import check_checkpoint_weights
-
-    check_checkpoint_weights(info)  # safetensors only, before anything is loaded
+    info = resolve_checkpoint(checkpoint)  # safetensors only, checked before any load
     if info.model_type != "moshi":
         raise ValueError(
             f"checkpoint {checkpoint!r} is a {info.model_type!r} model; the engine serves "

@@ -12,7 +12,8 @@ import threading
 from dataclasses import dataclass
 
 from .._log import get_logger
-from .core import Engine, EngineConfig, Sampling
+from .config import EngineConfig, Sampling
+from .core import Engine
 from .models import load_models
 
 log = get_logger(__name__)

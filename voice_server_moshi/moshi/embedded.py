@@ -30,7 +30,7 @@ from .transport import (
 )
 
 if TYPE_CHECKING:
-    from ..engine.core import Sampling
+    from ..engine.config import Sampling
     from ..engine.session import EngineCall
 
 __all__ = ["EmbeddedTransport"]
@@ -39,7 +39,7 @@ log = get_logger(__name__)
 
 
 def _sampling(settings: MoshiSettings) -> Sampling | None:
-    from ..engine.core import Sampling
+    from ..engine.config import Sampling
 
     vals = (settings.text_temperature, settings.text_topk, settings.audio_temperature,
             settings.audio_topk)
@@ -115,7 +115,7 @@ class EmbeddedTransport(MoshiTransport):
             await self.call.send_paced(pcm)
 
     async def receive(self) -> AsyncIterator[TransportEvent]:
-        from ..engine.core import SlotError
+        from ..engine.slot import SlotError
 
         if self.call is None:
             raise ConnectError("receive() before open()")

@@ -1,8 +1,9 @@
 """The remote transport: Kyutai's ``/api/chat`` WebSocket protocol over ``websockets``.
 
 Caller frames are Opus-encoded here (Ogg pages, 24 kHz) and sent as ``0x01`` messages;
-agent Ogg pages are decoded back to PCM. The codec of the messages is the sans-I/O
-:mod:`voice_server_moshi.moshi.protocol`; this module only does I/O and error mapping.
+agent Ogg pages are decoded back to PCM. The protocol (handshake, kinds, errors, close
+codes) is the sans-I/O :class:`~voice_server_moshi.moshi.session.ClientSession`; this module
+is its asyncio shell: the socket, TLS, keepalive, Opus, and exceptions for the adapter.
 
 Connect errors, all subclasses of :class:`~voice_server_moshi.errors.ConnectError`:
 
@@ -18,12 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import ssl
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
@@ -37,6 +36,21 @@ from websockets.exceptions import (
 from .._log import get_logger
 from ..errors import ConnectError, ConnectTimeoutError, ServerBusyError
 from . import protocol
+from .remote_connect import WS_LOGGER, build_url, redact_url, ssl_context
+from .session import (
+    AudioReceived,
+    ClientSession,
+    Closed,
+    CloseFrame,
+    ErrorReceived,
+    HandshakeFailed,
+    Ignored,
+    MalformedReceived,
+    MetadataReceived,
+    SessionEvent,
+    TextReceived,
+    UnknownReceived,
+)
 from .settings import MoshiSettings
 from .transport import (
     MOSHI_FRAME_SAMPLES,
@@ -68,67 +82,6 @@ CLOSE_TIMEOUT_S = 0.5
 #: when full the reader stops reading, so TCP pushes back instead of memory growing.
 RECEIVE_QUEUE_SIZE = 150
 
-_SAMPLING_KEYS = (
-    "text_temperature",
-    "text_topk",
-    "audio_temperature",
-    "audio_topk",
-    "text_seed",
-    "audio_seed",
-)
-
-
-def build_url(settings: MoshiSettings) -> str:
-    """``settings.url`` with the Rust backend's sampling query parameters that are set.
-
-    Kyutai's Python server ignores query parameters, so adding them is always harmless.
-    Parameters already in the URL are kept unless the settings override them.
-    """
-    if not settings.url:
-        raise ConnectError("the remote transport needs moshi.url (ws://host:port/api/chat)")
-    parts = urlsplit(settings.url)
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    for key in _SAMPLING_KEYS:
-        value = getattr(settings, key)
-        if value is not None:
-            query[key] = str(value)
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def redact_url(url: str) -> str:
-    """The URL without user info, safe to log."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=f"<redacted>@{netloc}"))
-
-
-class _RedactingLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """websockets' logger, minus secrets: at DEBUG it logs every request header, and the
-    bearer token must never reach a log."""
-
-    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
-        if len(args) == 2 and str(args[0]).lower() == "authorization":
-            args = (args[0], "<redacted>")
-        super().log(level, msg, *args, **kwargs)
-
-
-_WS_LOGGER = _RedactingLogger(logging.getLogger("websockets.client"), {})
-
-
-def _ssl_context(settings: MoshiSettings, url: str) -> ssl.SSLContext | None:
-    if not url.startswith("wss://"):
-        return None
-    ctx = ssl.create_default_context(cafile=settings.ca_file)
-    if settings.tls_insecure:
-        # Explicit opt-in for Kyutai's Rust servers, which make a self-signed certificate.
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 class RemoteTransport(MoshiTransport):
     """One call to a Moshi server speaking Kyutai's protocol (Python or Rust servers)."""
 
@@ -145,8 +98,7 @@ class RemoteTransport(MoshiTransport):
         self.ping_interval_s = ping_interval_s
         self.dead_after_s = dead_after_s
         self.url = build_url(settings)
-        self.handshake: protocol.Handshake | None = None
-        self.metadata: Any = None
+        self.session = ClientSession(max_message_bytes=max_message_bytes)
         self.log = get_logger(__name__, url=redact_url(self.url))
         self._ws: ClientConnection | None = None
         self._events: asyncio.Queue[TransportEvent | None] = asyncio.Queue(RECEIVE_QUEUE_SIZE)
@@ -157,12 +109,19 @@ class RemoteTransport(MoshiTransport):
         self._closing = False
         self._encoder: Any = None
         self._decoder: Any = None
-        self.counters: dict[str, int] = {
-            "messages_in": 0,
-            "messages_out": 0,
-            "unknown_messages": 0,
-            "protocol_errors": 0,
-        }
+
+    @property
+    def handshake(self) -> protocol.Handshake | None:
+        return self.session.handshake
+
+    @property
+    def metadata(self) -> Any:
+        return self.session.metadata
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """messages_in, messages_out, unknown_messages, protocol_errors."""
+        return self.session.counters
 
     # -- MoshiTransport ------------------------------------------------------------------
 
@@ -182,7 +141,7 @@ class RemoteTransport(MoshiTransport):
                 connect(
                     self.url,
                     additional_headers=headers,
-                    ssl=_ssl_context(self.settings, self.url),
+                    ssl=ssl_context(self.settings, self.url),
                     open_timeout=None,  # the outer wait_for bounds TCP + TLS + upgrade
                     ping_interval=None,  # our watchdog does keepalive (see DEAD_AFTER_S)
                     ping_timeout=None,
@@ -195,7 +154,7 @@ class RemoteTransport(MoshiTransport):
                     # skipped by the codec; beyond it websockets closes with 1009.
                     max_size=2 * self.max_message_bytes,
                     max_queue=64,
-                    logger=_WS_LOGGER,
+                    logger=WS_LOGGER,
                 ),
                 timeout,
             )
@@ -225,45 +184,30 @@ class RemoteTransport(MoshiTransport):
         except (OSError, InvalidHandshake) as exc:
             raise ConnectError(f"could not connect to {shown}: {exc}") from None
         self._ws = ws
+        session = self.session
         try:
             first = await asyncio.wait_for(ws.recv(decode=False), max(0.0, deadline - loop.time()))
+            events = session.receive_data(first)
         except TimeoutError:
-            await self._abort()
-            raise ServerBusyError(
-                f"server busy: connected but no handshake within {timeout:g}s; "
-                "the server is serving another call"
-            ) from None
+            events = session.handshake_timed_out(timeout)
         except ConnectionClosed as exc:
-            await self._abort()
-            code = exc.rcvd.code if exc.rcvd else 1006
-            if code == 1013:  # "try again later": a full batched server
-                raise ServerBusyError(
-                    f"server busy: {shown} closed with 1013 (try again later)"
-                ) from None
-            raise ConnectError(
-                f"{shown} closed the connection before the handshake (code {code})"
-            ) from None
+            events = session.receive_close(exc.rcvd.code if exc.rcvd else None,
+                                           exc.rcvd.reason if exc.rcvd else "",
+                                           clean=exc.rcvd is not None)
         except BaseException:
             # Cancelled by the host while waiting: never leave the socket behind (queued
             # on a Python moshi.server, it would take the lock when the current call ends).
             ws.transport.abort()
             self._ws = None
             raise
-        try:
-            msg = protocol.decode(_as_bytes(first), max_size=self.max_message_bytes)
-        except protocol.ProtocolError as exc:
+        failed = next((e for e in events if isinstance(e, HandshakeFailed)), None)
+        if failed is not None or session.handshake is None:
             await self._abort()
-            raise ConnectError(f"{shown} sent a malformed first message: {exc}") from None
-        if isinstance(msg, protocol.ErrorMessage) and msg.message.lower().startswith("server busy"):
-            # voice-server-moshi serve refuses a call with this error before any handshake.
-            await self._abort()
-            raise ServerBusyError(f"{shown}: {msg.message}")
-        if not isinstance(msg, protocol.Handshake):
-            await self._abort()
-            raise ConnectError(
-                f"{shown} sent {type(msg).__name__} before the handshake; is it a Moshi server?"
-            )
-        self.handshake = msg
+            detail = failed.describe(shown) if failed else f"{shown} sent no handshake"
+            if failed is not None and failed.busy:
+                raise ServerBusyError(detail)
+            raise ConnectError(detail)
+        msg = session.handshake
         self._encoder = OpusEncoder(MOSHI_SAMPLE_RATE)
         self._decoder = OpusDecoder(MOSHI_SAMPLE_RATE)
         self._last_rx = loop.time()
@@ -291,15 +235,13 @@ class RemoteTransport(MoshiTransport):
         if self._closing:
             return
         ogg = self._encoder.encode(pcm)
-        if not ogg:
+        if not self.session.send_audio(ogg):
             return
         try:
-            await self._ws.send(protocol.encode(protocol.Audio(ogg)))
+            await self._flush(self._ws)
         except ConnectionClosed:
             # The reader reports the close (PeerClosed); the frame is moot.
             self.log.debug("send_after_close")
-            return
-        self.counters["messages_out"] += 1
 
     async def receive(self) -> AsyncIterator[TransportEvent]:
         async for event in queued_events(self._events):
@@ -307,10 +249,11 @@ class RemoteTransport(MoshiTransport):
 
     async def close(self) -> None:
         self._closing = True
+        self.session.close()
         ws = self._ws
         if ws is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(code=1000), CLOSE_TIMEOUT_S + 0.5)
+                await asyncio.wait_for(self._flush(ws), CLOSE_TIMEOUT_S + 0.5)
         for task in (self._watchdog, self._reader):
             if task is not None and not task.done():
                 task.cancel()
@@ -320,11 +263,21 @@ class RemoteTransport(MoshiTransport):
 
     # -- internals -----------------------------------------------------------------------
 
+    async def _flush(self, ws: ClientConnection | None) -> None:
+        """Send what the session queued, in order (a close frame last)."""
+        for item in self.session.data_to_send():
+            if ws is None:
+                continue
+            if isinstance(item, CloseFrame):
+                await ws.close(item.code, item.reason)
+            else:
+                await ws.send(item)
+
     async def _abort(self) -> None:
         ws, self._ws = self._ws, None
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(code=1000), CLOSE_TIMEOUT_S)
+        self.session.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._flush(ws), CLOSE_TIMEOUT_S)
 
     def _put_nowait(self, event: TransportEvent | None) -> None:
         # Used at close only: make room so the terminal marker always gets in.
@@ -339,11 +292,11 @@ class RemoteTransport(MoshiTransport):
         try:
             async for raw in ws:
                 self._last_rx = asyncio.get_running_loop().time()
-                self.counters["messages_in"] += 1
-                for event in self._handle(_as_bytes(raw)):
-                    await self._events.put(event)
+                for ev in self.session.receive_data(raw):
+                    for event in self._transport_events(ev):
+                        await self._events.put(event)
         except ConnectionClosed:
-            pass  # reported below from ws.close_code
+            pass  # reported below from the close frame received, if any
         if self._closing:
             return
         rcvd = ws.protocol.close_rcvd
@@ -352,8 +305,9 @@ class RemoteTransport(MoshiTransport):
             reason = rcvd.reason
         else:
             reason = self._dead_reason or "connection lost (no close frame)"
-        self.log.info("moshi_peer_closed", code=code, reason=reason, clean=rcvd is not None)
-        await self._events.put(PeerClosed(code=code, reason=reason, clean=rcvd is not None))
+        for ev in self.session.receive_close(code, reason, clean=rcvd is not None):
+            for event in self._transport_events(ev):
+                await self._events.put(event)
 
     async def _watch(self, ws: ClientConnection) -> None:
         loop = asyncio.get_running_loop()
@@ -378,39 +332,31 @@ class RemoteTransport(MoshiTransport):
                     return
                 asyncio.ensure_future(waiter).add_done_callback(alive)
 
-    def _handle(self, data: bytes) -> list[TransportEvent]:
-        try:
-            msg = protocol.decode(data, max_size=self.max_message_bytes)
-        except protocol.ProtocolError as exc:
-            self.counters["protocol_errors"] += 1
-            self.log.warning("moshi_malformed_message", error=str(exc))
-            message = f"malformed message from the Moshi server: {exc}"
-            return [PeerError(message, code="protocol_error")]
-        match msg:
-            case protocol.Audio(data=ogg):
+    def _transport_events(self, ev: SessionEvent) -> list[TransportEvent]:
+        """A session event -> what the adapter sees (and the log)."""
+        match ev:
+            case AudioReceived(data=ogg):
                 pcm = self._decoder.decode(ogg)
                 return [AgentAudio(pcm)] if len(pcm) else []
-            case protocol.Text(text=t) | protocol.ColoredText(text=t):
-                return [AgentText(t)] if t else []
-            case protocol.ErrorMessage(message=m):
+            case TextReceived(text=t):
+                return [AgentText(t)]
+            case ErrorReceived(message=m):
                 self.log.warning("moshi_peer_error", message=m)
                 return [PeerError(m)]
-            case protocol.Metadata(value=v):
-                self.metadata = v
+            case MalformedReceived(error=exc):
+                self.log.warning("moshi_malformed_message", error=str(exc))
+                message = f"malformed message from the Moshi server: {exc}"
+                return [PeerError(message, code="protocol_error")]
+            case MetadataReceived(value=v):
                 self.log.info("moshi_metadata", metadata=v)
-            case protocol.UnknownMessage(kind=k, payload=payload):
-                self.counters["unknown_messages"] += 1
-                self.log.info("moshi_unknown_message_skipped", kind=k, size=len(payload))
-            case protocol.Handshake():
+            case UnknownReceived(kind=k, size=n):
+                self.log.info("moshi_unknown_message_skipped", kind=k, size=n)
+            case Ignored(message=protocol.Handshake()):
                 self.log.warning("moshi_repeated_handshake_ignored")
-            case _:
+            case Ignored(message=m):
                 # Ping, Control, Image, Codes: nothing for a voice call to do with them.
-                self.log.debug("moshi_message_ignored", kind=type(msg).__name__)
+                self.log.debug("moshi_message_ignored", kind=type(m).__name__)
+            case Closed(code=code, reason=reason, clean=clean):
+                self.log.info("moshi_peer_closed", code=code, reason=reason, clean=clean)
+                return [PeerClosed(code=code, reason=reason, clean=clean)]
         return []
-
-
-def _as_bytes(raw: str | bytes) -> bytes:
-    # A text frame is not part of Kyutai's protocol; hand its bytes to the codec, which
-    # reports it as whatever its first byte says (usually unknown or malformed).
-    return raw.encode("utf-8") if isinstance(raw, str) else raw
-

@@ -12,18 +12,19 @@ stalest is forgotten first).
 
 from __future__ import annotations
 
-import hmac
+import http
 import math
-import os
 import stat
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
-from websockets.datastructures import Headers
+from websockets.http11 import Response
 
-__all__ = ["AUTH_ENV", "FailureLimiter", "TokenError", "address_of", "offered_tokens",
-           "read_token_file", "token_matches"]
+from .responses import response
+
+__all__ = ["AUTH_ENV", "FailureLimiter", "TokenError", "address_of", "read_token_file",
+           "throttled_response"]
 
 AUTH_ENV = "VOICE_SERVER_MOSHI_AUTH_TOKEN"
 
@@ -50,25 +51,6 @@ def read_token_file(path: str | Path) -> tuple[str, list[str]]:
         warnings.append(f"the auth token file {str(p)!r} is readable by other users "
                         f"(mode {stat.S_IMODE(mode):o}); chmod 600 it")
     return token, warnings
-
-
-def offered_tokens(path: str, headers: Headers) -> list[str]:
-    """Every token a request offers: ``Authorization: Bearer``, Kyutai's ``kyutai-api-key``
-    header, and ``?auth_token=`` (browsers cannot set headers on a WebSocket)."""
-    offered: list[str] = []
-    auth = headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        offered.append(auth[7:].strip())
-    if "kyutai-api-key" in headers:
-        offered.append(headers["kyutai-api-key"])
-    offered += parse_qs(urlsplit(path).query).get("auth_token", [])
-    return offered
-
-
-def token_matches(token: str, offered: list[str]) -> bool:
-    """Constant-time comparison of each offered token."""
-    want = token.encode()
-    return any(hmac.compare_digest(o.encode(), want) for o in offered)
 
 
 def address_of(remote: object) -> str:
@@ -124,6 +106,22 @@ class FailureLimiter:
     def succeeded(self, address: str) -> None:
         self._failures.pop(address, None)
 
+    def check(self, address: str, now: float, authorized: Callable[[], bool]) -> int | None:
+        """None: let the request in; 0: refuse it (401), counted as a failure; > 0: the
+        address is throttled (429), retry after that many seconds, nothing compared."""
+        wait = self.retry_after(address, now)
+        if wait is not None:
+            return wait
+        if authorized():
+            return None
+        self.failed(address, now)
+        return 0
 
-def env_token() -> str | None:
-    return os.environ.get(AUTH_ENV) or None
+
+def throttled_response(retry_after: int) -> Response:
+    """``429 Too Many Requests`` with ``Retry-After``."""
+    resp = response(http.HTTPStatus.TOO_MANY_REQUESTS,
+                    "too many failed attempts from this address; retry later\n", "text/plain")
+    resp.headers["Retry-After"] = str(retry_after)
+    return resp
+

@@ -21,7 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ..engine.core import TICK_BUCKETS_S, EngineMetrics
+from ..engine.metrics import TICK_BUCKETS_S, EngineMetrics
 
 __all__ = ["CONTENT_TYPE", "ServerCollector", "ServerCounters", "render_metrics"]
 

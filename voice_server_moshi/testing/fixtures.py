@@ -21,7 +21,7 @@ __all__ = ["dev_checkpoint", "moshi_server", "moshi_server_factory"]
 def dev_checkpoint() -> Path:
     """Directory of the generated tiny Moshi checkpoint (shared, made once per machine)."""
     pytest.importorskip("moshi", reason="needs the 'embedded' extra (moshi, torch)")
-    from ..moshi.checkpoint import dev_checkpoint_dir
+    from ..engine.checkpoints import dev_checkpoint_dir
 
     return dev_checkpoint_dir()
 

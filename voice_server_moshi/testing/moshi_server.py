@@ -2,7 +2,7 @@
 
 It runs the unmodified server from the ``moshi`` package on the dev checkpoint, on CPU,
 offline (``HF_HUB_OFFLINE=1``, ``NO_TORCH_COMPILE=1``, ``--static none``); the launcher
-(:data:`voice_server_moshi.moshi.checkpoint.MOSHI_SERVER_LAUNCHER`) only neutralises
+(:data:`MOSHI_SERVER_LAUNCHER`) only neutralises
 ``torch.cuda.synchronize``, which its warm-up calls and which fails without CUDA.
 
 Usage::
@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,8 +26,12 @@ from pathlib import Path
 from typing import IO
 
 from .._log import get_logger
+from ..engine.checkpoints import CONFIG_NAME, dev_checkpoint_dir
 
-__all__ = ["MoshiServer", "MoshiServerError", "free_port", "running_moshi_server"]
+__all__ = [
+    "MOSHI_SERVER_ENV", "MoshiServer", "MoshiServerError", "free_port", "moshi_server_argv",
+    "running_moshi_server", "start_moshi_server",
+]
 
 log = get_logger(__name__)
 
@@ -34,6 +39,36 @@ log = get_logger(__name__)
 #: the tests are shared, so the bound is generous.
 DEFAULT_STARTUP_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 5.0
+
+
+#: A ``python -c`` launcher for Kyutai's server on a CPU-only machine: its warm-up calls
+#: ``torch.cuda.synchronize()``, which fails without CUDA; nothing else is altered.
+MOSHI_SERVER_LAUNCHER = (
+    "import runpy, sys, torch; "
+    "torch.cuda.synchronize = lambda *a, **k: None; "
+    "sys.argv[0] = 'moshi.server'; "
+    "runpy.run_module('moshi.server', run_name='__main__', alter_sys=True)"
+)
+
+
+#: Environment for Kyutai's server on CPU: no hub, no torch.compile, and one OpenMP thread
+#: (with one thread per core, a loaded machine made its frames take 0.6 s instead of 10 ms).
+MOSHI_SERVER_ENV: dict[str, str] = {
+    "HF_HUB_OFFLINE": "1",
+    "NO_TORCH_COMPILE": "1",
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def moshi_server_argv(checkpoint_dir: Path, port: int, host: str = "127.0.0.1") -> list[str]:
+    """The command line that runs Kyutai's ``moshi.server`` on a checkpoint directory on
+    CPU (environment: ``HF_HUB_OFFLINE=1 NO_TORCH_COMPILE=1``)."""
+    d = Path(checkpoint_dir).resolve()
+    return [
+        sys.executable, "-c", MOSHI_SERVER_LAUNCHER,
+        "--hf-repo", str(d), "--config-path", str(d / CONFIG_NAME),
+        "--static", "none", "--device", "cpu", "--host", host, "--port", str(port),
+    ]
 
 
 class MoshiServerError(RuntimeError):
@@ -115,7 +150,6 @@ def start_moshi_server(
 ) -> MoshiServer:
     """Start the server and return once it accepts TCP connections. Raises
     :class:`MoshiServerError` with its output if it exits or does not listen in time."""
-    from ..moshi.checkpoint import MOSHI_SERVER_ENV, dev_checkpoint_dir, moshi_server_argv
 
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else dev_checkpoint_dir()
     port = port or free_port(host)
@@ -170,3 +204,20 @@ def running_moshi_server(
         yield server
     finally:
         server.stop()
+
+
+def main() -> None:
+    """``python -m voice_server_moshi.testing.moshi_server [PORT]``: run Kyutai's server on the
+    dev checkpoint until interrupted; prints its URL (benchmarks take it as ``--url``)."""
+    import sys
+
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else None
+    with running_moshi_server(port=port) as server:
+        sys.stdout.write(server.url + "\n")
+        sys.stdout.flush()
+        with contextlib.suppress(KeyboardInterrupt):
+            server.process.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ._log import get_logger
-from .capabilities import Capabilities
-from .testing.contract.framework import SCENARIOS
+from ..._log import get_logger
+from ...capabilities import Capabilities
+from .framework import SCENARIOS
 
 log = get_logger(__name__)
 

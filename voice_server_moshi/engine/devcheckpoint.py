@@ -1,44 +1,18 @@
-"""The dev checkpoint: a tiny, random, Moshi-shaped checkpoint made on the spot.
+"""The dev model: a tiny, random, Moshi-shaped Mimi + LM + tokenizer, built on the spot.
 
 It has Moshi's structure (Mimi at 24 kHz and 12.5 Hz with 1920-sample frames, an LM with
 8 + 8 audio streams and a depformer of 8, Moshi's delays and text special ids) at a
 fraction of the size, with random weights. It **babbles**: it exists for plumbing, tests
-and benchmarks, never for conversation quality. It loads through the ``moshi`` package's
-own ``CheckpointInfo.from_hf_repo`` with no network, and Kyutai's ``moshi.server`` runs on
-it (``--config-path DIR/config.json``).
-
-The weights and the tokenizer are a pure function of the seed (same bytes every time);
-``config.json`` holds ``file://`` paths to the files, so it names the directory it is in.
+and benchmarks, never for conversation quality. The weights and the tokenizer are a pure
+function of the seed (same bytes every time). :mod:`.checkpoints` writes them to disk as a
+checkpoint the ``moshi`` package's own loaders (and Kyutai's ``moshi.server``) read.
 Needs the ``embedded`` extra (torch, moshi, sentencepiece, safetensors).
 """
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
-import os
-import shutil
-import sys
-import tempfile
-from pathlib import Path
 from typing import Any
-
-from .._log import get_logger
-
-log = get_logger(__name__)
-
-#: Bump when the files the maker writes change, so caches are rebuilt. (2: Mimi codebooks
-#: drawn from encoded audio, so the model hears its input. 3: the agent is audible and
-#: takes turns: bias-free Mimi decoder, quiet codes, a wired speaking/quiet state in the LM.)
-DEV_CHECKPOINT_VERSION = 3
-
-CONFIG_NAME = "config.json"
-MOSHI_WEIGHTS_NAME = "dev_moshi.safetensors"
-MIMI_WEIGHTS_NAME = "dev_mimi.safetensors"
-MIMI_CONFIG_NAME = "dev_mimi_config.json"
-TOKENIZER_NAME = "dev_tokenizer.model"
-README_NAME = "README.txt"
 
 #: Text vocabulary (``text_card``) of the dev LM; the tokenizer is trained to this size.
 TEXT_CARD = 128
@@ -162,11 +136,7 @@ Everything looks fine on our side; the package should arrive on Friday.
 """
 
 
-class DevCheckpointError(RuntimeError):
-    """The dev checkpoint could not be written where asked."""
-
-
-def _train_tokenizer(vocab_size: int, seed: int) -> bytes:
+def train_tokenizer(vocab_size: int, seed: int) -> bytes:
     import sentencepiece as spm
 
     model = io.BytesIO()
@@ -316,7 +286,7 @@ def _wire_turn_taking(lm: Any) -> None:
         lm.linears[0].weight[:QUIET_CODES, 0] = 1.5
 
 
-def _build_weights(seed: int) -> tuple[bytes, bytes]:
+def build_weights(seed: int) -> tuple[bytes, bytes]:
     import torch
 
     # One intra-op thread while building: the codebooks and the decoder's scale come from
@@ -347,271 +317,3 @@ def _build_weights_one_thread(seed: int) -> tuple[bytes, bytes]:
         _wire_turn_taking(lm)
         lm_bytes = _state_bytes(lm.state_dict())
     return mimi_bytes, lm_bytes
-
-
-def _config(final_dir: Path) -> dict[str, Any]:
-    # ``file://`` makes moshi's hf_get read local files instead of asking the hub.
-    cfg: dict[str, Any] = {
-        "moshi_name": f"file://{final_dir / MOSHI_WEIGHTS_NAME}",
-        "mimi_name": f"file://{final_dir / MIMI_WEIGHTS_NAME}",
-        "mimi_config_name": f"file://{final_dir / MIMI_CONFIG_NAME}",
-        "tokenizer_name": f"file://{final_dir / TOKENIZER_NAME}",
-        "model_type": "moshi",
-    }
-    cfg.update(DEV_LM_CONFIG)
-    return cfg
-
-
-_README = """\
-voice-server-moshi dev checkpoint (version {version}, seed {seed})
-
-A tiny Moshi-shaped checkpoint with RANDOM weights. It babbles. Use it for plumbing,
-tests and benchmarks, never to judge conversation quality.
-
-Load with the moshi package:
-    CheckpointInfo.from_hf_repo("{dir}", config_path="{dir}/config.json")
-Run Kyutai's server on it (CPU, no network):
-    HF_HUB_OFFLINE=1 NO_TORCH_COMPILE=1 python -m moshi.server --hf-repo {dir} \\
-        --config-path {dir}/config.json --static none --device cpu
-(on a machine without CUDA, neutralise torch.cuda.synchronize first; see
-voice_server_moshi.moshi.checkpoint.MOSHI_SERVER_LAUNCHER)
-"""
-
-#: A ``python -c`` launcher for Kyutai's server on a CPU-only machine: its warm-up calls
-#: ``torch.cuda.synchronize()``, which fails without CUDA; nothing else is altered.
-MOSHI_SERVER_LAUNCHER = (
-    "import runpy, sys, torch; "
-    "torch.cuda.synchronize = lambda *a, **k: None; "
-    "sys.argv[0] = 'moshi.server'; "
-    "runpy.run_module('moshi.server', run_name='__main__', alter_sys=True)"
-)
-
-
-#: Environment for Kyutai's server on CPU: no hub, no torch.compile, and one OpenMP thread
-#: (with one thread per core, a loaded machine made its frames take 0.6 s instead of 10 ms).
-MOSHI_SERVER_ENV: dict[str, str] = {
-    "HF_HUB_OFFLINE": "1",
-    "NO_TORCH_COMPILE": "1",
-    "OMP_NUM_THREADS": "1",
-}
-
-
-def moshi_server_argv(checkpoint_dir: Path, port: int, host: str = "127.0.0.1") -> list[str]:
-    """The command line that runs Kyutai's ``moshi.server`` on a checkpoint directory on
-    CPU (environment: ``HF_HUB_OFFLINE=1 NO_TORCH_COMPILE=1``)."""
-    d = Path(checkpoint_dir).resolve()
-    return [
-        sys.executable, "-c", MOSHI_SERVER_LAUNCHER,
-        "--hf-repo", str(d), "--config-path", str(d / CONFIG_NAME),
-        "--static", "none", "--device", "cpu", "--host", host, "--port", str(port),
-    ]
-
-
-def _write_files(target: Path, final_dir: Path, seed: int) -> None:
-    mimi_bytes, lm_bytes = _build_weights(seed)
-    (target / MIMI_WEIGHTS_NAME).write_bytes(mimi_bytes)
-    (target / MOSHI_WEIGHTS_NAME).write_bytes(lm_bytes)
-    (target / MIMI_CONFIG_NAME).write_text(json.dumps(DEV_MIMI_CONFIG, indent=2, sort_keys=True))
-    (target / TOKENIZER_NAME).write_bytes(_train_tokenizer(TEXT_CARD, seed))
-    (target / README_NAME).write_text(
-        _README.format(version=DEV_CHECKPOINT_VERSION, seed=seed, dir=final_dir)
-    )
-    # config.json last: its presence marks a complete checkpoint.
-    (target / CONFIG_NAME).write_text(json.dumps(_config(final_dir), indent=2, sort_keys=True))
-
-
-def _is_complete(directory: Path) -> bool:
-    names = (CONFIG_NAME, MOSHI_WEIGHTS_NAME, MIMI_WEIGHTS_NAME, MIMI_CONFIG_NAME, TOKENIZER_NAME)
-    return all((directory / n).is_file() for n in names)
-
-
-def make_dev_checkpoint(directory: Path, seed: int = 0) -> Path:
-    """Write the dev checkpoint into ``directory`` (created if missing) and return the
-    path of its ``config.json``.
-
-    The directory must be empty, missing, or hold an earlier dev checkpoint (which is
-    overwritten); anything else is refused rather than mixed with our files.
-    """
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    directory = Path(directory).expanduser().resolve()
-    if directory.exists():
-        if not directory.is_dir():
-            raise DevCheckpointError(f"{directory} exists and is not a directory")
-        ours = {CONFIG_NAME, MOSHI_WEIGHTS_NAME, MIMI_WEIGHTS_NAME, MIMI_CONFIG_NAME,
-                TOKENIZER_NAME, README_NAME}
-        foreign = sorted(p.name for p in directory.iterdir() if p.name not in ours)
-        if foreign:
-            raise DevCheckpointError(
-                f"{directory} holds files that are not a dev checkpoint ({', '.join(foreign)}); "
-                "choose an empty or new directory"
-            )
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / CONFIG_NAME).unlink(missing_ok=True)  # incomplete until rewritten
-    _write_files(directory, directory, seed)
-    log.info("dev checkpoint written", directory=str(directory), seed=seed)
-    return directory / CONFIG_NAME
-
-
-def cache_root() -> Path:
-    """``$XDG_CACHE_HOME/voice-server-moshi`` (default ``~/.cache/voice-server-moshi``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "voice-server-moshi"
-
-
-def dev_checkpoint_dir() -> Path:
-    """Get or create the shared dev checkpoint (seed 0) in the user cache and return its
-    directory. Creation is atomic (a temporary sibling renamed into place), so processes
-    that race all end up with the same complete checkpoint."""
-    final = cache_root() / f"dev-checkpoint-v{DEV_CHECKPOINT_VERSION}"
-    if _is_complete(final):
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".dev-checkpoint-tmp-", dir=final.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache copy is for every user tool
-        _write_files(tmp, final, seed=0)
-        try:
-            os.rename(tmp, final)
-            log.info("dev checkpoint created", directory=str(final))
-        except OSError:
-            # Another process won the race (final exists and is not empty) or left a
-            # broken directory behind; use a complete one, replace a broken one.
-            if not _is_complete(final):
-                shutil.rmtree(final, ignore_errors=True)
-                os.rename(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    if not _is_complete(final):
-        raise DevCheckpointError(f"could not create the dev checkpoint in {final}")
-    return final
-
-
-def resolve_checkpoint(name: str) -> Any:
-    """A ``moshi.models.loaders.CheckpointInfo`` for ``dev``, a local directory (with a
-    ``config.json``) or a Hugging Face repo name, through the moshi package's loader."""
-    from moshi.models import loaders
-
-    if name == "dev":
-        d = dev_checkpoint_dir()
-        return loaders.CheckpointInfo.from_hf_repo(str(d), config_path=d / CONFIG_NAME)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        cfg = path / CONFIG_NAME
-        if not cfg.is_file():
-            raise DevCheckpointError(
-                f"{path} has no {CONFIG_NAME}; a local checkpoint directory needs one "
-                "(see 'voice-server-moshi make-dev-checkpoint')"
-            )
-        return loaders.CheckpointInfo.from_hf_repo(str(path), config_path=cfg)
-    if name.count("/") != 1 or name.startswith((".", "/")):
-        raise DevCheckpointError(
-            f"checkpoint {name!r} is neither 'dev', an existing directory, nor a Hugging Face "
-            "repo name such as kyutai/moshiko-pytorch-bf16"
-        )
-    return loaders.CheckpointInfo.from_hf_repo(name)
-
-
-def check_kyutai_server(checkpoint_dir: Path, frames: int = 25,
-                        timeout_s: float = 120.0) -> dict[str, Any]:
-    """Start Kyutai's ``moshi.server`` on ``checkpoint_dir`` (CPU, loopback), stream
-    ``frames`` 80 ms frames of a tone to it in real time like Kyutai's client, and report
-    what came back and its own "frame handled in" times. Stops the server."""
-    import asyncio
-    import re
-    import time
-
-    import numpy as np
-    import sphn
-    import websockets
-
-    from ..testing.moshi_server import MoshiServerError, start_moshi_server
-
-    t0 = time.monotonic()
-    try:
-        server = start_moshi_server(checkpoint_dir, startup_timeout_s=timeout_s)
-    except MoshiServerError as exc:
-        raise DevCheckpointError(f"moshi.server did not start: {exc}") from None
-    ready_s = time.monotonic() - t0
-
-    async def talk() -> dict[str, Any]:
-        ws = await websockets.connect(server.url, proxy=None, compression=None)
-        handshake = bytes(await asyncio.wait_for(ws.recv(decode=False), 30))
-        writer, reader = sphn.OpusStreamWriter(24000), sphn.OpusStreamReader(24000)
-        got = {"audio_messages": 0, "samples": 0, "texts": 0}
-
-        async def recv() -> None:
-            async for m in ws:
-                if isinstance(m, bytes) and m[:1] == b"\x01":
-                    got["audio_messages"] += 1
-                    got["samples"] += int(reader.append_bytes(m[1:]).shape[-1])
-                elif isinstance(m, bytes) and m[:1] == b"\x02":
-                    got["texts"] += 1
-
-        task = asyncio.create_task(recv())
-        t = np.arange(1920) / 24000
-        for i in range(frames):
-            pcm = (0.2 * np.sin(2 * np.pi * 220 * (t + i * 0.08))).astype(np.float32)
-            data = writer.append_pcm(pcm)
-            if len(data):
-                await ws.send(b"\x01" + bytes(data))
-            await asyncio.sleep(0.08)
-        await asyncio.sleep(1.0)
-        await ws.close()
-        task.cancel()
-        return {"ready_s": round(ready_s, 2), "handshake": handshake.hex(), **got}
-
-    try:
-        result = asyncio.run(talk())
-        # Read the server's own per-frame log before stop() removes it.
-        log_text = server.log_path.read_text(errors="replace")
-    finally:
-        server.stop()
-    ms = sorted(float(x) for x in re.findall(r"frame handled in ([\d.]+)ms", log_text))
-    result.update(frames_sent=frames, frames_handled=len(ms),
-                  frame_ms_median=ms[len(ms) // 2] if ms else None,
-                  frame_ms_max=ms[-1] if ms else None)
-    return result
-
-
-def main(argv: list[str]) -> int:
-    """``voice-server-moshi make-dev-checkpoint DIR [--seed N]``."""
-    parser = argparse.ArgumentParser(
-        prog="voice-server-moshi make-dev-checkpoint",
-        description="Write a tiny random Moshi checkpoint (it babbles: for plumbing, tests "
-        "and benchmarks only). Prints JSON: the directory, config path and how to serve it.",
-    )
-    parser.add_argument("directory", type=Path, nargs="?",
-                        help="where to write it (default: the shared cache copy)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--check-server", action="store_true",
-                        help="then run Kyutai's moshi.server on it (CPU) and stream 25 frames")
-    args = parser.parse_args(argv)
-    try:
-        if args.directory is None:
-            if args.seed != 0:
-                parser.error("--seed needs DIR (the cache copy is always seed 0)")
-            d = dev_checkpoint_dir()
-        else:
-            d = make_dev_checkpoint(args.directory, seed=args.seed).parent
-    except (DevCheckpointError, ValueError) as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 1
-    sizes = {p.name: p.stat().st_size for p in sorted(d.iterdir())}
-    out = {
-        "directory": str(d),
-        "config": str(d / CONFIG_NAME),
-        "bytes": sum(sizes.values()),
-        "files": sizes,
-        "moshi_server": moshi_server_argv(d, 8998),
-        "env": MOSHI_SERVER_ENV,
-    }
-    if args.check_server:
-        try:
-            out["kyutai_server_check"] = check_kyutai_server(d)
-        except DevCheckpointError as exc:
-            sys.stderr.write(f"error: {exc}\n")
-            return 1
-    sys.stdout.write(json.dumps(out, indent=2) + "\n")
-    return 0

@@ -1,0 +1,229 @@
+"""Checkpoints on disk: the dev checkpoint's files, its shared cache copy, and resolving
+what ``checkpoint = ...`` names (``dev``, a local directory or a Hugging Face repo) to a
+``moshi.models.loaders.CheckpointInfo``. Also the ``make-dev-checkpoint`` command.
+
+The dev checkpoint (:mod:`.devcheckpoint`) loads through the ``moshi`` package's own
+``CheckpointInfo.from_hf_repo`` with no network, and Kyutai's ``moshi.server`` runs on it
+(``--config-path DIR/config.json``). ``config.json`` holds ``file://`` paths to the files,
+so it names the directory it is in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .._log import get_logger
+from .devcheckpoint import DEV_LM_CONFIG, DEV_MIMI_CONFIG, TEXT_CARD, build_weights, train_tokenizer
+
+log = get_logger(__name__)
+
+#: Bump when the files the maker writes change, so caches are rebuilt. (2: Mimi codebooks
+#: drawn from encoded audio, so the model hears its input. 3: the agent is audible and
+#: takes turns: bias-free Mimi decoder, quiet codes, a wired speaking/quiet state in the LM.)
+DEV_CHECKPOINT_VERSION = 3
+
+CONFIG_NAME = "config.json"
+MOSHI_WEIGHTS_NAME = "dev_moshi.safetensors"
+MIMI_WEIGHTS_NAME = "dev_mimi.safetensors"
+MIMI_CONFIG_NAME = "dev_mimi_config.json"
+TOKENIZER_NAME = "dev_tokenizer.model"
+README_NAME = "README.txt"
+
+
+class DevCheckpointError(RuntimeError):
+    """The dev checkpoint could not be written where asked, or a checkpoint name does not
+    resolve."""
+
+
+def _config(final_dir: Path) -> dict[str, Any]:
+    # ``file://`` makes moshi's hf_get read local files instead of asking the hub.
+    cfg: dict[str, Any] = {
+        "moshi_name": f"file://{final_dir / MOSHI_WEIGHTS_NAME}",
+        "mimi_name": f"file://{final_dir / MIMI_WEIGHTS_NAME}",
+        "mimi_config_name": f"file://{final_dir / MIMI_CONFIG_NAME}",
+        "tokenizer_name": f"file://{final_dir / TOKENIZER_NAME}",
+        "model_type": "moshi",
+    }
+    cfg.update(DEV_LM_CONFIG)
+    return cfg
+
+
+_README = """\
+voice-server-moshi dev checkpoint (version {version}, seed {seed})
+
+A tiny Moshi-shaped checkpoint with RANDOM weights. It babbles. Use it for plumbing,
+tests and benchmarks, never to judge conversation quality.
+
+Load with the moshi package:
+    CheckpointInfo.from_hf_repo("{dir}", config_path="{dir}/config.json")
+Run Kyutai's server on it (CPU, no network):
+    HF_HUB_OFFLINE=1 NO_TORCH_COMPILE=1 python -m moshi.server --hf-repo {dir} \\
+        --config-path {dir}/config.json --static none --device cpu
+(on a machine without CUDA, neutralise torch.cuda.synchronize first; see
+voice_server_moshi.testing.moshi_server.MOSHI_SERVER_LAUNCHER)
+Or this project's batched server:
+    voice-server-moshi serve --checkpoint {dir}
+"""
+
+
+def _write_files(target: Path, final_dir: Path, seed: int) -> None:
+    mimi_bytes, lm_bytes = build_weights(seed)
+    (target / MIMI_WEIGHTS_NAME).write_bytes(mimi_bytes)
+    (target / MOSHI_WEIGHTS_NAME).write_bytes(lm_bytes)
+    (target / MIMI_CONFIG_NAME).write_text(json.dumps(DEV_MIMI_CONFIG, indent=2, sort_keys=True))
+    (target / TOKENIZER_NAME).write_bytes(train_tokenizer(TEXT_CARD, seed))
+    (target / README_NAME).write_text(
+        _README.format(version=DEV_CHECKPOINT_VERSION, seed=seed, dir=final_dir)
+    )
+    # config.json last: its presence marks a complete checkpoint.
+    (target / CONFIG_NAME).write_text(json.dumps(_config(final_dir), indent=2, sort_keys=True))
+
+
+def _is_complete(directory: Path) -> bool:
+    names = (CONFIG_NAME, MOSHI_WEIGHTS_NAME, MIMI_WEIGHTS_NAME, MIMI_CONFIG_NAME, TOKENIZER_NAME)
+    return all((directory / n).is_file() for n in names)
+
+
+def make_dev_checkpoint(directory: Path, seed: int = 0) -> Path:
+    """Write the dev checkpoint into ``directory`` (created if missing) and return the
+    path of its ``config.json``.
+
+    The directory must be empty, missing, or hold an earlier dev checkpoint (which is
+    overwritten); anything else is refused rather than mixed with our files.
+    """
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    directory = Path(directory).expanduser().resolve()
+    if directory.exists():
+        if not directory.is_dir():
+            raise DevCheckpointError(f"{directory} exists and is not a directory")
+        ours = {CONFIG_NAME, MOSHI_WEIGHTS_NAME, MIMI_WEIGHTS_NAME, MIMI_CONFIG_NAME,
+                TOKENIZER_NAME, README_NAME}
+        foreign = sorted(p.name for p in directory.iterdir() if p.name not in ours)
+        if foreign:
+            raise DevCheckpointError(
+                f"{directory} holds files that are not a dev checkpoint ({', '.join(foreign)}); "
+                "choose an empty or new directory"
+            )
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_NAME).unlink(missing_ok=True)  # incomplete until rewritten
+    _write_files(directory, directory, seed)
+    log.info("dev checkpoint written", directory=str(directory), seed=seed)
+    return directory / CONFIG_NAME
+
+
+def cache_root() -> Path:
+    """``$XDG_CACHE_HOME/voice-server-moshi`` (default ``~/.cache/voice-server-moshi``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "voice-server-moshi"
+
+
+def dev_checkpoint_dir() -> Path:
+    """Get or create the shared dev checkpoint (seed 0) in the user cache and return its
+    directory. Creation is atomic (a temporary sibling renamed into place), so processes
+    that race all end up with the same complete checkpoint."""
+    final = cache_root() / f"dev-checkpoint-v{DEV_CHECKPOINT_VERSION}"
+    if _is_complete(final):
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".dev-checkpoint-tmp-", dir=final.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache copy is for every user tool
+        _write_files(tmp, final, seed=0)
+        try:
+            os.rename(tmp, final)
+            log.info("dev checkpoint created", directory=str(final))
+        except OSError:
+            # Another process won the race (final exists and is not empty) or left a
+            # broken directory behind; use a complete one, replace a broken one.
+            if not _is_complete(final):
+                shutil.rmtree(final, ignore_errors=True)
+                os.rename(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not _is_complete(final):
+        raise DevCheckpointError(f"could not create the dev checkpoint in {final}")
+    return final
+
+
+def resolve_checkpoint(name: str) -> Any:
+    """A ``moshi.models.loaders.CheckpointInfo`` for ``dev``, a local directory (with a
+    ``config.json``) or a Hugging Face repo name, through the moshi package's loader.
+    Its weight files are checked to be safetensors before anything loads them
+    (:mod:`.weights_check`, ADR 0065)."""
+    from .weights_check import check_checkpoint_weights
+
+    info = _resolve(name)
+    check_checkpoint_weights(info)
+    return info
+
+
+def _resolve(name: str) -> Any:
+    from moshi.models import loaders
+
+    if name == "dev":
+        d = dev_checkpoint_dir()
+        return loaders.CheckpointInfo.from_hf_repo(str(d), config_path=d / CONFIG_NAME)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        cfg = path / CONFIG_NAME
+        if not cfg.is_file():
+            raise DevCheckpointError(
+                f"{path} has no {CONFIG_NAME}; a local checkpoint directory needs one "
+                "(see 'voice-server-moshi make-dev-checkpoint')"
+            )
+        return loaders.CheckpointInfo.from_hf_repo(str(path), config_path=cfg)
+    if name.count("/") != 1 or name.startswith((".", "/")):
+        raise DevCheckpointError(
+            f"checkpoint {name!r} is neither 'dev', an existing directory, nor a Hugging Face "
+            "repo name such as kyutai/moshiko-pytorch-bf16"
+        )
+    return loaders.CheckpointInfo.from_hf_repo(name)
+
+
+def main(argv: list[str]) -> int:
+    """``voice-server-moshi make-dev-checkpoint DIR [--seed N]``."""
+    parser = argparse.ArgumentParser(
+        prog="voice-server-moshi make-dev-checkpoint",
+        description="Write a tiny random Moshi checkpoint (it babbles: for plumbing, tests "
+        "and benchmarks only). Prints JSON: the directory, config path and how to serve it "
+        "(this project's serve, or Kyutai's moshi.server).",
+    )
+    parser.add_argument("directory", type=Path, nargs="?",
+                        help="where to write it (default: the shared cache copy)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        if args.directory is None:
+            if args.seed != 0:
+                parser.error("--seed needs DIR (the cache copy is always seed 0)")
+            d = dev_checkpoint_dir()
+        else:
+            d = make_dev_checkpoint(args.directory, seed=args.seed).parent
+    except (DevCheckpointError, ValueError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    sizes = {p.name: p.stat().st_size for p in sorted(d.iterdir())}
+    out = {
+        "directory": str(d),
+        "config": str(d / CONFIG_NAME),
+        "bytes": sum(sizes.values()),
+        "files": sizes,
+        "serve": ["voice-server-moshi", "serve", "--checkpoint", str(d)],
+        # Kyutai's own server reads it too (on a CPU-only machine see README.txt there).
+        "kyutai_server": [
+            "python", "-m", "moshi.server", "--hf-repo", str(d),
+            "--config-path", str(d / CONFIG_NAME), "--static", "none",
+        ],
+        "kyutai_server_env": {"HF_HUB_OFFLINE": "1", "NO_TORCH_COMPILE": "1"},
+    }
+    sys.stdout.write(json.dumps(out, indent=2) + "\n")
+    return 0

@@ -1,0 +1,70 @@
+"""The engine's settings and the frame it works in (no torch: the server and the embedded
+adapter read these without loading a model)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Samples in one 80 ms frame at 24 kHz, Mimi's frame.
+FRAME_SAMPLES = 1920
+TICK_S = 0.08
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """LMGen's sampling parameters (Kyutai's defaults). ``use_sampling=False`` is greedy:
+    deterministic, what the equivalence tests use."""
+
+    use_sampling: bool = True
+    temp: float = 0.8
+    temp_text: float = 0.7
+    top_k: int = 250
+    top_k_text: int = 25
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    slots: int = 1
+    #: Per-slot input queue bound in 80 ms frames; more drops the oldest (overrun).
+    queue_frames: int = 4
+    #: Starved ticks in a row before silence is fed (underrun); None: idle forever
+    #: (input-clocked, like Kyutai's server).
+    fill_after_ticks: int | None = 3
+    #: Ticks of silence run through every slot before the first call (captures CUDA graphs).
+    warmup_ticks: int = 4
+    tick_s: float = TICK_S
+    #: None: the checkpoint's ``lm_gen_config`` over Kyutai's defaults.
+    sampling: Sampling | None = None
+    #: torch.compile of moshi's hot functions; None: on for CUDA, off for CPU.
+    torch_compile: bool | None = None
+    #: On CPU, torch's intra-op threads (process-wide). 1 by default: on a shared machine
+    #: more threads made ticks stall for seconds (OpenMP spinning against other
+    #: processes), see ADR 0030. None leaves torch's setting alone. Ignored on GPU.
+    cpu_threads: int | None = 1
+    #: Backlog trimming (ADR 0065): when a call's queue held more than ``target_frames``
+    #: at every tick of the last ``trim_window_ticks`` (a stall left a standing backlog,
+    #: not jitter), the oldest frames over the target are dropped (counted as trimmed), so
+    #: latency returns to its baseline within about a second. None: never trim. A sender
+    #: that the embedded transport is pacing (faster than real time) is never trimmed.
+    target_frames: int = 1
+    trim_window_ticks: int | None = 12
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.slots <= 1024:
+            raise ValueError(f"slots must be in 1..1024, got {self.slots}")
+        if self.queue_frames < 1:
+            raise ValueError(f"queue_frames must be >= 1, got {self.queue_frames}")
+        if self.fill_after_ticks is not None and self.fill_after_ticks < 0:
+            raise ValueError(f"fill_after_ticks must be >= 0 or None, got {self.fill_after_ticks}")
+        if self.warmup_ticks < 0:
+            raise ValueError(f"warmup_ticks must be >= 0, got {self.warmup_ticks}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be >= 1 or None, got {self.cpu_threads}")
+        if not 0 <= self.target_frames < self.queue_frames:
+            raise ValueError(f"target_frames must be in 0..queue_frames-1, got "
+                             f"{self.target_frames}")
+        if self.trim_window_ticks is not None and self.trim_window_ticks < 1:
+            raise ValueError(f"trim_window_ticks must be >= 1 or None, got "
+                             f"{self.trim_window_ticks}")
+        if not 0.001 <= self.tick_s <= 10:
+            raise ValueError(f"tick_s must be in [0.001, 10], got {self.tick_s}")

@@ -1,0 +1,117 @@
+"""What the engine measures about itself: tick times (a histogram for Prometheus and
+recent quantiles), streaming-state and process memory."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+#: Tick-time histogram buckets (seconds) for the Prometheus metrics.
+TICK_BUCKETS_S: tuple[float, ...] = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.16, 0.32, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineMetrics:
+    slots: int
+    active_slots: int
+    ready: bool
+    ticks: int
+    late_ticks: int
+    underruns: int
+    overruns: int
+    #: Caller frames dropped to bring a standing backlog back to the target depth.
+    trimmed: int
+    #: (slot index, caller frames queued) for each active slot: its input latency in ticks.
+    input_depths: tuple[tuple[int, int], ...]
+    calls_started: int
+    calls_refused: int
+    tick_count: int
+    tick_sum_s: float
+    #: Cumulative counts per bucket of :data:`TICK_BUCKETS_S` (Prometheus ``le``).
+    tick_buckets: tuple[int, ...]
+    tick_p50_s: float | None
+    tick_p99_s: float | None
+    state_bytes_per_slot: int
+    weights_bytes: int
+    device_memory_bytes: int | None
+    process_rss_bytes: int | None
+    device: str
+    dtype: str
+
+
+class TickTimes:
+    """Tick durations: a cumulative histogram over :data:`TICK_BUCKETS_S`, their count and
+    sum, and the last 2048 for quantiles. Not thread-safe: the engine holds its lock."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.recent: deque[float] = deque(maxlen=2048)
+        self.buckets = [0] * len(TICK_BUCKETS_S)
+        self.total_s = 0.0
+
+    def record(self, dt: float) -> None:
+        self.ticks += 1
+        self.recent.append(dt)
+        self.total_s += dt
+        for b, le in enumerate(TICK_BUCKETS_S):
+            if dt <= le:
+                self.buckets[b] += 1
+
+    def quantile(self, q: float) -> float | None:
+        return quantile(sorted(self.recent), q)
+
+
+def _tensors_in(obj: Any, depth: int = 0) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+        return
+    if depth > 3 or obj is None or isinstance(obj, (int, float, str, bool, torch.nn.Module)):
+        return
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors_in(v, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors_in(v, depth + 1)
+    elif hasattr(obj, "__dict__"):
+        for v in vars(obj).values():
+            yield from _tensors_in(v, depth + 1)
+
+
+def streaming_state_bytes(*modules: Any) -> int:
+    """Bytes of the streaming state (KV caches, conv buffers, token caches) that
+    ``modules`` hold now, each storage counted once; works on the meta device too."""
+    seen: set[int] = set()
+    total = 0
+    for m in modules:
+        for st in m.get_streaming_state().values():
+            for t in _tensors_in(st):
+                # Storage identity, except on the meta device (sizing without memory),
+                # where every tensor reports pointer 0 and no bytes.
+                meta = t.device.type == "meta"
+                key = id(t) if meta else t.untyped_storage().data_ptr()
+                if key in seen:
+                    continue
+                seen.add(key)
+                total += t.numel() * t.element_size() if meta else t.untyped_storage().nbytes()
+    return total
+
+
+def rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def quantile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    k = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[k]
