@@ -44,16 +44,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from .._log import get_logger
-from ..audio.framing import SampleFramer
-from ..audio.opus import OpusDecoder, OpusEncoder
-from ..engine.core import FRAME_SAMPLES, Engine, SlotError, SlotOutput
+from ..audio.opus import OpusEncoder
+from ..engine.core import Engine, SlotError, SlotOutput
 from ..engine.session import EngineCall
 from ..errors import ServerBusyError
 from ..moshi.session import (
@@ -61,14 +59,13 @@ from ..moshi.session import (
     CLOSE_BUSY,
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
-    AudioReceived,
     CloseFrame,
-    MalformedReceived,
     ServerSession,
     bearer_authorized,
 )
 from .auth import FailureLimiter, address_of, throttled_response
 from .config import ServerConfig
+from .intake import receive_loop
 from .limits import CallGuard, CloseReason, Reap
 from .logsafe import SafeLogger, install_redaction
 from .metrics import CONTENT_TYPE, ServerCollector, ServerCounters, new_registry, render
@@ -346,7 +343,8 @@ class BatchedServer:
             tasks.append(asyncio.create_task(
                 watch_timeouts(guard, lambda r: self._reap(conn, call, call_id, r, clog)),
                 name=f"timeouts:{call_id}"))
-            reap = await self._receive_loop(conn, call, guard, clog)
+            reap = await receive_loop(conn.ws, conn.session, call, guard, self.counters,
+                                      clog, flush=conn.flush)
             if reap is not None:
                 await self._reap(conn, call, call_id, reap, clog)
             elif call.slot is not None and call.slot.closed:
@@ -376,50 +374,6 @@ class BatchedServer:
         conn.session.fail(reap.message, code=reap.code, reason=reap.reason.value)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(conn.flush(), self.config.limits.close_timeout_s + 1)
-
-    async def _receive_loop(self, conn: _Connection, call: EngineCall, guard: CallGuard,
-                            clog: SafeLogger) -> Reap | None:
-        """Feeds the engine; returns a :class:`Reap` when the client broke a limit."""
-        loop = asyncio.get_running_loop()
-        decoder = OpusDecoder(SAMPLE_RATE)
-        framer = SampleFramer(FRAME_SAMPLES, np.float32)
-        session = conn.session
-        async for raw in conn.ws:
-            self.counters.messages_in += 1
-            now = loop.time()
-            reap = guard.on_message(now)
-            if reap is not None:
-                return reap
-            for ev in session.receive_data(raw):
-                if isinstance(ev, MalformedReceived):
-                    self.counters.protocol_errors += 1
-                    reap = guard.on_malformed()
-                    if reap is not None:
-                        return reap
-                    clog.info("malformed message skipped", error=str(ev.error))
-                elif isinstance(ev, AudioReceived):
-                    before = guard.audio_s
-                    reap = guard.before_audio(ev.data, now)  # counted before decoding
-                    self.counters.audio_in_s += guard.audio_s - before
-                    if reap is not None:
-                        return reap
-                    try:
-                        pcm = decoder.decode(ev.data)
-                    except Exception as exc:  # sphn raises its own errors on corrupt streams
-                        self.counters.protocol_errors += 1
-                        return Reap(CloseReason.BAD_AUDIO, CLOSE_BAD_PAYLOAD,
-                                    f"invalid Ogg/Opus audio (24 kHz mono expected): {exc}")
-                    reap = guard.after_audio(len(pcm) / SAMPLE_RATE, loop.time())
-                    if reap is not None:
-                        return reap
-                    for frame in framer.push(pcm):
-                        try:
-                            call.send(frame)
-                        except RuntimeError:
-                            return None  # the engine closed this call; the sender says why
-                # Client text, unknown kinds, control, ping: nothing to do here (yet).
-            await conn.flush()  # replies to malformed messages
-        return None
 
     async def _send_loop(self, conn: _Connection, call: EngineCall, call_id: str,
                          clog: SafeLogger) -> None:
