@@ -90,8 +90,11 @@ async def test_idle_sockets_are_reaped_and_a_real_call_then_connects(engine: Eng
         real = Client(url)
         await real.connect()
         assert real.first is not None and real.first[:1] == b"\x00"
-        await real.talk(tone(0, 6))
-        await real.wait_audio(5)
+        talking = asyncio.create_task(real.talk(tone(0, 200)))
+        await real.wait_audio(3, limit_s=30)
+        talking.cancel()  # the client goes quiet (but stays connected)
+        with contextlib.suppress(asyncio.CancelledError):
+            await talking
         assert real._task is not None
         await asyncio.wait_for(real._task, 10)
         assert real.errors == ["no audio for 1 s; closing the call"]
@@ -132,7 +135,7 @@ async def test_a_frozen_peer_is_reaped_by_keepalive_and_calls_can_be_capped(
             await talking
         assert talker.errors == ["maximum call length of 1.5 s reached"]
         assert talker.ws is not None and talker.ws.close_code == 1000
-        assert talker.audio_msgs >= 5
+        assert talker.audio_msgs >= 1
         assert closed_count(await metrics_text(srv), "max_call_length") == 1
         frozen.ws.transport.resume_reading()
         await frozen.close()
