@@ -122,6 +122,15 @@ async def engine_drops(http: httpx.AsyncClient) -> int:
     return total
 
 
+def closed_reasons(text: str) -> dict[str, int]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("moshi_server_calls_closed_total{"):
+            label, value = line.split()
+            out[label.split('"')[1]] = int(float(value))
+    return out
+
+
 async def late_ticks(http: httpx.AsyncClient) -> int:
     for line in (await http.get("/metrics")).text.splitlines():
         if line.startswith("moshi_engine_late_ticks_total "):
@@ -213,13 +222,15 @@ async def test_an_opus_bomb_and_an_error_flood_are_closed_and_cost_another_call_
         await asyncio.sleep(0.3)
         drops = await engine_drops(http) - drops_before
         late = await late_ticks(http)
+        closed = closed_reasons((await http.get("/metrics")).text)
         await good.close()
 
+    # Both attackers were closed for their reason (a client still writing when the server
+    # closes may see its connection reset, 1006, instead of the close frame).
     b, f = results
-    assert b["close_code"] == 1008 and b["close_reason"] == "input_ahead_of_real_time"
-    assert any("faster than real time" in e for e in b["errors"]), b
-    assert f["close_code"] == 1007 and f["close_reason"] == "too_many_malformed"
-    assert f["errors"][-1] == "more than 10 malformed messages; closing the call"
+    assert b["close_code"] in (1008, 1006) and f["close_code"] in (1007, 1006), results
+    assert closed.get("input_ahead_of_real_time") == 1, closed
+    assert closed.get("too_many_malformed") == 1, closed
     lags = good.lags()
     print(f"good call: {good.audio_msgs} of {n - 1} outputs, {drops} input frames dropped, "
           f"{late} late engine ticks in all; lag max {max(lag for _, lag in lags):.3f} s")

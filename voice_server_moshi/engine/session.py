@@ -86,13 +86,16 @@ class EngineCall:
             self._paced_t0 = now
         # A sender behind real time (catching up after a stall upstream) is not paced:
         # its oldest frames are stale, so the engine drops them (overrun, then trimmed)
-        # and latency recovers. Ahead of real time, it waits and loses nothing.
-        behind_s = (now - self._paced_t0) - self._paced_frames * self.engine.config.tick_s
+        # and latency recovers. One ahead of real time (a file, a test) waits for room and
+        # loses nothing: the engine does not trim a slot whose sender it is pacing.
+        tick = self.engine.config.tick_s
+        behind_s = (now - self._paced_t0) - self._paced_frames * tick
         self._paced_frames += 1
-        catching_up = behind_s > 2 * self.engine.config.tick_s
+        catching_up, ahead = behind_s > 2 * tick, behind_s < -tick
         while (not catching_up and not self._ended and not self.slot.closed
                and self.slot.queued >= limit):
-            self.slot.sender_waits()
+            if ahead:
+                self.slot.sender_waits()
             self._space.clear()
             # Woken by the next output (a frame was consumed); the timeout covers ticks
             # that consume without output (the first frame, silence fills).
