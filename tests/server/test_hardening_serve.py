@@ -188,13 +188,22 @@ def served(ckpt: str) -> Iterator[int]:
         stop(proc)
 
 
-def _attacker(kind: str, url: str) -> asyncio.Future[tuple[bytes, bytes]]:
-    async def run() -> tuple[bytes, bytes]:
-        p = await asyncio.create_subprocess_exec(
-            sys.executable, str(HERE / "attackers.py"), kind, url,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        return await asyncio.wait_for(p.communicate(), 120)
-    return asyncio.ensure_future(run())
+async def _attacker(kind: str, url: str) -> asyncio.subprocess.Process:
+    """An attacker process, connected and ready; write a line to its stdin to start it."""
+    p = await asyncio.create_subprocess_exec(
+        sys.executable, str(HERE / "attackers.py"), kind, url, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert p.stdout is not None
+    line = await asyncio.wait_for(p.stdout.readline(), 120)
+    assert line == b"ready\n", line
+    return p
+
+
+async def _attack(p: asyncio.subprocess.Process) -> dict[str, object]:
+    out, err = await asyncio.wait_for(p.communicate(b"go\n"), 120)
+    assert out, err.decode()[-2000:]
+    result: dict[str, object] = json.loads(out)
+    return result
 
 
 @pytest.mark.slow
@@ -203,6 +212,7 @@ async def test_an_opus_bomb_and_an_error_flood_are_closed_and_cost_another_call_
 ) -> None:
     url = f"ws://127.0.0.1:{served}/api/chat"
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{served}", trust_env=False) as http:
+        attackers = [await _attacker("bomb", url), await _attacker("flood", url)]
         drops_before = await engine_drops(http)
         good = TimedClient(url)
         await good.connect()
@@ -210,12 +220,8 @@ async def test_an_opus_bomb_and_an_error_flood_are_closed_and_cost_another_call_
         talking = asyncio.create_task(good.talk(tone(3, n)))
         await asyncio.sleep(2.5)
         attack_at = time.monotonic()
-        bomb, flood = _attacker("bomb", url), _attacker("flood", url)
-        results = []
-        for fut in (bomb, flood):
-            out, err = await fut
-            assert out, err.decode()[-2000:]
-            results.append(json.loads(out))
+        drops_at_attack = await engine_drops(http) - drops_before
+        results = await asyncio.gather(*(_attack(p) for p in attackers))
         await talking
         with contextlib.suppress(TimeoutError):
             await good.wait_audio(n - 1, limit_s=10)
@@ -225,17 +231,24 @@ async def test_an_opus_bomb_and_an_error_flood_are_closed_and_cost_another_call_
         closed = closed_reasons((await http.get("/metrics")).text)
         await good.close()
 
+    lags = good.lags()
+    print(f"good call: {good.audio_msgs} of {n - 1} outputs, {drops} input frames dropped "
+          f"({drops_at_attack} before the attacks), "
+          f"{late} late engine ticks in all; lag max {max(lag for _, lag in lags):.3f} s")
     # Both attackers were closed for their reason (a client still writing when the server
     # closes may see its connection reset, 1006, instead of the close frame).
     b, f = results
     assert b["close_code"] in (1008, 1006) and f["close_code"] in (1007, 1006), results
     assert closed.get("input_ahead_of_real_time") == 1, closed
     assert closed.get("too_many_malformed") == 1, closed
-    lags = good.lags()
-    print(f"good call: {good.audio_msgs} of {n - 1} outputs, {drops} input frames dropped, "
-          f"{late} late engine ticks in all; lag max {max(lag for _, lag in lags):.3f} s")
+    assert not good.errors
+    if drops_at_attack:
+        # Before any attack the engine already lost frames: this machine cannot run the
+        # call in real time now (CPU contention), so per-frame claims cannot be checked.
+        pytest.skip(f"the engine could not keep real time before the attacks "
+                    f"({drops_at_attack} frames dropped, {late} late ticks): too loaded")
     # The well-behaved call lost no frame...
-    assert good.audio_msgs == n - 1 and drops == 0 and not good.errors
+    assert good.audio_msgs == n - 1 and drops == 0
     # ...and its lag stayed within one frame of its own baseline.
     base = statistics.median(lag for t, lag in lags if t < attack_at)
     after = [lag for t, lag in lags if t >= attack_at]
