@@ -224,7 +224,7 @@ async def test_an_opus_bomb_and_an_error_flood_are_closed_and_cost_another_call_
         results = await asyncio.gather(*(_attack(p) for p in attackers))
         await talking
         with contextlib.suppress(TimeoutError):
-            await good.wait_audio(n - 1, limit_s=10)
+            await good.wait_audio(n - 1, limit_s=5)
         await asyncio.sleep(0.3)
         drops = await engine_drops(http) - drops_before
         late = await late_ticks(http)
@@ -241,7 +241,8 @@ async def test_an_opus_bomb_and_an_error_flood_are_closed_and_cost_another_call_
     assert b["close_code"] in (1008, 1006) and f["close_code"] in (1007, 1006), results
     assert closed.get("input_ahead_of_real_time") == 1, closed
     assert closed.get("too_many_malformed") == 1, closed
-    assert not good.errors
+    # (Its only error may be the no-input reap after it stopped talking.)
+    assert all(e.startswith("no audio for") for e in good.errors), good.errors
     if drops_at_attack:
         # Before any attack the engine already lost frames: this machine cannot run the
         # call in real time now (CPU contention), so per-frame claims cannot be checked.
