@@ -6,6 +6,7 @@ when their command runs, so ``--help`` stays fast and torch is loaded only where
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -97,13 +98,19 @@ BENCHES: dict[str, tuple[str, str]] = {
 
 
 class _Stderr:
-    """Writes to whatever ``sys.stderr`` is now (test runners swap and close it)."""
+    """Writes to whatever ``sys.stderr`` is now (test runners swap and close it). A dead
+    stderr (closed, or a log collector gone: EPIPE) loses the line but never raises: a
+    log call must not fail the request it describes (a server would leak the call)."""
 
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        try:
+            return sys.stderr.write(text)
+        except (OSError, ValueError):
+            return 0
 
     def flush(self) -> None:
-        sys.stderr.flush()
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
 
 
 def configure_logging(level: str | None = None) -> None:

@@ -38,6 +38,11 @@ def test_fixed_slot_counts_with_profile(ckpt: str, capsys: pytest.CaptureFixture
         assert 0 < p["tick_p50_ms"] <= p["tick_p99_ms"] <= p["tick_max_ms"]
         assert p["realtime_margin_ms"] == pytest.approx(80.0 - p["tick_p99_ms"], abs=1e-6)
         assert p["state_bytes_per_slot"] > 0 and p["ticks"] == 5
+        # Fed in real time a call waits one frame; after a 1 s stall (12 frames at once)
+        # its backlog is trimmed back within one trim window (ADR 0065).
+        assert p["input_depth_max_frames"] == 1
+        rec = p["stall_recovery"]
+        assert rec["ticks_to_target"] == 12 and rec["trimmed_frames"] == 3 * p["slots"]
     assert out["max_realtime_slots"] in (0, 1, 2)
     assert out["profile"]["top_ops"] and out["profile"]["top_ops"][0]["op"].startswith("aten::")
 

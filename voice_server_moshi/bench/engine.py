@@ -62,10 +62,12 @@ def measure(models: Any, slots: int, seconds: float, max_wall_s: float,
     # CPU time of the ticking thread: on CPU with one intra-op thread it is the tick's work,
     # and unlike wall time it barely moves when other processes share the cores.
     cpu: list[float] = []
+    depth_max = 0
     wall0 = time.perf_counter()
     for k in range(n_ticks):
         for c in calls:
             c.push(frames[k % len(frames)])
+        depth_max = max(depth_max, *(dict(eng.metrics().input_depths).values()))
         t, tc = time.perf_counter(), time.thread_time()
         eng.tick()
         if eng.device.type == "cuda":
@@ -74,6 +76,7 @@ def measure(models: Any, slots: int, seconds: float, max_wall_s: float,
         cpu.append((time.thread_time() - tc) * 1000.0)
         if time.perf_counter() - wall0 > max_wall_s and k >= 2:
             break
+    recovery = stall_recovery(eng, calls, frames[0])
     m = eng.metrics()
     steady = times[1:] if len(times) > 2 else times  # the first tick of fresh rows resets
     p99 = _percentile(steady, 99)
@@ -92,6 +95,11 @@ def measure(models: Any, slots: int, seconds: float, max_wall_s: float,
         "device_memory_bytes": m.device_memory_bytes,
         "process_rss_bytes": m.process_rss_bytes,
         "warmup_s": round(warm_s, 3),
+        # Per-call input queue (frames of 80 ms waiting for a tick) while fed in real time.
+        "input_depth_max_frames": depth_max,
+        "stall_recovery": recovery,
+        "trimmed_frames": m.trimmed,
+        "overrun_frames": m.overruns,
     }
     if eng.stt is not None:
         from ..engine.core import streaming_state_bytes
@@ -103,6 +111,34 @@ def measure(models: Any, slots: int, seconds: float, max_wall_s: float,
     eng.detach()
     log.info("bench point", **{k: v for k, v in point.items() if k != "realtime"})
     return point
+
+
+def stall_recovery(eng: Any, calls: list[Any], frame: Any, stall_ticks: int = 12,
+                   limit_ticks: int = 40) -> dict[str, Any]:
+    """Every call's input arrives in a burst after a stall of ``stall_ticks`` (1 s), then in
+    real time again: how many ticks until every call's backlog is back at the engine's
+    target depth (ADR 0065), and what was dropped on the way."""
+    before = eng.metrics()
+    for _ in range(stall_ticks):
+        for c in calls:
+            c.push(frame)
+    target = eng.config.target_frames + 1  # depth before a tick: the target plus the new frame
+    ticks = None
+    for k in range(limit_ticks):
+        for c in calls:
+            c.push(frame)
+        if max(dict(eng.metrics().input_depths).values()) <= target:
+            ticks = k
+            break
+        eng.tick()
+    after = eng.metrics()
+    return {
+        "stall_frames": stall_ticks,
+        "ticks_to_target": ticks,
+        "seconds_to_target": None if ticks is None else round(ticks * eng.config.tick_s, 3),
+        "trimmed_frames": after.trimmed - before.trimmed,
+        "overrun_frames": after.overruns - before.overruns,
+    }
 
 
 def profile_tick(models: Any, slots: int, cpu_threads: int | None,

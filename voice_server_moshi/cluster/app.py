@@ -105,7 +105,7 @@ def app_from_args(args: dict[str, Any]) -> Application:
     sub-dicts. The auth token comes from the environment (never from the config file)."""
     import os
 
-    from ..server.cli import AUTH_ENV
+    from ..server.auth import AUTH_ENV
 
     a = dict(args)
     engine = EngineSpec(**a.pop("engine", {}))

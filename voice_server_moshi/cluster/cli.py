@@ -23,7 +23,7 @@ from typing import TextIO
 
 from ..moshi import protocol
 from ..moshi.settings import DEFAULT_HF_REPO
-from ..server.cli import AUTH_ENV
+from ..server.auth import AUTH_ENV
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,6 +38,7 @@ class SlotAdmission:
     steering_spec: SteeringSpec
     #: What a call that brings no sampling of its own gets (seeds drawn per call).
     default_sampling: CallSampling
+    _trimmed: int
 
     def try_open(self, call_id: str, sink: Sink,
                  sampling: CallSampling | None = None) -> Slot:
@@ -85,9 +86,13 @@ class SlotAdmission:
                     slot.sampling = seeded
                     self._slots[i] = slot
                     self._calls_started += 1
-                    slot.log.info("slot opened")
-                    return slot
-        return None
+                    break
+            else:
+                return None
+        # Outside the lock, and never raising: the caller owns the slot from here on.
+        with contextlib.suppress(Exception):
+            slot.log.info("slot opened")
+        return slot
 
     def release(self, slot: Slot) -> None:
         """Free ``slot``'s row (the next call in it resets it first). Idempotent."""
@@ -104,8 +109,10 @@ class SlotAdmission:
                 if not fut.done():
                     waiter = (loop, fut)
                     break
-        slot.log.info("slot released", frames_in=slot.frames_in, frames_out=slot.frames_out,
-                      underruns=slot.underruns, overruns=slot.overruns)
+        with contextlib.suppress(Exception):  # a dead log sink must not stop a release
+            slot.log.info("slot released", frames_in=slot.frames_in,
+                          frames_out=slot.frames_out, underruns=slot.underruns,
+                          overruns=slot.overruns, trimmed=slot.trimmed)
         if waiter is not None:
             loop, fut = waiter
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
@@ -118,7 +125,8 @@ class SlotAdmission:
         try:
             slot.sink(SlotError(message))
         except Exception:
-            slot.log.exception("sink failed while reporting an error")
+            with contextlib.suppress(Exception):
+                slot.log.exception("sink failed while reporting an error")
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -201,7 +201,17 @@ def check_hub_reachable(repo: str, timeout_s: float = HUB_PROBE_TIMEOUT_S) -> No
 
 def resolve_checkpoint(name: str) -> Any:
     """A ``moshi.models.loaders.CheckpointInfo`` for ``dev``, a local directory (with a
-    ``config.json``) or a Hugging Face repo name, through the moshi package's loader."""
+    ``config.json``) or a Hugging Face repo name, through the moshi package's loader.
+    Its weight files are checked to be safetensors before anything loads them
+    (:mod:`.weights_check`, ADR 0065)."""
+    from .weights_check import check_checkpoint_weights
+
+    info = _resolve(name)
+    check_checkpoint_weights(info)
+    return info
+
+
+def _resolve(name: str) -> Any:
     from moshi.models import loaders
 
     if name == "dev":

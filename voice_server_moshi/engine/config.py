@@ -44,6 +44,13 @@ class EngineConfig:
     #: Each call samples with its own temperature, top-k, pad bias, repetition penalty and
     #: seeds (ADR 0080); False: LMGen's one batch-wide setting (``sampling``) for all.
     per_call_sampling: bool = True
+    #: Backlog trimming (ADR 0065): when a call's queue held more than ``target_frames``
+    #: at every tick of the last ``trim_window_ticks`` (a stall left a standing backlog,
+    #: not jitter), the oldest frames over the target are dropped (counted as trimmed), so
+    #: latency returns to its baseline within about a second. None: never trim. A sender
+    #: that the embedded transport is pacing (faster than real time) is never trimmed.
+    target_frames: int = 1
+    trim_window_ticks: int | None = 12
 
     def __post_init__(self) -> None:
         if not 1 <= self.slots <= 1024:
@@ -56,5 +63,11 @@ class EngineConfig:
             raise ValueError(f"warmup_ticks must be >= 0, got {self.warmup_ticks}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError(f"cpu_threads must be >= 1 or None, got {self.cpu_threads}")
+        if not 0 <= self.target_frames < self.queue_frames:
+            raise ValueError(f"target_frames must be in 0..queue_frames-1, got "
+                             f"{self.target_frames}")
+        if self.trim_window_ticks is not None and self.trim_window_ticks < 1:
+            raise ValueError(f"trim_window_ticks must be >= 1 or None, got "
+                             f"{self.trim_window_ticks}")
         if not 0.001 <= self.tick_s <= 10:
             raise ValueError(f"tick_s must be in [0.001, 10], got {self.tick_s}")

@@ -93,6 +93,7 @@ class Engine(SlotAdmission):
         self._late_ticks = 0
         self._underruns = 0
         self._overruns = 0
+        self._trimmed = 0
         self._calls_started = 0
         self._calls_refused = 0
         self._tick_stats = TickTimes()
@@ -366,6 +367,12 @@ class Engine(SlotAdmission):
         with self._lock:
             self._tick_stats.record(dt)
 
+    def tick_thread_alive(self) -> bool:
+        """Whether the tick thread runs (one killed by an exception would leave every call
+        silent while the process looks healthy; ``/readyz`` checks this)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     def _has_slots(self) -> bool:
         with self._lock:
             return bool(self._stt_flush) or any(s is not None for s in self._slots)
@@ -388,8 +395,9 @@ class Engine(SlotAdmission):
             except Exception as exc:
                 # The model failed mid-tick: every row in flight is suspect. Fail the
                 # calls (each gets an error); new calls reset their rows, so the engine
-                # goes on serving.
-                self.log.exception("engine tick failed")
+                # goes on serving. Logging must not kill this thread (a dead log sink).
+                with contextlib.suppress(Exception):
+                    self.log.exception("engine tick failed")
                 with self._lock:
                     victims = [s for s in self._slots if s is not None]
                 for s in victims:
@@ -415,6 +423,9 @@ class Engine(SlotAdmission):
                 late_ticks=self._late_ticks,
                 underruns=self._underruns,
                 overruns=self._overruns,
+                trimmed=self._trimmed,
+                input_depths=tuple((s.index, len(s._queue)) for s in self._slots
+                                   if s is not None),
                 calls_started=self._calls_started,
                 calls_refused=self._calls_refused,
                 tick_count=ticks.ticks,

@@ -24,6 +24,10 @@ class EngineMetrics:
     late_ticks: int
     underruns: int
     overruns: int
+    #: Caller frames dropped to bring a standing backlog back to the target depth.
+    trimmed: int
+    #: (slot index, caller frames queued) for each active slot: its input latency in ticks.
+    input_depths: tuple[tuple[int, int], ...]
     calls_started: int
     calls_refused: int
     tick_count: int

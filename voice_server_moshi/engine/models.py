@@ -123,7 +123,7 @@ def _load_moshi(checkpoint: str, *, device: str, dtype: str, context: int | None
 
     from .checkpoints import resolve_checkpoint
 
-    info = resolve_checkpoint(checkpoint)
+    info = resolve_checkpoint(checkpoint)  # safetensors only, checked before any load
     if info.model_type != "moshi":
         raise ValueError(
             f"checkpoint {checkpoint!r} is a {info.model_type!r} model; the engine serves "

@@ -42,6 +42,9 @@ class EngineCall:
         self._has_items = asyncio.Event()
         self._space = asyncio.Event()
         self._ended = False
+        #: send_paced's clock: when its first frame came, and how many came since.
+        self._paced_t0: float | None = None
+        self._paced_frames = 0
         self.log = log.bind(call_id=call_id)
 
     async def open(self, wait_s: float = 0.0,
@@ -53,6 +56,18 @@ class EngineCall:
         self.slot = await self.engine.open(self.call_id, self._sink, wait_s, sampling)
         self.log = self.log.bind(slot=self.slot.index)
         return self.slot
+
+    @contextlib.asynccontextmanager
+    async def admitted(self, wait_s: float = 0.0,
+                       sampling: CallSampling | None = None) -> AsyncIterator[Slot]:
+        """``async with call.admitted():`` the slot, released on every way out (an
+        exception, a cancellation, a log call that fails): nothing runs between taking it
+        and the ``try``. Raises ServerBusyError, holding nothing, when none frees."""
+        slot = await self.open(wait_s, sampling)
+        try:
+            yield slot
+        finally:
+            self.close()
 
     def send(self, pcm: PCM) -> None:
         """Queue one 80 ms caller frame (see :meth:`Slot.push`)."""
@@ -69,7 +84,22 @@ class EngineCall:
         if self.slot is None:
             raise RuntimeError("send_paced() before open()")
         limit = self.engine.config.queue_frames
-        while not self._ended and not self.slot.closed and self.slot.queued >= limit:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._paced_t0 is None:
+            self._paced_t0 = now
+        # A sender behind real time (catching up after a stall upstream) is not paced:
+        # its oldest frames are stale, so the engine drops them (overrun, then trimmed)
+        # and latency recovers. One ahead of real time (a file, a test) waits for room and
+        # loses nothing: the engine does not trim a slot whose sender it is pacing.
+        tick = self.engine.config.tick_s
+        behind_s = (now - self._paced_t0) - self._paced_frames * tick
+        self._paced_frames += 1
+        catching_up, ahead = behind_s > 2 * tick, behind_s < -tick
+        while (not catching_up and not self._ended and not self.slot.closed
+               and self.slot.queued >= limit):
+            if ahead:
+                self.slot.sender_waits()
             self._space.clear()
             # Woken by the next output (a frame was consumed); the timeout covers ticks
             # that consume without output (the first frame, silence fills).

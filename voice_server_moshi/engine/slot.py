@@ -5,7 +5,9 @@ idled (its state does not advance, exactly as if the tick had not happened), so 
 jitter neither invents audio nor shifts the call; after ``fill_after_ticks`` starved ticks
 in a row the engine feeds silence instead (an *underrun*) to keep Moshi's clock going for a
 client that stopped sending. A queue over ``queue_frames`` drops its oldest frame (an
-*overrun*), which bounds latency and memory.
+*overrun*), which bounds latency and memory. A standing backlog (the queue above
+``target_frames`` at every tick for ``trim_window_ticks``, what a stall leaves behind) is
+*trimmed* back to the target, oldest first, so latency recovers (ADR 0065).
 """
 
 from __future__ import annotations
@@ -114,6 +116,14 @@ class Slot:
         self.idle_ticks = 0
         #: Say-text / say-audio / cancel for this call (engine/steering.py).
         self.steering = SlotSteering(engine.steering_spec)
+        #: Frames dropped to bring a standing backlog back to the target depth.
+        self.trimmed = 0
+        #: Queue depth before each of the last ticks (the trim window).
+        self._depths: deque[int] = deque(maxlen=engine.config.trim_window_ticks or 1)
+        #: Ticks this slot has run, and the one at which its sender last waited for room
+        #: (a paced sender is ahead of real time: its backlog is wanted, not stale).
+        self._ticks = 0
+        self.paced_at = -(1 << 30)
         self.log = log.bind(call_id=call_id, slot=index)
 
     @property
@@ -155,8 +165,31 @@ class Slot:
         """Leave the batch; idempotent."""
         self.engine.release(self)
 
+    def sender_waits(self) -> None:
+        """The sender is waiting for room (it is ahead of real time): no trimming now."""
+        self.paced_at = self._ticks
+
+    def _trim(self) -> None:
+        """Drop a standing backlog down to ``target_frames``; engine lock held."""
+        cfg = self.engine.config
+        window = cfg.trim_window_ticks
+        self._ticks += 1
+        if window is None or self.state != "running":
+            return
+        self._depths.append(len(self._queue))
+        if len(self._depths) < window or self._ticks - self.paced_at <= window:
+            return
+        excess = min(self._depths) - cfg.target_frames
+        if excess > 0:
+            for _ in range(excess):
+                self._queue.popleft()
+            self.trimmed += excess
+            self.engine._trimmed += excess
+            self._depths.clear()
+
     def _take(self) -> tuple[PCM | None, bool]:
         """(frame or None, filled) for this tick; called with the engine lock held."""
+        self._trim()
         if self._queue:
             self._starved = 0
             if self.state == "waiting":

@@ -4,16 +4,25 @@ Built on ``websockets`` (a core dependency; ADR 0031). Plain HTTP endpoints are 
 in ``process_request`` before any WebSocket upgrade:
 
 * ``GET /healthz``: 200 while the process serves;
-* ``GET /readyz``: 200 when the engine is warmed up and has a free slot, else 503;
+* ``GET /readyz``: 200 when the engine is warmed up, its tick thread alive, and a slot
+  free, else 503;
 * ``GET /capacity``: JSON ``{"slots", "free_slots", "active_slots", "ready"}``;
 * ``GET /metrics``: Prometheus text format (:mod:`.metrics`).
 
 ``/api/chat`` follows Kyutai's Rust servers: a 9-byte handshake (``0x00`` + two u32 LE
 zeros), a ``0x04`` metadata JSON, then ``0x01`` Ogg/Opus audio and ``0x02`` text both
 ways; a client's ``0x02`` text means "say this", and ``0x40``-``0x42`` carry the rest of
-steering (:mod:`.steering`, docs/protocol.md, ADR 0070). A call that finds every slot
-taken gets a ``0x05`` error and a close (1013, "try again later"), never a silent wait.
-Optional bearer-token auth guards ``/api/chat`` and ``/metrics``.
+steering (:mod:`.steering`, docs/protocol.md, ADR 0070); per-call sampling comes from
+Kyutai's query parameters (ADR 0080). A call that finds every slot taken gets a ``0x05``
+error and a close (1013, "try again later"), never a silent wait. Optional bearer-token
+auth guards ``/api/chat`` and ``/metrics``; an address with too many wrong tokens gets 429
+for a while (:mod:`.auth`).
+
+Every call runs under a :class:`~.limits.CallGuard` (ADR 0065): first-audio and no-input
+deadlines, an optional maximum length, input accounting before decoding, a message
+budget; a reaped call gets a ``0x05`` saying why and a close code, its slot is freed
+first, and ``moshi_server_calls_closed_total`` counts every ending by reason. Logging
+never breaks a request and never shows a token (:mod:`.logsafe`).
 
 Operators can end calls without stopping the server: :meth:`BatchedServer.close_call`
 closes one call, or all of them, with a close code of their choice (1001 "going away" by
@@ -31,21 +40,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
+import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from .._log import get_logger
-from ..audio.framing import SampleFramer
-from ..audio.opus import OpusDecoder, OpusEncoder
+from ..audio.opus import OpusEncoder
 from ..engine.call_sampling import SamplingError, parse_sampling_query
-from ..engine.core import FRAME_SAMPLES, Engine, SlotError, SlotOutput, SttOutput
+from ..engine.core import Engine, SlotError, SlotOutput, SttOutput
 from ..engine.session import EngineCall
 from ..errors import ServerBusyError
 from ..moshi import caller_protocol
@@ -54,17 +64,21 @@ from ..moshi.session import (
     CLOSE_BUSY,
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
-    AudioReceived,
     CloseFrame,
-    MalformedReceived,
     QueryError,
     ServerSession,
+    SessionEvent,
     bearer_authorized,
 )
 from . import steering
+from .auth import FailureLimiter, address_of, throttled_response
 from .config import ServerConfig
+from .intake import receive_loop
+from .limits import CallGuard, CloseReason, Reap
+from .logsafe import SafeLogger, install_redaction
 from .metadata import call_metadata
-from .metrics import ServerCounters, render_metrics
+from .metrics import CONTENT_TYPE, ServerCollector, ServerCounters, new_registry, render
+from .reaper import closed_by, watch_timeouts
 from .responses import bytes_response, json_response, response
 from .static import StaticFiles
 
@@ -73,7 +87,7 @@ __all__ = [
     "ServerConfig", "SessionFactory", "run_server",
 ]
 
-log = get_logger(__name__)
+log = SafeLogger(get_logger(__name__))
 
 SAMPLE_RATE = 24000
 
@@ -118,6 +132,12 @@ class BatchedServer:
         self._connections: dict[str, _Connection] = {}
         self._closing = False
         self._static = StaticFiles(self.config.static_dir) if self.config.static_dir else None
+        self.auth_limiter = FailureLimiter(self.config.auth_max_failures,
+                                           self.config.auth_window_s)
+        self._registry = new_registry(ServerCollector(engine.metrics, self.counters,
+                                                      engine.tick_thread_alive))
+        #: call id -> why the server is ending it (the first reason wins).
+        self._ending: dict[str, CloseReason] = {}
 
     def new_session(self) -> ServerSession:
         """The protocol session of a new connection: ``session_factory(self)`` if given,
@@ -130,7 +150,8 @@ class BatchedServer:
         """A session with this server's limits and metadata (extensions start from it)."""
         session = steering.install(ServerSession(
             max_message_bytes=self.config.max_message_bytes, query_parser=self.call_params,
-            metadata_builder=self.base_metadata))
+            metadata_builder=self.base_metadata,
+            max_malformed_replies=self.config.limits.max_malformed))
         if self.engine.stt is not None:
             caller_protocol.install_server(session)  # 0x52: the client asks for last words
         return session
@@ -168,6 +189,8 @@ class BatchedServer:
         return int(sock.getsockname()[1])
 
     async def start(self) -> None:
+        install_redaction()
+        lim = self.config.limits
         self._server = await serve(
             self._handle,
             self.config.host,
@@ -176,9 +199,11 @@ class BatchedServer:
             compression=None,  # Opus does not compress; deflate would only cost CPU
             max_size=self.config.max_message_bytes,
             max_queue=32,
-            ping_interval=10,
-            ping_timeout=20,
+            ping_interval=lim.ping_interval_s,
+            ping_timeout=lim.ping_timeout_s,
+            close_timeout=lim.close_timeout_s,
             server_header="voice-server-moshi",
+            logger=logging.getLogger("websockets.server"),  # redacted: install_redaction
         )
         log.info("server listening", host=self.config.host, port=self.port,
                  slots=self.engine.slots, auth=self.config.auth_token is not None)
@@ -188,6 +213,8 @@ class BatchedServer:
         self._closing = True
         if self._server is None:
             return
+        for call_id in self._connections:
+            self._ending.setdefault(call_id, CloseReason.SHUTDOWN)
         self._server.close(close_connections=True)
         for call in list(self._calls):
             call.close()
@@ -209,11 +236,11 @@ class BatchedServer:
         """Operator action: end one call (``call_id``) or every call (None) with a WebSocket
         close frame of ``code``, e.g. to drain an instance without stopping it. The server
         keeps serving new calls. Returns how many calls were closed (0 for an unknown id)."""
-        if call_id is None:
-            targets = list(self._connections.values())
-        else:
-            conn = self._connections.get(call_id)
-            targets = [] if conn is None else [conn]
+        ids = list(self._connections) if call_id is None else [call_id]
+        targets = [self._connections[i] for i in ids if i in self._connections]
+        for i in ids:
+            if i in self._connections:
+                self._ending.setdefault(i, CloseReason.OPERATOR)
 
         async def close_one(conn: _Connection) -> None:
             conn.session.close(code, reason)
@@ -234,8 +261,25 @@ class BatchedServer:
 
     # -- HTTP ----------------------------------------------------------------------------
 
-    def _authorized(self, request: Request) -> bool:
-        return bearer_authorized(self.config.auth_token, request.headers, request.path)
+    def _auth_refusal(self, connection: ServerConnection, request: Request,
+                      path: str) -> Response | None:
+        """None when the request may go on; else 401, or 429 for an address that failed
+        too often (checked first: a throttled guess is not even compared)."""
+        if self.config.auth_token is None:
+            return None
+        addr = address_of(connection.remote_address)
+        verdict = self.auth_limiter.check(
+            addr, time.monotonic(),
+            lambda: bearer_authorized(self.config.auth_token, request.headers, request.path))
+        if verdict is None:
+            return None
+        if verdict > 0:
+            self.counters.auth_throttled += 1
+            return throttled_response(verdict)
+        self.counters.auth_failures += 1
+        log.warning("unauthorized request", path=path, remote=addr)
+        return response(http.HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token\n",
+                        "text/plain")
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
@@ -243,9 +287,12 @@ class BatchedServer:
             return response(http.HTTPStatus.OK, "ok\n", "text/plain")
         if path == "/readyz":
             free = self.engine.free_slots()
-            ready = self.engine.ready and free > 0 and not self._closing
+            alive = self.engine.tick_thread_alive()
+            ready = self.engine.ready and alive and free > 0 and not self._closing
             reason = ("ok" if ready else "closing" if self._closing
-                      else "warming up" if not self.engine.ready else "no free slot")
+                      else "warming up" if not self.engine.ready
+                      else "engine tick thread is not running" if not alive
+                      else "no free slot")
             status = http.HTTPStatus.OK if ready else http.HTTPStatus.SERVICE_UNAVAILABLE
             return json_response(status, {"ready": ready, "reason": reason, "free_slots": free})
         if path == "/capacity":
@@ -254,18 +301,13 @@ class BatchedServer:
                 "slots": self.engine.slots, "free_slots": free,
                 "active_slots": self.engine.slots - free, "ready": self.engine.ready,
             })
+        if path in ("/metrics", "/api/chat"):
+            refusal = self._auth_refusal(connection, request, path)
+            if refusal is not None:
+                return refusal
         if path == "/metrics":
-            if not self._authorized(request):
-                return response(http.HTTPStatus.UNAUTHORIZED, "unauthorized\n", "text/plain")
-            text = render_metrics(self.engine.metrics(), self.counters)
-            return response(http.HTTPStatus.OK, text, "text/plain; version=0.0.4")
+            return response(http.HTTPStatus.OK, render(self._registry), CONTENT_TYPE)
         if path == "/api/chat":
-            if not self._authorized(request):
-                self.counters.auth_failures += 1
-                log.warning("unauthorized /api/chat request",
-                            remote=str(connection.remote_address))
-                return response(http.HTTPStatus.UNAUTHORIZED,
-                                 "missing or wrong bearer token\n", "text/plain")
             if self._closing:
                 return response(http.HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n",
                                  "text/plain")
@@ -294,27 +336,60 @@ class BatchedServer:
             return
         call = EngineCall(self.engine, call_id, max_queued=self.config.max_queued_outputs)
         try:
-            await call.open(self.config.admission_wait_s, session.params.get("sampling"))
+            async with call.admitted(self.config.admission_wait_s,
+                                     session.params.get("sampling")) as slot:
+                self._calls.add(call)
+                self._connections[call_id] = conn
+                self.counters.active_connections += 1
+                try:
+                    await self._serve_call(conn, call, call_id, clog.bind(slot=slot.index))
+                finally:
+                    self._calls.discard(call)
+                    self._connections.pop(call_id, None)
+                    self.counters.active_connections -= 1
+                    reason = (self._ending.pop(call_id) if call_id in self._ending
+                              else closed_by(ws))
+                    self.counters.closed[reason.value] += 1
+                clog.info("call ended", reason=reason.value, slot=slot.index,
+                          dropped_outputs=call.dropped_outputs, underruns=slot.underruns,
+                          overruns=slot.overruns, trimmed=slot.trimmed)
         except ServerBusyError as exc:
             self.counters.refused_busy += 1
             clog.info("call refused: server busy")
             session.refuse_busy(str(exc))
             await conn.flush_quietly()
-            return
-        assert call.slot is not None
-        clog = clog.bind(slot=call.slot.index)
-        self._calls.add(call)
-        self._connections[call_id] = conn
-        self.counters.active_connections += 1
-        sender: asyncio.Task[None] | None = None
+        finally:
+            if self._closing:
+                session.close(CLOSE_GOING_AWAY, "server shutting down")
+                with contextlib.suppress(Exception):
+                    await conn.flush()
+
+    async def _serve_call(self, conn: _Connection, call: EngineCall, call_id: str,
+                          clog: SafeLogger) -> None:
+        loop = asyncio.get_running_loop()
+        guard = CallGuard(self.config.limits, loop.time())
+        tasks: list[asyncio.Task[Any]] = []
         try:
-            session.start()
+            conn.session.start()
             await conn.flush()
             clog.info("call started")
-            sender = asyncio.create_task(self._send_loop(conn, call, clog),
+            sender = asyncio.create_task(self._send_loop(conn, call, call_id, clog),
                                          name=f"send:{call_id}")
-            await self._receive_loop(conn, call, clog)
-            if call.slot.closed:
+            tasks.append(sender)
+            tasks.append(asyncio.create_task(
+                watch_timeouts(guard, lambda r: self._reap(conn, call, call_id, r, clog)),
+                name=f"timeouts:{call_id}"))
+            async def other(ev: SessionEvent) -> None:
+                if isinstance(ev, steering.STEERING_EVENTS):
+                    await steering.handle(conn.session, call, ev, clog)
+                elif isinstance(ev, caller_protocol.FlushCaller):
+                    call.flush_caller()  # the client's audio has ended: last words, 0x53
+
+            reap = await receive_loop(conn.ws, conn.session, call, guard, self.counters,
+                                      clog, flush=conn.flush, on_event=other)
+            if reap is not None:
+                await self._reap(conn, call, call_id, reap, clog)
+            elif call.slot is not None and call.slot.closed:
                 # The engine ended the call under us: give the sender the moment it needs
                 # to send the engine's error and close with 1011 before it is cancelled.
                 await asyncio.wait({sender}, timeout=2.0)
@@ -322,63 +397,40 @@ class BatchedServer:
             pass
         finally:
             call.close()
-            self._calls.discard(call)
-            self._connections.pop(call_id, None)
-            self.counters.active_connections -= 1
-            if sender is not None:
-                sender.cancel()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await sender
-            if self._closing:
-                session.close(CLOSE_GOING_AWAY, "server shutting down")
-                with contextlib.suppress(Exception):
-                    await conn.flush()
-            clog.info("call ended", dropped_outputs=call.dropped_outputs,
-                      underruns=call.slot.underruns, overruns=call.slot.overruns)
+                    await task
 
-    async def _receive_loop(self, conn: _Connection, call: EngineCall, clog: Any) -> None:
-        decoder = OpusDecoder(SAMPLE_RATE)
-        framer = SampleFramer(FRAME_SAMPLES, np.float32)
-        session = conn.session
-        async for raw in conn.ws:
-            self.counters.messages_in += 1
-            for ev in session.receive_data(raw):
-                if isinstance(ev, MalformedReceived):
-                    self.counters.protocol_errors += 1
-                    clog.info("malformed message skipped", error=str(ev.error))
-                elif isinstance(ev, AudioReceived):
-                    try:
-                        pcm = decoder.decode(ev.data)
-                    except Exception as exc:  # sphn raises its own errors on corrupt streams
-                        self.counters.protocol_errors += 1
-                        clog.info("bad Ogg/Opus audio; closing the call", error=str(exc))
-                        session.reject_audio(str(exc))
-                        await conn.flush()
-                        return
-                    for frame in framer.push(pcm):
-                        try:
-                            call.send(frame)
-                        except RuntimeError:
-                            return  # the engine closed this call; the sender reports why
-                elif isinstance(ev, steering.STEERING_EVENTS):
-                    await steering.handle(session, call, ev, clog)
-                elif isinstance(ev, caller_protocol.FlushCaller):
-                    # The client's audio has ended: its last words, then 0x53.
-                    call.flush_caller()
-                # Client text, unknown kinds, control, ping: nothing to do here (yet).
-            await conn.flush()  # replies to malformed messages
+    async def _reap(self, conn: _Connection, call: EngineCall, call_id: str, reap: Reap,
+                    clog: SafeLogger) -> None:
+        """End a call for ``reap``'s reason: free its slot at once, then ``0x05`` saying
+        why and the close frame (bounded: a peer that reads nothing must not hold it)."""
+        call.close()
+        if conn.ws.state is not State.OPEN or call_id in self._ending:
+            return  # already ending: keepalive, the client, the operator came first
+        self._ending[call_id] = reap.reason
+        clog.info("closing the call", reason=reap.reason.value, code=reap.code,
+                  message=reap.message)
+        conn.session.fail(reap.message, code=reap.code, reason=reap.reason.value)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(conn.flush(), self.config.limits.close_timeout_s + 1)
 
-    async def _send_loop(self, conn: _Connection, call: EngineCall, clog: Any) -> None:
+    async def _send_loop(self, conn: _Connection, call: EngineCall, call_id: str,
+                         clog: SafeLogger) -> None:
         try:
-            await self._send_outputs(conn, call, clog)
+            await self._send_outputs(conn, call, call_id, clog)
         except Exception as exc:
             # Never leave a call half alive: no more audio would come, so end it.
             clog.exception("sending to the client failed; closing the call")
+            self._ending.setdefault(call_id, CloseReason.SEND_FAILED)
             conn.session.fail(f"server error: {exc}", code=CLOSE_INTERNAL, reason="server error")
             with contextlib.suppress(Exception):
                 await conn.flush()
 
-    async def _send_outputs(self, conn: _Connection, call: EngineCall, clog: Any) -> None:
+    async def _send_outputs(self, conn: _Connection, call: EngineCall, call_id: str,
+                            clog: SafeLogger) -> None:
         encoder = OpusEncoder(SAMPLE_RATE)
         session = conn.session
         turn_ended = False  # 0x51 goes out when the end-of-turn head crosses 0.5 upwards
@@ -400,6 +452,7 @@ class BatchedServer:
                 continue
             if isinstance(ev, SlotError):
                 clog.warning("engine failed the call", error=ev.message)
+                self._ending.setdefault(call_id, CloseReason.ENGINE)
                 session.fail(ev.message, code=CLOSE_INTERNAL, reason="engine error")
                 await conn.flush_quietly()
                 return

@@ -18,8 +18,14 @@ import sys
 from .._cli_help import command_parser
 from ..moshi import protocol
 from ..moshi.settings import DEFAULT_HF_REPO
+from .auth import AUTH_ENV, TokenError, read_token_file
+from .limits import CallLimits
 
-AUTH_ENV = "VOICE_SERVER_MOSHI_AUTH_TOKEN"
+_LIMITS = CallLimits()
+
+
+def _off(v: float | None) -> str:
+    return "off" if v is None else f"{v:g}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--context", type=int, default=None,
                    help="LM context in 80 ms steps (memory per slot); default the checkpoint's")
+    p.add_argument("--auth-token-file", default=None, metavar="PATH",
+                   help=f"require the bearer token in PATH (first line); or set {AUTH_ENV}")
     p.add_argument("--auth-token", default=None,
-                   help=f"require this bearer token (or set {AUTH_ENV})")
+                   help="require this bearer token; visible to every local user in "
+                   "/proc/PID/cmdline: prefer --auth-token-file or the environment")
+    p.add_argument("--auth-max-failures", type=int, default=10,
+                   help="wrong tokens per address per window before 429 (default 10)")
+    p.add_argument("--auth-window-s", type=float, default=60.0,
+                   help="the failure window in seconds (default 60)")
     p.add_argument("--admission-wait-s", type=float, default=0.0,
                    help="how long a new call may wait for a free slot before it is refused")
     p.add_argument("--queue-frames", type=int, default=4,
@@ -52,6 +65,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feed silence to a call whose input stalls this long (default: never; "
                    "the call then pauses, like Kyutai's server)")
     p.add_argument("--max-message-bytes", type=int, default=protocol.DEFAULT_MAX_MESSAGE_BYTES)
+    g = p.add_argument_group("call limits (0 switches a timeout off; ADR 0065)")
+    g.add_argument("--first-audio-timeout-s", type=float, default=_LIMITS.first_audio_s,
+                   help=f"close a call with no audio this long after the handshake "
+                   f"(default {_off(_LIMITS.first_audio_s)})")
+    g.add_argument("--no-input-timeout-s", type=float, default=_LIMITS.no_input_s,
+                   help=f"close a call whose audio stops this long "
+                   f"(default {_off(_LIMITS.no_input_s)})")
+    g.add_argument("--max-call-s", type=float, default=0.0,
+                   help="close every call after this long (default off: calls run on past "
+                   "the model's context)")
+    g.add_argument("--ping-interval-s", type=float, default=_LIMITS.ping_interval_s,
+                   help=f"WebSocket keepalive ping period "
+                   f"(default {_off(_LIMITS.ping_interval_s)})")
+    g.add_argument("--ping-timeout-s", type=float, default=_LIMITS.ping_timeout_s,
+                   help=f"close a peer that does not answer a ping this long "
+                   f"(default {_off(_LIMITS.ping_timeout_s)})")
+    g.add_argument("--max-audio-ahead-s", type=float, default=_LIMITS.max_audio_ahead_s,
+                   help=f"close a call whose audio runs this far ahead of real time, counted "
+                   f"before decoding (default {_LIMITS.max_audio_ahead_s:g})")
+    g.add_argument("--max-messages-per-s", type=float, default=_LIMITS.max_messages_per_s,
+                   help=f"average message rate allowed per call, burst "
+                   f"{_LIMITS.message_burst} (default {_LIMITS.max_messages_per_s:g})")
+    g.add_argument("--max-malformed", type=int, default=_LIMITS.max_malformed,
+                   help=f"malformed messages answered per call before it is closed "
+                   f"(default {_LIMITS.max_malformed})")
     p.add_argument("--greedy", action="store_true",
                    help="greedy decoding by default (deterministic; for tests); a call's own "
                    "text_temperature / audio_temperature query parameters still apply")
@@ -68,7 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    token = args.auth_token or os.environ.get(AUTH_ENV) or None
+    token = None
+    if args.auth_token_file is not None:
+        try:
+            token, warnings = read_token_file(args.auth_token_file)
+        except TokenError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return 2
+        for w in warnings:
+            sys.stderr.write(f"warning: {w}\n")
+    elif args.auth_token:
+        sys.stderr.write("warning: --auth-token is visible to other local users in "
+                         f"/proc/{os.getpid()}/cmdline; use --auth-token-file or {AUTH_ENV}\n")
+        token = args.auth_token
+    else:
+        token = os.environ.get(AUTH_ENV) or None
     try:
         from ..engine.core import Engine, EngineConfig, Sampling
         from ..engine.models import load_models
@@ -83,10 +135,21 @@ def main(argv: list[str]) -> int:
         ecfg = EngineConfig(slots=args.slots, queue_frames=args.queue_frames,
                             fill_after_ticks=fill,
                             sampling=Sampling(use_sampling=False) if args.greedy else None)
+        def opt(v: float | None) -> float | None:
+            return None if v is None or v == 0 else v
+
+        limits = CallLimits(
+            first_audio_s=opt(args.first_audio_timeout_s),
+            no_input_s=opt(args.no_input_timeout_s), max_call_s=opt(args.max_call_s),
+            ping_interval_s=opt(args.ping_interval_s), ping_timeout_s=opt(args.ping_timeout_s),
+            max_audio_ahead_s=args.max_audio_ahead_s,
+            max_messages_per_s=args.max_messages_per_s, max_malformed=args.max_malformed)
         scfg = ServerConfig(host=args.host, port=args.port, auth_token=token,
                             max_message_bytes=args.max_message_bytes,
                             admission_wait_s=args.admission_wait_s,
-                            instance_name=args.instance_name, static_dir=args.static)
+                            instance_name=args.instance_name, static_dir=args.static,
+                            limits=limits, auth_max_failures=args.auth_max_failures,
+                            auth_window_s=args.auth_window_s)
         if args.static:
             from .static import StaticFiles
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..moshi import protocol
+from .limits import CallLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,11 @@ class ServerConfig:
     instance_name: str = "voice-server-moshi"
     #: A built web client (Kyutai's, or any static UI) served at ``/`` beside the API.
     static_dir: str | None = None
+    #: Timeouts, input accounting, message budget, keepalive (ADR 0065).
+    limits: CallLimits = field(default_factory=CallLimits)
+    #: Wrong tokens allowed per address per window before 429.
+    auth_max_failures: int = 10
+    auth_window_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -31,7 +37,10 @@ class ServerConfig:
             raise ValueError(f"admission_wait_s must be >= 0, got {self.admission_wait_s}")
         if self.auth_token is not None and not self.auth_token.strip():
             raise ValueError("auth_token must not be empty when set")
+        if self.auth_max_failures < 1 or not self.auth_window_s > 0:
+            raise ValueError("auth_max_failures must be >= 1 and auth_window_s > 0")
 
     def __repr__(self) -> str:  # never show the token
         tok = "set" if self.auth_token else "none"
-        return f"ServerConfig(host={self.host!r}, port={self.port}, auth_token={tok})"
+        return (f"ServerConfig(host={self.host!r}, port={self.port}, auth_token={tok}, "
+                f"limits={self.limits!r})")

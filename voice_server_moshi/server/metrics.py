@@ -1,10 +1,31 @@
-"""Prometheus text exposition (format 0.0.4), written by hand: no client library needed."""
+"""Prometheus metrics of ``serve``, exposed through ``prometheus-client``.
+
+The engine and the server keep plain counters (cheap, no locks on the hot path beyond the
+engine's own); a custom collector turns a snapshot of them into metric families at scrape
+time, and ``prometheus_client`` writes the text format. Each server has its own registry,
+so several servers (tests, one process serving two engines) never share a metric.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
 from ..engine.metrics import TICK_BUCKETS_S, EngineMetrics
+
+__all__ = ["CONTENT_TYPE", "ServerCollector", "ServerCounters", "render_metrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 @dataclass
@@ -15,68 +36,126 @@ class ServerCounters:
     active_connections: int = 0
     refused_busy: int = 0
     auth_failures: int = 0
+    #: Requests answered 429 by the per-address failure limiter.
+    auth_throttled: int = 0
     messages_in: int = 0
     protocol_errors: int = 0
     audio_frames_out: int = 0
+    #: Calls ended, by reason (:class:`~.limits.CloseReason` values).
+    closed: Counter[str] = field(default_factory=Counter)
+    #: Seconds of caller audio counted before decoding, all calls.
+    audio_in_s: float = 0.0
 
 
-def _fmt(v: float) -> str:
-    if isinstance(v, bool):
-        return "1" if v else "0"
-    if isinstance(v, int):
-        return str(v)
-    return repr(float(v))
+def _engine_families(m: EngineMetrics) -> Iterator[Metric]:
+    def gauge(name: str, help_: str, value: float) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, help_, value=value)
+
+    def counter(name: str, help_: str, value: float) -> CounterMetricFamily:
+        return CounterMetricFamily(name, help_, value=value)
+
+    yield gauge("moshi_engine_slots", "Call slots in the engine batch.", m.slots)
+    yield gauge("moshi_engine_active_slots", "Slots held by calls.", m.active_slots)
+    yield gauge("moshi_engine_ready", "1 when warmed up.", float(m.ready))
+    yield counter("moshi_engine_ticks", "Ticks that ran the model.", m.ticks)
+    yield counter("moshi_engine_late_ticks",
+                  "Times the tick loop fell more than one tick behind the wall clock.",
+                  m.late_ticks)
+    yield counter("moshi_engine_underruns", "Silence frames fed to starved calls.", m.underruns)
+    yield counter("moshi_engine_overruns", "Caller frames dropped from full input queues.",
+                  m.overruns)
+    trimmed = getattr(m, "trimmed", None)
+    if trimmed is not None:
+        yield counter("moshi_engine_trimmed_frames",
+                      "Caller frames dropped to bring a backlog back to its target depth "
+                      "after a stall.", trimmed)
+    depths = getattr(m, "input_depths", None)
+    if depths is not None:
+        g = GaugeMetricFamily("moshi_engine_input_depth_frames",
+                              "Caller frames queued per slot (80 ms each).", labels=["slot"])
+        for slot, depth in depths:
+            g.add_metric([str(slot)], depth)
+        yield g
+    yield counter("moshi_engine_calls_started", "Calls given a slot.", m.calls_started)
+    yield counter("moshi_engine_calls_refused", "Calls refused for want of a slot.",
+                  m.calls_refused)
+    buckets = [(str(le), float(c)) for le, c in zip(TICK_BUCKETS_S, m.tick_buckets, strict=True)]
+    buckets.append(("+Inf", float(m.tick_count)))
+    yield HistogramMetricFamily(
+        "moshi_engine_tick_seconds",
+        "Time of one engine tick (Mimi encode, LM step, Mimi decode for all slots).",
+        buckets=buckets, sum_value=m.tick_sum_s)
+    yield gauge("moshi_engine_state_bytes_per_slot",
+                "Streaming state (KV cache, conv buffers) per slot.", m.state_bytes_per_slot)
+    yield gauge("moshi_engine_weights_bytes", "Model weights.", m.weights_bytes)
+    if m.device_memory_bytes is not None:
+        yield gauge("moshi_engine_device_memory_bytes", "GPU memory allocated by torch.",
+                    m.device_memory_bytes)
+    if m.process_rss_bytes is not None:
+        yield gauge("process_resident_memory_bytes", "Resident memory of the process.",
+                    m.process_rss_bytes)
+
+
+def _server_families(c: ServerCounters, tick_thread_alive: bool | None) -> Iterator[Metric]:
+    yield CounterMetricFamily("moshi_server_connections", "WebSocket calls accepted.",
+                              value=c.connections)
+    yield GaugeMetricFamily("moshi_server_active_connections", "Calls in progress.",
+                            value=c.active_connections)
+    yield CounterMetricFamily("moshi_server_refused_busy", "Calls answered with 'server busy'.",
+                              value=c.refused_busy)
+    yield CounterMetricFamily("moshi_server_auth_failures",
+                              "Requests refused for a missing or wrong token.",
+                              value=c.auth_failures)
+    yield CounterMetricFamily("moshi_server_auth_throttled",
+                              "Requests answered 429 after too many failures from an address.",
+                              value=c.auth_throttled)
+    yield CounterMetricFamily("moshi_server_messages_in", "Messages received.",
+                              value=c.messages_in)
+    yield CounterMetricFamily("moshi_server_protocol_errors",
+                              "Malformed messages and undecodable audio.",
+                              value=c.protocol_errors)
+    yield CounterMetricFamily("moshi_server_audio_messages_out", "Audio messages sent.",
+                              value=c.audio_frames_out)
+    yield CounterMetricFamily("moshi_server_audio_in_seconds",
+                              "Caller audio received, counted before decoding.",
+                              value=c.audio_in_s)
+    closed = CounterMetricFamily("moshi_server_calls_closed",
+                                 "Calls ended, by reason (timeouts, limits, client, engine).",
+                                 labels=["reason"])
+    for reason, n in sorted(c.closed.items()):
+        closed.add_metric([reason], n)
+    yield closed
+    if tick_thread_alive is not None:
+        yield GaugeMetricFamily("moshi_engine_tick_thread_alive",
+                                "1 while the engine's tick thread runs.",
+                                value=float(tick_thread_alive))
+
+
+class ServerCollector(Collector):
+    """Snapshots the engine and server counters at each scrape."""
+
+    def __init__(self, engine_metrics: Callable[[], EngineMetrics], counters: ServerCounters,
+                 tick_thread_alive: Callable[[], bool] | None = None) -> None:
+        self._engine_metrics = engine_metrics
+        self._counters = counters
+        self._alive = tick_thread_alive
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _engine_families(self._engine_metrics())
+        yield from _server_families(self._counters,
+                                    None if self._alive is None else self._alive())
+
+
+def new_registry(collector: ServerCollector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+def render(registry: CollectorRegistry) -> str:
+    return generate_latest(registry).decode()
 
 
 def render_metrics(m: EngineMetrics, c: ServerCounters) -> str:
-    lines: list[str] = []
-
-    def metric(name: str, kind: str, help_: str, value: float) -> None:
-        lines.append(f"# HELP {name} {help_}")
-        lines.append(f"# TYPE {name} {kind}")
-        lines.append(f"{name} {_fmt(value)}")
-
-    metric("moshi_engine_slots", "gauge", "Call slots in the engine batch.", m.slots)
-    metric("moshi_engine_active_slots", "gauge", "Slots held by calls.", m.active_slots)
-    metric("moshi_engine_ready", "gauge", "1 when warmed up.", m.ready)
-    metric("moshi_engine_ticks_total", "counter", "Ticks that ran the model.", m.ticks)
-    metric("moshi_engine_late_ticks_total", "counter",
-           "Times the tick loop fell more than one tick behind the wall clock.", m.late_ticks)
-    metric("moshi_engine_underruns_total", "counter",
-           "Silence frames fed to starved calls.", m.underruns)
-    metric("moshi_engine_overruns_total", "counter",
-           "Caller frames dropped from full input queues.", m.overruns)
-    metric("moshi_engine_calls_started_total", "counter", "Calls given a slot.", m.calls_started)
-    metric("moshi_engine_calls_refused_total", "counter",
-           "Calls refused for want of a slot.", m.calls_refused)
-    lines.append("# HELP moshi_engine_tick_seconds Time of one engine tick "
-                 "(Mimi encode, LM step, Mimi decode for all slots).")
-    lines.append("# TYPE moshi_engine_tick_seconds histogram")
-    for le, count in zip(TICK_BUCKETS_S, m.tick_buckets, strict=True):
-        lines.append(f'moshi_engine_tick_seconds_bucket{{le="{le}"}} {count}')
-    lines.append(f'moshi_engine_tick_seconds_bucket{{le="+Inf"}} {m.tick_count}')
-    lines.append(f"moshi_engine_tick_seconds_sum {_fmt(m.tick_sum_s)}")
-    lines.append(f"moshi_engine_tick_seconds_count {m.tick_count}")
-    metric("moshi_engine_state_bytes_per_slot", "gauge",
-           "Streaming state (KV cache, conv buffers) per slot.", m.state_bytes_per_slot)
-    metric("moshi_engine_weights_bytes", "gauge", "Model weights.", m.weights_bytes)
-    if m.device_memory_bytes is not None:
-        metric("moshi_engine_device_memory_bytes", "gauge",
-               "GPU memory allocated by torch.", m.device_memory_bytes)
-    if m.process_rss_bytes is not None:
-        metric("process_resident_memory_bytes", "gauge", "Resident memory of the process.",
-               m.process_rss_bytes)
-    metric("moshi_server_connections_total", "counter", "WebSocket calls accepted.",
-           c.connections)
-    metric("moshi_server_active_connections", "gauge", "Calls in progress.",
-           c.active_connections)
-    metric("moshi_server_refused_busy_total", "counter",
-           "Calls answered with 'server busy'.", c.refused_busy)
-    metric("moshi_server_auth_failures_total", "counter",
-           "Requests refused for a missing or wrong token.", c.auth_failures)
-    metric("moshi_server_messages_in_total", "counter", "Messages received.", c.messages_in)
-    metric("moshi_server_protocol_errors_total", "counter",
-           "Malformed messages and undecodable audio.", c.protocol_errors)
-    metric("moshi_server_audio_messages_out_total", "counter", "Audio messages sent.",
-           c.audio_frames_out)
-    return "\n".join(lines) + "\n"
+    """The text format for one snapshot (kept for callers of the hand-written version)."""
+    return render(new_registry(ServerCollector(lambda: m, c)))
