@@ -53,9 +53,8 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from .._log import get_logger
-from ..audio.opus import OpusEncoder
 from ..engine.call_sampling import SamplingError, parse_sampling_query
-from ..engine.core import Engine, SlotError, SlotOutput, SttOutput
+from ..engine.core import Engine
 from ..engine.session import EngineCall
 from ..errors import ServerBusyError
 from ..moshi import caller_protocol
@@ -64,7 +63,6 @@ from ..moshi.session import (
     CLOSE_BUSY,
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
-    CloseFrame,
     QueryError,
     ServerSession,
     SessionEvent,
@@ -78,6 +76,8 @@ from .limits import CallGuard, CloseReason, Reap
 from .logsafe import SafeLogger, install_redaction
 from .metadata import call_metadata
 from .metrics import CONTENT_TYPE, ServerCollector, ServerCounters, new_registry, render
+from .outbound import Connection as _Connection
+from .outbound import send_loop
 from .reaper import closed_by, watch_timeouts
 from .responses import bytes_response, json_response, response
 from .static import StaticFiles
@@ -90,26 +90,6 @@ __all__ = [
 log = SafeLogger(get_logger(__name__))
 
 SAMPLE_RATE = 24000
-
-
-class _Connection:
-    """A WebSocket and its session: sends what the session queued, in order."""
-
-    def __init__(self, ws: ServerConnection, session: ServerSession) -> None:
-        self.ws = ws
-        self.session = session
-
-    async def flush(self) -> None:
-        for item in self.session.data_to_send():
-            if isinstance(item, CloseFrame):
-                await self.ws.close(item.code, item.reason)
-            else:
-                await self.ws.send(item)
-
-    async def flush_quietly(self) -> None:
-        """Flush, ignoring a connection that is already gone."""
-        with contextlib.suppress(ConnectionClosed):
-            await self.flush()
 
 
 #: Makes each connection's session (the server passed in); see :meth:`BatchedServer.new_session`.
@@ -373,7 +353,8 @@ class BatchedServer:
             conn.session.start()
             await conn.flush()
             clog.info("call started")
-            sender = asyncio.create_task(self._send_loop(conn, call, call_id, clog),
+            sender = asyncio.create_task(send_loop(conn, call, call_id, clog, self._ending,
+                                                   self.counters),
                                          name=f"send:{call_id}")
             tasks.append(sender)
             tasks.append(asyncio.create_task(
@@ -416,56 +397,6 @@ class BatchedServer:
         conn.session.fail(reap.message, code=reap.code, reason=reap.reason.value)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(conn.flush(), self.config.limits.close_timeout_s + 1)
-
-    async def _send_loop(self, conn: _Connection, call: EngineCall, call_id: str,
-                         clog: SafeLogger) -> None:
-        try:
-            await self._send_outputs(conn, call, call_id, clog)
-        except Exception as exc:
-            # Never leave a call half alive: no more audio would come, so end it.
-            clog.exception("sending to the client failed; closing the call")
-            self._ending.setdefault(call_id, CloseReason.SEND_FAILED)
-            conn.session.fail(f"server error: {exc}", code=CLOSE_INTERNAL, reason="server error")
-            with contextlib.suppress(Exception):
-                await conn.flush()
-
-    async def _send_outputs(self, conn: _Connection, call: EngineCall, call_id: str,
-                            clog: SafeLogger) -> None:
-        encoder = OpusEncoder(SAMPLE_RATE)
-        session = conn.session
-        turn_ended = False  # 0x51 goes out when the end-of-turn head crosses 0.5 upwards
-        async for ev in call.events():
-            if isinstance(ev, SttOutput):
-                if ev.text:
-                    session.send_raw(caller_protocol.CALLER_TEXT,
-                                     caller_protocol.encode_text(ev.text, ev.stream_ms)[1:])
-                if ev.end_of_turn is not None:
-                    if ev.end_of_turn > 0.5 and not turn_ended:
-                        session.send_raw(caller_protocol.CALLER_END_OF_TURN,
-                                         caller_protocol.encode_end_of_turn(
-                                             ev.end_of_turn, ev.stream_ms)[1:])
-                    turn_ended = ev.end_of_turn > 0.5
-                if ev.final:
-                    session.send_raw(caller_protocol.CALLER_FLUSHED, b"")
-                with contextlib.suppress(ConnectionClosed):
-                    await conn.flush()
-                continue
-            if isinstance(ev, SlotError):
-                clog.warning("engine failed the call", error=ev.message)
-                self._ending.setdefault(call_id, CloseReason.ENGINE)
-                session.fail(ev.message, code=CLOSE_INTERNAL, reason="engine error")
-                await conn.flush_quietly()
-                return
-            assert isinstance(ev, SlotOutput)
-            steering.report(session, ev)
-            if session.send_audio(encoder.encode(ev.pcm)):
-                self.counters.audio_frames_out += 1
-            if ev.text:
-                session.send_text(ev.text)
-            try:
-                await conn.flush()
-            except ConnectionClosed:
-                return
 
 
 async def run_server(
