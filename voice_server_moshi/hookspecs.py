@@ -50,3 +50,13 @@ def voice_server_register_modes(register: Register) -> None:
     ``factory(settings, **kwargs)`` returns a new mode; keyword arguments are the host's
     (for example the adapter and the host callbacks).
     """
+
+
+@hookspec
+def voice_server_register_vads(register: Register) -> None:
+    """Register caller VADs: ``register(name, factory, description="...")``.
+
+    ``factory(config)`` gets a :class:`~voice_server_moshi.vads.VadConfig` and returns a new
+    :class:`~voice_server_moshi.vads.Vad` for one call. Hosts select one by name
+    (``vad = "name"`` in the ``[moshi]`` section); this package registers ``"energy"``.
+    """

@@ -61,3 +61,12 @@ def voice_server_register_modes(register: Register) -> None:
         description="continuous streams in both directions behind the host's turn callbacks "
         "(kwargs: adapter, host, config=None, clock=None)",
     )
+
+
+@hookimpl
+def voice_server_register_vads(register: Register) -> None:
+    register(
+        "energy",
+        _lazy("voice_server_moshi.vads:energy_vad"),
+        description="frame energy over an adaptive noise floor, with hangover (ADR 0011)",
+    )

@@ -7,9 +7,12 @@ example ``moshi``) to keep those plugins from loading.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -20,12 +23,19 @@ from .settings import parse_settings
 
 BLOCKED_ENV = "VOICE_SERVER_BLOCKED_PLUGINS"
 
+if TYPE_CHECKING:
+    from .vads import VadFactory
+
 log = get_logger(__name__)
+
+#: The registry whose ``create_*`` is running: components made by a registry look up the
+#: other components they name (a Moshi adapter's ``vad = "name"``) in that same registry.
+_CURRENT: ContextVar[Registry | None] = ContextVar("voice_server_registry", default=None)
 
 
 @dataclass(frozen=True, slots=True)
 class Registration:
-    """One registered adapter or mode."""
+    """One registered adapter, mode or VAD."""
 
     name: str
     factory: Callable[..., Any]
@@ -35,23 +45,26 @@ class Registration:
 
 
 class Registry:
-    """Adapters and modes registered by the loaded plugins."""
+    """Adapters, modes and caller VADs registered by the loaded plugins."""
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
         self.adapters: dict[str, Registration] = {}
         self.modes: dict[str, Registration] = {}
+        self.vads: dict[str, Registration] = {}
         self._collect()
 
     def _collect(self) -> None:
-        self.adapters.clear()
-        self.modes.clear()
+        kinds = (
+            (self.pm.hook.voice_server_register_adapters, self.adapters, "adapter"),
+            (self.pm.hook.voice_server_register_modes, self.modes, "mode"),
+            (self.pm.hook.voice_server_register_vads, self.vads, "VAD"),
+        )
+        for _, target, _ in kinds:
+            target.clear()
         for plugin in self.pm.get_plugins():
             name = self.pm.get_name(plugin) or repr(plugin)
-            for hook, target, kind in (
-                (self.pm.hook.voice_server_register_adapters, self.adapters, "adapter"),
-                (self.pm.hook.voice_server_register_modes, self.modes, "mode"),
-            ):
+            for hook, target, kind in kinds:
                 impls = [i for i in hook.get_hookimpls() if i.plugin is plugin]
                 for impl in impls:
                     impl.function(register=self._registrar(target, kind, name))
@@ -98,7 +111,8 @@ class Registry:
         reg = self.adapters.get(name)
         if reg is None:
             raise UnknownNameError("adapter", name, list(self.adapters))
-        return reg.factory(self._settings(reg, "adapter", settings))
+        with self.active():
+            return reg.factory(self._settings(reg, "adapter", settings))
 
     def create_mode(
         self, name: str, settings: Mapping[str, Any] | Any | None = None, **kwargs: Any
@@ -107,7 +121,27 @@ class Registry:
         reg = self.modes.get(name)
         if reg is None:
             raise UnknownNameError("mode", name, list(self.modes))
-        return reg.factory(self._settings(reg, "mode", settings), **kwargs)
+        with self.active():
+            return reg.factory(self._settings(reg, "mode", settings), **kwargs)
+
+    def vad_factory(self, name: str, *, section: str = "moshi") -> VadFactory:
+        """The factory of the caller VAD ``name``; a :class:`SettingsError` of ``section``
+        naming the registered VADs when there is none."""
+        reg = self.vads.get(name)
+        if reg is None:
+            known = ", ".join(sorted(self.vads)) or "(none)"
+            raise SettingsError(section, [f"vad: no VAD named {name!r}; registered: {known}"])
+        factory: VadFactory = reg.factory
+        return factory
+
+    @contextmanager
+    def active(self) -> Iterator[Registry]:
+        """Make this the registry components look names up in (see :func:`current_registry`)."""
+        token = _CURRENT.set(self)
+        try:
+            yield self
+        finally:
+            _CURRENT.reset(token)
 
     def check_pending(self) -> None:
         """Raise if a loaded plugin implements a hook this project does not specify."""
@@ -144,5 +178,21 @@ def load_registry(
         plugins=[pm.get_name(p) for p in pm.get_plugins()],
         adapters=sorted(registry.adapters),
         modes=sorted(registry.modes),
+        vads=sorted(registry.vads),
     )
     return registry
+
+
+@cache
+def default_registry() -> Registry:
+    """The registry of the installed plugins (entry points), loaded once per process."""
+    return load_registry()
+
+
+def current_registry() -> Registry:
+    """The registry creating a component right now, else :func:`default_registry`.
+
+    A component made directly (``MoshiAdapter(settings)``, not through
+    ``registry.create_adapter``) resolves the names in its settings here.
+    """
+    return _CURRENT.get() or default_registry()

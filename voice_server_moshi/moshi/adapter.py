@@ -15,7 +15,9 @@ delay bounded (ADR 0022). Counters: ``caller_ms``,
 ``frames_dropped`` (outbound queue overflow while the network stalls).
 
 Text pieces become agent ``transcript`` events (words; ADR 0021). Caller speech
-start/end come from an energy VAD on the caller's own audio, in caller stream time.
+start/end come from the caller VAD chosen by ``vad`` in the settings (registered through
+the ``voice_server_register_vads`` hook; ``"energy"`` by default) on the caller's own
+audio, in caller stream time.
 """
 
 from __future__ import annotations
@@ -32,10 +34,10 @@ from ..adapter import BaseAdapter, VoiceModelConfig
 from ..audio import g711
 from ..audio.framing import SampleFramer
 from ..audio.resample import Resampler
-from ..audio.vad import EnergyVad
 from ..capabilities import Capabilities
 from ..errors import ConnectError
 from ..events import AudioChunk, Error, SpeechEnded, SpeechStarted, Transcript
+from ..vads import AgentAudioSink, Vad, VadConfig, VadFactory, resolve_vad
 from .settings import MoshiSettings
 from .transcript import AgentWords
 from .transport import (
@@ -79,10 +81,13 @@ class MoshiAdapter(BaseAdapter):
         settings: MoshiSettings | None = None,
         *,
         transport: MoshiTransport | None = None,
+        vad: VadFactory | None = None,
     ) -> None:
         self.settings = settings or MoshiSettings()
         super().__init__(max_queued_events=self.settings.max_queued_events)
         self._injected = transport
+        # Resolved now, so a VAD name nobody registered fails when the adapter is made.
+        self._vad_factory = vad if vad is not None else resolve_vad(self.settings.vad)
         self.transport: MoshiTransport | None = None
         self._outbound: deque[PCM] = deque()
         self._outbound_ready = asyncio.Event()
@@ -101,9 +106,11 @@ class MoshiAdapter(BaseAdapter):
         self._in_framer = SampleFramer(MOSHI_FRAME_SAMPLES, np.float32)
         self._out_resampler = Resampler(MOSHI_SAMPLE_RATE, fmt.sample_rate)
         self._out_framer = SampleFramer(fmt.samples_per_frame, np.int16)
-        self._vad = EnergyVad(
-            fmt.sample_rate, self.settings.vad_threshold_db, self.settings.vad_hangover_ms
-        )
+        self._vad: Vad = self._vad_factory(VadConfig(
+            fmt.sample_rate, self.settings.vad_threshold_db, self.settings.vad_hangover_ms,
+            config.call_id,
+        ))
+        self._vad_sink = self._vad if isinstance(self._vad, AgentAudioSink) else None
         self._words = AgentWords()
         self.transport = self._injected or self._make_transport()
         session_id = await self.transport.open(config.call_id)
@@ -220,6 +227,9 @@ class MoshiAdapter(BaseAdapter):
         self._agent_samples += len(pcm)
         down = self._out_resampler.process(np.asarray(pcm, dtype=np.float32))
         for frame in self._out_framer.push(_to_int16(down)):
+            if self._vad_sink is not None:
+                t_ms = 1000.0 * self.counters["chunks_out"] * fmt.frame_ms
+                self._vad_sink.agent_audio(frame, t_ms)
             self._emit(AudioChunk(audio=g711.encode(frame, fmt.encoding), format=fmt))
             self.counters["chunks_out"] += 1
         self._emit_all(self._words.advance(self._agent_ms()))

@@ -81,6 +81,11 @@ class MoshiSettings:
         metadata={"min": 20, "max": 2000, "help": "caller media gap after which silence is sent "
                   "to keep Moshi's input clock running"},
     )
+    vad: str = field(
+        default="energy",
+        metadata={"help": "caller VAD, by registered name (plugins add more through the "
+                  "voice_server_register_vads hook)"},
+    )
     vad_threshold_db: float = field(
         default=9.0, metadata={"min": 0.0, "max": 40.0,
                                "help": "caller VAD: level over the noise floor that is speech"},
