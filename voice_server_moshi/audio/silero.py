@@ -28,9 +28,8 @@ __all__ = ["MODEL_FILE", "WINDOW", "SileroProb", "SileroUnavailableError", "sile
 WINDOW = 256
 CONTEXT = 32
 RATE = 8000
-#: The "if-less" opset-18 export of the same v6 weights: the same probabilities as
-#: ``silero_vad.onnx`` (checked in tests), about half the CPU per window on onnxruntime.
-MODEL_FILE = "silero_vad_op18_ifless.onnx"
+#: The model ``silero_vad.load_silero_vad(onnx=True)`` loads (8 and 16 kHz in one graph).
+MODEL_FILE = "silero_vad.onnx"
 
 F32 = NDArray[np.float32]
 
@@ -101,15 +100,16 @@ class SileroProb:
             self._buf = self._buf[WINDOW:]
         return out
 
-    def skip(self, x: F32) -> int:
-        """Append samples without running the model (a gate judged them silent); the windows
-        they complete are dropped, the context keeps the last samples. Returns windows dropped."""
-        self._buf = np.concatenate((self._buf, np.asarray(x, dtype=np.float32)))
-        n = 0
-        while len(self._buf) >= CONTEXT + WINDOW:
-            self._buf = self._buf[WINDOW:]
-            n += 1
-        return n
+    def reset_state(self) -> None:
+        """Zero the recurrent state (a fresh stream), keeping buffered samples."""
+        self._state = np.zeros((2, 1, 128), dtype=np.float32)
+
+    def run(self, window: F32) -> float:
+        """One step of the model on ``CONTEXT + WINDOW`` samples (context first), carrying
+        the state: for callers that pick the windows themselves (a gated cascade)."""
+        if window.shape != (CONTEXT + WINDOW,):
+            raise ValueError(f"expected {CONTEXT + WINDOW} samples, got {window.shape}")
+        return self._run(np.asarray(window, dtype=np.float32))
 
     def _run(self, window: F32) -> float:
         out, state = self._sess.run(

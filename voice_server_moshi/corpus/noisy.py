@@ -47,7 +47,8 @@ def noise_only_call(kind: str, snr_db: float, seed: int = 1, seconds: float = 20
     rng = np.random.default_rng([seed, 100 + NOISE_KINDS.index(kind)])  # type: ignore[arg-type]
     level = 10 ** ((CALLER_SPEECH_DBFS - snr_db) / 20)
     caller = np.clip(background(kind, n, rng) * level, -1, 1).astype(np.float32)
-    agent = (background("pink", n, rng) * np.float32(10 ** (AGENT_FLOOR_DBFS / 20))).astype(np.float32)
+    floor = np.float32(10 ** (AGENT_FLOOR_DBFS / 20))
+    agent = (background("pink", n, rng) * floor).astype(np.float32)
     return CorpusCall(f"noise-{seed:03d}-{kind}-snr{snr_db:g}", seed, snr_db, caller, agent,
                       [], [], background=kind)
 
