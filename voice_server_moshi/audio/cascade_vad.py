@@ -76,6 +76,10 @@ class CascadeVad:
         background_db: float = 7.0,
         echo_margin_db: float = 6.0,
         p_start: float = 0.5,
+        p_continue: float = 0.35,
+        bridge_after_ms: int = 100,
+        bridge_max_ms: int = 1000,
+        bridge_max_spread_db: float = 3.0,
         min_level_dbfs: float = -55.0,
         hysteresis_db: float = 3.0,
         start_frames: int = 2,
@@ -96,6 +100,13 @@ class CascadeVad:
         self.background_db = background_db
         self.echo_margin_db = echo_margin_db
         self.p_start = p_start
+        self.p_continue = p_continue
+        self.bridge_max_spread_db = bridge_max_spread_db
+        self._bridge_after = max(1, bridge_after_ms // 10)
+        self._bridge_max = max(1, bridge_max_ms // 32)
+        self._bridge = False
+        self._bridged = 0
+        self.background_spread_db = 0.0
         self.min_level_dbfs = min_level_dbfs
         self.hysteresis_db = hysteresis_db
         self.start_frames = start_frames
@@ -138,6 +149,7 @@ class CascadeVad:
         self._quiet_run = 0
         self._cand = False
         self._cand_onset = 0
+        self._stale_until = -1
         self._speak_steps = 0
         self._below = 0
         self._last_loud = 0
@@ -196,7 +208,9 @@ class CascadeVad:
                 t = self._run_windows()
                 if t is not None:
                     out.append(t)
-        if not self._cand:
+            elif self._bridge and self.speaking:
+                self._run_bridge()
+        if not self._cand and not self._bridge:
             # Windows nobody needs are skipped (kept in the history for a catch-up).
             self._next_win = self._n // WINDOW
         return out
@@ -228,8 +242,10 @@ class CascadeVad:
             if level >= ref:
                 self._loud_run += 1
                 self._quiet_run = 0
-                if self._loud_run == 1 and not self._cand:
+                if (self._loud_run == 1 and not self._cand) or (
+                        0 <= self._stale_until <= j * _STEP):
                     self._cand_onset = j
+                    self._stale_until = -1
                 if self._loud_run >= self.start_frames and not self._cand:
                     self._open_candidate()
             else:
@@ -243,22 +259,29 @@ class CascadeVad:
             self._push_background(level)
         if level < ref - self.hysteresis_db:
             self._below += 1
+            if (self._below == self._bridge_after and not self._bridge
+                    and self.background_spread_db < self.bridge_max_spread_db):
+                self._open_window_run(j - self._below + 1)
+                self._bridge, self._bridged = True, 0
             if self._below >= self._hang:
                 self.speaking = False
-                self._cand = False
+                self._cand = self._bridge = False
                 self._loud_run = self._quiet_run = 0
                 return VadTransition("end", (self._last_loud + 1) * _STEP_MS,
                                      (j + 1) * _STEP_MS)
         else:
             self._below = 0
             self._last_loud = j
+            self._bridge = False
         return None
 
     def _end_block(self, j: int) -> None:
         self._blocks.append(self._block_min)
         self._block_min, self._block_n = math.inf, 0
         if self._bg_n:
-            self.background_dbfs = float(np.median(self._bg[: min(self._bg_n, len(self._bg))]))
+            bg = self._bg[: min(self._bg_n, len(self._bg))]
+            self.background_dbfs = float(np.median(bg))
+            self.background_spread_db = float(np.std(bg))
         # Learn the echo gain only once the agent has been heard a whole lag ago: its echo
         # has had time to arrive. Speech blocks count too (a median over 3 s of blocks
         # shrugs off a caller's few words over the agent; skipping them would leave an
@@ -285,7 +308,12 @@ class CascadeVad:
 
     def _open_candidate(self) -> None:
         self._cand = True
-        onset = self._cand_onset * _STEP
+        self._stale_until = -1
+        self._open_window_run(self._cand_onset)
+
+    def _open_window_run(self, first_step: int) -> None:
+        """Have Silero run from one window before the one holding ``first_step``."""
+        onset = first_step * _STEP
         # From one window before the one holding the onset, within the kept history.
         first_kept = -(-(self._hist_end - len(self._hist) + CONTEXT) // WINDOW)
         want = max(onset // WINDOW - 1, first_kept, 0)
@@ -305,6 +333,10 @@ class CascadeVad:
             p = self._model.run(self._hist[a : a + CONTEXT + WINDOW])
             self._ran_upto = self._next_win
             self.windows_run += 1
+            if w * WINDOW >= onset + 2 * WINDOW and p < self.p_start:
+                # Loud but not speech two windows in (a horn, a chord): the candidate's
+                # onset moves to its next loud step, where speech may begin.
+                self._stale_until = (w + 1) * WINDOW
             if (w + 1) * WINDOW > onset and p >= self.p_start:
                 self.speaking = True
                 self._cand = False
@@ -313,6 +345,25 @@ class CascadeVad:
                 return VadTransition("start", self._cand_onset * _STEP_MS,
                                      max((w + 1) * WINDOW / 8.0, self._j * _STEP_MS))
         return None
+
+    def _run_bridge(self) -> None:
+        """Silero on a pause in the caller's speech: a window still likely speech keeps the
+        turn open (words apart in stationary noise), for at most ``_bridge_max`` windows."""
+        base = self._hist_end - len(self._hist)
+        gap = (self._j - self._below) * _STEP
+        while (self._next_win + 1) * WINDOW <= self._n and self._bridged < self._bridge_max:
+            w = self._next_win
+            self._next_win += 1
+            a = w * WINDOW - CONTEXT - base
+            if a < 0:
+                continue
+            p = self._model.run(self._hist[a : a + CONTEXT + WINDOW])
+            self._ran_upto = self._next_win
+            self.windows_run += 1
+            if (w + 1) * WINDOW > gap:
+                self._bridged += 1
+                if p >= self.p_continue:
+                    self._below = 0
 
 
 def _as_float(samples: NDArray[np.int16] | NDArray[np.float32]) -> F32:
