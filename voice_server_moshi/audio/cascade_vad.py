@@ -36,6 +36,7 @@ from numpy.typing import NDArray
 from .framing import SampleFramer
 from .resample import Resampler
 from .silero import CONTEXT, RATE, WINDOW, SileroProb
+from .silero_vad import as_float32
 from .vad import VadTransition
 
 __all__ = ["CascadeVad"]
@@ -150,6 +151,9 @@ class CascadeVad:
         self._cand = False
         self._cand_onset = 0
         self._stale_until = -1
+        self._rejected = 0
+        self._max_reject = 4
+        self._recheck = 4
         self._speak_steps = 0
         self._below = 0
         self._last_loud = 0
@@ -162,9 +166,9 @@ class CascadeVad:
     def agent_audio(self, samples: NDArray[np.int16] | NDArray[np.float32], t_ms: float) -> None:
         """The agent audio sent to the caller. It is placed at the caller time it is sent
         (not ``t_ms``, its agent stream time): an echo can only follow what was sent."""
-        x = _as_float(samples)
+        x = as_float32(samples)
         if self._rs_ref is not None:
-            x = self._rs_ref.process(x)
+            x = np.asarray(self._rs_ref.process(x), dtype=np.float32)
         steps = _steps(self._ref_framer, x)
         if steps is None:
             return
@@ -189,9 +193,9 @@ class CascadeVad:
 
     def process(self, samples: NDArray[np.int16] | NDArray[np.float32]) -> list[VadTransition]:
         """Feed caller audio; return the transitions it completes, in order."""
-        x = _as_float(samples)
+        x = as_float32(samples)
         if self._rs is not None:
-            x = self._rs.process(x)
+            x = np.asarray(self._rs.process(x), dtype=np.float32)
         block = _steps(self._framer, x)
         if block is None:
             return []
@@ -309,6 +313,7 @@ class CascadeVad:
     def _open_candidate(self) -> None:
         self._cand = True
         self._stale_until = -1
+        self._rejected = 0
         self._open_window_run(self._cand_onset)
 
     def _open_window_run(self, first_step: int) -> None:
@@ -335,8 +340,12 @@ class CascadeVad:
             self.windows_run += 1
             if w * WINDOW >= onset + 2 * WINDOW and p < self.p_start:
                 # Loud but not speech two windows in (a horn, a chord): the candidate's
-                # onset moves to its next loud step, where speech may begin.
+                # onset moves to its next loud step, where speech may begin; after a few
+                # such windows only every ``_recheck``-th is looked at while it lasts.
                 self._stale_until = (w + 1) * WINDOW
+                self._rejected += 1
+                if self._rejected >= self._max_reject:
+                    self._next_win += self._recheck - 1
             if (w + 1) * WINDOW > onset and p >= self.p_start:
                 self.speaking = True
                 self._cand = False
@@ -365,14 +374,3 @@ class CascadeVad:
                 if p >= self.p_continue:
                     self._below = 0
 
-
-def _as_float(samples: NDArray[np.int16] | NDArray[np.float32]) -> F32:
-    if not isinstance(samples, np.ndarray):
-        raise TypeError(f"expected a numpy array, got {type(samples).__name__}")
-    if samples.ndim != 1:
-        raise ValueError(f"expected a 1-D (mono) array, got shape {samples.shape}")
-    if samples.dtype == np.int16:
-        return samples.astype(np.float32) * np.float32(1 / 32768)
-    if samples.dtype == np.float32:
-        return samples
-    raise TypeError(f"expected int16 or float32 samples, got dtype {samples.dtype}")

@@ -15,7 +15,7 @@ from .resample import Resampler
 from .silero import RATE, WINDOW, SileroProb
 from .vad import VadTransition
 
-__all__ = ["SileroVad"]
+__all__ = ["SileroVad", "as_float32"]
 
 WINDOW_MS = 1000.0 * WINDOW / RATE
 
@@ -40,9 +40,9 @@ class SileroVad:
         self.keep_probabilities = False
 
     def process(self, samples: NDArray[np.int16] | NDArray[np.float32]) -> list[VadTransition]:
-        x = _as_float(samples)
+        x = as_float32(samples)
         if self._resampler is not None:
-            x = self._resampler.process(x)
+            x = np.asarray(self._resampler.process(x), dtype=np.float32)
         out: list[VadTransition] = []
         for p in self._model.push(x):
             t0 = self._win * WINDOW_MS
@@ -63,7 +63,8 @@ class SileroVad:
         return out
 
 
-def _as_float(samples: NDArray[np.int16] | NDArray[np.float32]) -> NDArray[np.float32]:
+def as_float32(samples: NDArray[np.int16] | NDArray[np.float32]) -> NDArray[np.float32]:
+    """int16 or float32 mono samples as float32 (full scale 1.0); a clear error otherwise."""
     if not isinstance(samples, np.ndarray):
         raise TypeError(f"expected a numpy array, got {type(samples).__name__}")
     if samples.ndim != 1:
@@ -71,5 +72,6 @@ def _as_float(samples: NDArray[np.int16] | NDArray[np.float32]) -> NDArray[np.fl
     if samples.dtype == np.int16:
         return samples.astype(np.float32) * np.float32(1 / 32768)
     if samples.dtype == np.float32:
-        return samples
+        out: NDArray[np.float32] = samples.astype(np.float32, copy=False)
+        return out
     raise TypeError(f"expected int16 or float32 samples, got dtype {samples.dtype}")

@@ -103,6 +103,7 @@ def band_noise(n: int, rng: np.random.Generator) -> F32:
 def build_call(
     clips: dict[str, Clip], seed: int, snr_db: float, exchanges: int = 4,
     background: str | None = None,
+    talkers: list[F32] | None = None,
 ) -> CorpusCall:
     """One call; ``background`` (a :data:`.noise.NOISE_KINDS` kind) replaces the standard
     set's band-limited noise, drawn from its own generator so the script is the same."""
@@ -175,7 +176,7 @@ def build_call(
         if background not in kinds:
             raise ValueError(f"unknown background {background!r}; one of {', '.join(kinds)}")
         kind_rng = np.random.default_rng([seed, 1 + kinds.index(background)])
-        bed = make_background(background, n, kind_rng)
+        bed = make_background(background, n, kind_rng, talkers)
     noise = bed * np.float32(np.sqrt(p_speech / 10 ** (snr_db / 10)))
     caller = np.clip(caller + noise, -1, 1).astype(np.float32)
     if background is None:

@@ -18,13 +18,15 @@ runner and ``make-corpus`` both encode them).
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from ..moshi.transport import MOSHI_FRAME_MS
 from .assemble import AGENT_FLOOR_DBFS, RATE, CorpusCall, Segment, build_call
 from .clips import Clip
 from .noise import NOISE_KINDS, background, band
 
-F32 = np.ndarray
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
 
 #: Active speech power of the assembled callers (clips at -3 dB peak): noise-only calls
 #: take their level from it, so "10 dB" means the background of the 10 dB speech calls.
@@ -36,17 +38,22 @@ LINE_FLOOR_DBFS = -60.0
 def noisy_set(
     clips: dict[str, Clip], calls: int, snrs: tuple[float, ...],
     kinds: tuple[str, ...] = NOISE_KINDS, first_seed: int = 1,
+    talkers: list[F32] | None = None,
 ) -> list[CorpusCall]:
-    """``calls`` speech calls per background kind and SNR (the same scripts in each)."""
-    return [build_call(clips, first_seed + k, snr, background=kind)
+    """``calls`` speech calls per background kind and SNR (the same scripts in each);
+    ``talkers``: the babble voices (default: the committed ones)."""
+    return [build_call(clips, first_seed + k, snr, background=kind, talkers=talkers)
             for kind in kinds for snr in snrs for k in range(calls)]
 
 
-def noise_only_call(kind: str, snr_db: float, seed: int = 1, seconds: float = 20.0) -> CorpusCall:
+def noise_only_call(kind: str, snr_db: float, seed: int = 1, seconds: float = 20.0,
+                    talkers: list[F32] | None = None) -> CorpusCall:
+    if kind not in NOISE_KINDS:
+        raise ValueError(f"unknown background {kind!r}; one of {', '.join(NOISE_KINDS)}")
     n = int(seconds * RATE)
-    rng = np.random.default_rng([seed, 100 + NOISE_KINDS.index(kind)])  # type: ignore[arg-type]
+    rng = np.random.default_rng([seed, 100 + NOISE_KINDS.index(kind)])
     level = 10 ** ((CALLER_SPEECH_DBFS - snr_db) / 20)
-    caller = np.clip(background(kind, n, rng) * level, -1, 1).astype(np.float32)
+    caller = np.clip(background(kind, n, rng, talkers) * level, -1, 1).astype(np.float32)
     floor = np.float32(10 ** (AGENT_FLOOR_DBFS / 20))
     agent = (background("pink", n, rng) * floor).astype(np.float32)
     return CorpusCall(f"noise-{seed:03d}-{kind}-snr{snr_db:g}", seed, snr_db, caller, agent,
@@ -59,7 +66,7 @@ def echo_only_call(clips: dict[str, Clip], seed: int, speakerphone: bool) -> Cor
     agents = sorted((c for c in clips.values() if c.spec.kind == "agent"),
                     key=lambda c: c.spec.name)
     t = int(rng.uniform(0.5, 1.0) * RATE)
-    parts: list[tuple[int, np.ndarray]] = []
+    parts: list[tuple[int, F32]] = []
     segs: list[Segment] = []
     for _ in range(4):
         a = agents[int(rng.integers(len(agents)))]
@@ -68,17 +75,17 @@ def echo_only_call(clips: dict[str, Clip], seed: int, speakerphone: bool) -> Cor
                             a.spec.text))
         t += len(a.pcm) + int(rng.uniform(0.6, 1.5) * RATE)
     n = t + RATE
-    agent = np.zeros(n, dtype=np.float64)
+    agent: F64 = np.zeros(n, dtype=np.float64)
     for i, pcm in parts:
         agent[i : i + len(pcm)] += pcm
     gain_db = float(rng.uniform(-25, -15))
     delay_ms = float(rng.uniform(20, 200))
     shift = int((delay_ms + MOSHI_FRAME_MS) * RATE / 1000)
-    echo = np.zeros(n)
+    echo: F64 = np.zeros(n)
     echo[shift:] = agent[: n - shift]
     if speakerphone:
         # A room: duller (first-order low-pass) with two reflections 7-25 ms later.
-        echo = np.convolve(echo, [0.5, 0.3, 0.2])[:n]
+        echo = np.asarray(np.convolve(echo, [0.5, 0.3, 0.2])[:n], dtype=np.float64)
         for lag_ms, g in ((rng.uniform(7, 14), 0.5), (rng.uniform(15, 25), 0.3)):
             k = int(lag_ms * RATE / 1000)
             echo[k:] += g * echo[:-k]
@@ -104,5 +111,7 @@ def echo_set(clips: dict[str, Clip], calls: int, first_seed: int = 1) -> list[Co
 
 
 def noise_only_set(snrs: tuple[float, ...], kinds: tuple[str, ...] = NOISE_KINDS,
-                   seed: int = 1, seconds: float = 20.0) -> list[CorpusCall]:
-    return [noise_only_call(kind, snr, seed, seconds) for kind in kinds for snr in snrs]
+                   seed: int = 1, seconds: float = 20.0,
+                   talkers: list[F32] | None = None) -> list[CorpusCall]:
+    return [noise_only_call(kind, snr, seed, seconds, talkers) for kind in kinds
+            for snr in snrs]
