@@ -16,6 +16,7 @@ and the full-duplex mode, with the scripted agent, on a virtual clock:
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -180,6 +181,8 @@ async def run_noisy(vads: list[str], calls_per: int, snrs: tuple[float, ...],
     clean = standard_set(clips, calls=12, snrs=(20.0,))
     results: dict[str, Any] = {}
     for vad in vads:
+        _progress(f"{vad}: {len(speech)} speech, {len(noise)} noise-only, {len(echo)} echo, "
+                  f"{len(clean)} clean calls", t0)
         r: dict[str, Any] = {
             "speech": await _speech_rows(speech, vad, registry),
             "noise_only_false_starts_per_min": await _noise_rows(noise, vad, registry),
@@ -194,6 +197,7 @@ async def run_noisy(vads: list[str], calls_per: int, snrs: tuple[float, ...],
             "barge_ins_raised_ratio": clean_s["barge_ins_raised_ratio"],
         }
         r["cpu"] = vad_cpu(vad, speech + noise + echo, registry)
+        _progress(f"{vad}: done", t0)
         r["targets"] = _targets(r)
         results[vad] = r
     return {
@@ -211,6 +215,11 @@ async def run_noisy(vads: list[str], calls_per: int, snrs: tuple[float, ...],
         "vads": results,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
+
+
+def _progress(msg: str, t0: float) -> None:
+    sys.stderr.write(f"[bench turns --noisy {time.perf_counter() - t0:6.0f} s] {msg}\n")
+    sys.stderr.flush()
 
 
 def summary_table(out: dict[str, Any]) -> list[dict[str, Any]]:
