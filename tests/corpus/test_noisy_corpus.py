@@ -83,3 +83,19 @@ def test_make_corpus_noisy_writes_labelled_calls(tmp_path: Path) -> None:
     assert (tmp_path / "babble" / "t1.wav").exists()
     assert cli_main(["make-corpus", str(tmp_path), "--bundled-clips", "--noisy",
                      "--kinds", "rain"]) == 2
+
+
+@pytest.mark.slow
+async def test_default_vad_end_to_end_in_babble_and_on_echo() -> None:
+    """Through the adapter and the full-duplex mode (what `bench turns --noisy` measures):
+    the cascade catches every sentence over babble and raises nothing from echo alone."""
+    pytest.importorskip("onnxruntime")
+    from voice_server_moshi.corpus.evaluate import score_call
+    from voice_server_moshi.corpus.run import run_corpus_call
+
+    call = build_call(bundled_clips(), 1, 10.0, background="babble")
+    sc = score_call(call, (await run_corpus_call(call, vad="cascade")).records)
+    assert sc.onsets_missed == 0 and sc.backchannels_raised == 0
+    echo = echo_only_call(bundled_clips(), 2, speakerphone=True)
+    res = await run_corpus_call(echo, vad="cascade")
+    assert not [r for r in res.records if r.name == "user-turn-started"]
