@@ -70,6 +70,17 @@ def voice_server_register_vads(register: Register) -> None:
         _lazy("voice_server_moshi.vads:energy_vad"),
         description="frame energy over an adaptive noise floor, with hangover (ADR 0011)",
     )
+    register(
+        "cascade",
+        _lazy("voice_server_moshi.learned_vads:cascade_vad"),
+        description="level gate over noise floor, babble-adapting background and agent echo, "
+        "Silero v6 (onnxruntime) confirming candidates only (ADR 0085)",
+    )
+    register(
+        "silero",
+        _lazy("voice_server_moshi.learned_vads:silero_vad"),
+        description="Silero VAD v6 on every 32 ms window, onnxruntime (ADR 0085)",
+    )
 
 
 @hookimpl

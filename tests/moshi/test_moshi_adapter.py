@@ -255,7 +255,7 @@ async def test_normal_close_by_the_peer_ends_the_call_without_error() -> None:
 
 async def test_caller_vad_in_caller_stream_time() -> None:
     tr = ScriptedTransport()
-    call = await _start(tr)
+    call = await _start(tr, vad="energy")  # white-noise "speech": a loudness VAD's test
     rng = np.random.default_rng(1)
     quiet = lambda n: (rng.standard_normal(n) * 30).astype(np.int16)  # noqa: E731
     loud = lambda n: (rng.standard_normal(n) * 6000).astype(np.int16)  # noqa: E731
@@ -270,6 +270,26 @@ async def test_caller_vad_in_caller_stream_time() -> None:
     assert s.source == e.source == "local-vad"
     assert 980 <= s.t_ms <= 1050
     assert 1950 <= e.t_ms <= 2400
+
+
+async def test_default_vad_finds_real_speech_in_caller_stream_time() -> None:
+    # The default (cascade) VAD wants speech, not noise: a corpus clip after 1 s of line hiss.
+    from voice_server_moshi.corpus.store import bundled_clips
+
+    clip = bundled_clips()["u1"]
+    tr = ScriptedTransport()
+    call = await _start(tr)
+    rng = np.random.default_rng(1)
+    quiet = lambda n: (rng.standard_normal(n) * 30).astype(np.int16)  # noqa: E731
+    speech = np.clip(np.rint(clip.pcm * 16384), -32768, 32767).astype(np.int16)
+    audio = np.concatenate([quiet(8000), speech, quiet(12000)])
+    for k in range(len(audio) // 160):
+        await call.adapter.send_audio(g711.encode(audio[k * 160 : (k + 1) * 160], "mulaw"))
+    await call.end()
+    starts, ends = call.of(SpeechStarted), call.of(SpeechEnded)
+    assert len(starts) == 1 and len(ends) == 1
+    assert 980 <= starts[0].t_ms <= 1060
+    assert 900 + clip.duration_ms <= ends[0].t_ms <= 1400 + clip.duration_ms
 
 
 async def test_agent_audio_of_any_length_is_reframed() -> None:

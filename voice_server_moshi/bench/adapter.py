@@ -89,7 +89,7 @@ def _agent_pages(seconds: float) -> list[bytes]:
             for i in range(n_frames)]
 
 
-async def _one_call(fmt: AudioFormat, seconds: float) -> dict[str, Any]:
+async def _one_call(fmt: AudioFormat, seconds: float, vad: str) -> dict[str, Any]:
     caller = g711.encode(
         np.clip(np.rint(_speechlike(int(seconds * fmt.sample_rate), fmt.sample_rate, 1)
                         * 32767), -32768, 32767).astype(np.int16),
@@ -98,7 +98,7 @@ async def _one_call(fmt: AudioFormat, seconds: float) -> dict[str, Any]:
     chunks = [caller[i : i + fmt.bytes_per_frame]
               for i in range(0, len(caller), fmt.bytes_per_frame)]
     transport = _OpusLoopTransport(_agent_pages(seconds))
-    adapter = MoshiAdapter(MoshiSettings(transport="embedded"), transport=transport)
+    adapter = MoshiAdapter(MoshiSettings(transport="embedded", vad=vad), transport=transport)
     n_events = 0
 
     async def consume() -> None:  # a host reads every event, as it would in a call
@@ -148,7 +148,8 @@ asyncio.run(main())
 """
 
 
-async def _socket_call(fmt: AudioFormat, seconds: float, url: str) -> dict[str, Any]:
+async def _socket_call(fmt: AudioFormat, seconds: float, url: str, vad: str
+                       ) -> dict[str, Any]:
     """The same call over the real remote transport and a loopback WebSocket."""
     caller = g711.encode(
         np.clip(np.rint(_speechlike(int(seconds * fmt.sample_rate), fmt.sample_rate, 1)
@@ -157,7 +158,7 @@ async def _socket_call(fmt: AudioFormat, seconds: float, url: str) -> dict[str, 
     )
     chunks = [caller[i : i + fmt.bytes_per_frame]
               for i in range(0, len(caller), fmt.bytes_per_frame)]
-    adapter = MoshiAdapter(MoshiSettings(url=url))
+    adapter = MoshiAdapter(MoshiSettings(url=url, vad=vad))
     frames_expected = int(seconds * 24000) // MOSHI_FRAME_SAMPLES
 
     async def consume() -> None:
@@ -180,7 +181,7 @@ async def _socket_call(fmt: AudioFormat, seconds: float, url: str) -> dict[str, 
             "frames_received": adapter.counters["frames_received"]}
 
 
-def _with_socket(fmt: AudioFormat, seconds: float, repeat: int) -> dict[str, Any]:
+def _with_socket(fmt: AudioFormat, seconds: float, repeat: int, vad: str) -> dict[str, Any]:
     import subprocess
 
     peer = subprocess.Popen([sys.executable, "-c", _ECHO_PEER], stdout=subprocess.PIPE,
@@ -188,8 +189,8 @@ def _with_socket(fmt: AudioFormat, seconds: float, repeat: int) -> dict[str, Any
     try:
         assert peer.stdout is not None
         url = f"ws://127.0.0.1:{int(peer.stdout.readline())}/api/chat"
-        asyncio.run(_socket_call(fmt, 1.0, url))  # warm-up
-        runs = [asyncio.run(_socket_call(fmt, seconds, url)) for _ in range(repeat)]
+        asyncio.run(_socket_call(fmt, 1.0, url, vad))  # warm-up
+        runs = [asyncio.run(_socket_call(fmt, seconds, url, vad)) for _ in range(repeat)]
     finally:
         peer.terminate()
         peer.wait(5)
@@ -207,11 +208,11 @@ def _with_socket(fmt: AudioFormat, seconds: float, repeat: int) -> dict[str, Any
     }
 
 
-def _stage_costs(fmt: AudioFormat, seconds: float) -> dict[str, float]:
+def _stage_costs(fmt: AudioFormat, seconds: float, vad_name: str) -> dict[str, float]:
     """CPU ms per call-second of each stage alone, in the adapter's chunk sizes."""
     from ..audio.framing import SampleFramer
     from ..audio.resample import Resampler
-    from ..audio.vad import EnergyVad
+    from ..vads import VadConfig, resolve_vad
 
     rate = fmt.sample_rate
     x8 = np.clip(np.rint(_speechlike(int(seconds * rate), rate, 1) * 32767),
@@ -230,7 +231,7 @@ def _stage_costs(fmt: AudioFormat, seconds: float) -> dict[str, float]:
         return round(1000.0 * (time.thread_time() - t0) / seconds, 3)
 
     up, down = Resampler(rate, 24000), Resampler(24000, rate)
-    vad = EnergyVad(rate)
+    vad = resolve_vad(vad_name)(VadConfig(rate))
     enc, dec = OpusEncoder(24000), OpusDecoder(24000)
     f80, f20 = SampleFramer(MOSHI_FRAME_SAMPLES, np.float32), SampleFramer(n, np.int16)
     floats = [c.astype(np.float32) / 32768.0 for c in chunks16]
@@ -252,12 +253,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="call length per run")
     ap.add_argument("--repeat", type=int, default=3, help="runs; the median is reported")
     ap.add_argument("--encoding", default="mulaw", choices=["mulaw", "alaw", "pcm16"])
+    ap.add_argument("--vad", default=MoshiSettings().vad,
+                    help=f"caller VAD by registered name (default {MoshiSettings().vad})")
     ap.add_argument("--no-socket", action="store_true",
                     help="skip the run over a loopback WebSocket")
     args = ap.parse_args(argv)
     fmt = AudioFormat(args.encoding, 8000, 20)
-    asyncio.run(_one_call(fmt, 1.0))  # warm-up: imports, filter design, first allocations
-    runs = [asyncio.run(_one_call(fmt, args.seconds)) for _ in range(args.repeat)]
+    asyncio.run(_one_call(fmt, 1.0, args.vad))  # warm-up: imports, filter design, allocations
+    runs = [asyncio.run(_one_call(fmt, args.seconds, args.vad)) for _ in range(args.repeat)]
     cpu_ms = sorted(1000.0 * r["cpu_s"] / args.seconds for r in runs)
     median = cpu_ms[len(cpu_ms) // 2]
     calls = 1000.0 / median
@@ -265,6 +268,7 @@ def main(argv: list[str]) -> int:
         "bench": "adapter",
         "what": "CPU per call-second of MoshiAdapter's whole audio path (G.711, VAD, both "
                 "resamplers, framing, Opus both ways, events), one thread, no socket",
+        "vad": args.vad,
         "format": {"encoding": fmt.encoding, "sample_rate": fmt.sample_rate,
                    "frame_ms": fmt.frame_ms},
         "seconds_per_run": args.seconds,
@@ -276,8 +280,9 @@ def main(argv: list[str]) -> int:
         "meets_goal": calls >= GOAL_CALLS_PER_CORE,
         "last_run": {k: (round(v, 4) if isinstance(v, float) else v)
                      for k, v in runs[-1].items()},
-        "stages_cpu_ms_per_call_second": _stage_costs(fmt, args.seconds),
-        "with_socket": None if args.no_socket else _with_socket(fmt, args.seconds, args.repeat),
+        "stages_cpu_ms_per_call_second": _stage_costs(fmt, args.seconds, args.vad),
+        "with_socket": None if args.no_socket else _with_socket(fmt, args.seconds, args.repeat,
+                                                                   args.vad),
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "processor": platform.processor() or platform.machine()},
     }

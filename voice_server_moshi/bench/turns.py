@@ -172,9 +172,21 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _noisy_main(args: argparse.Namespace) -> int:
+    from .noisy_turns import run_noisy, summary_table
+
+    calls = args.calls
+    snrs = tuple(float(x) for x in args.snr.split(","))
+    out = asyncio.run(run_noisy(args.vads.split(","), calls, snrs))
+    out["summary"] = summary_table(out)
+    sys.stdout.write(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     p = command_parser("voice-server-moshi bench turns", __doc__)
-    p.add_argument("--calls", type=int, default=12, help="corpus calls per SNR (default 12)")
+    p.add_argument("--calls", type=int, default=None,
+                   help="corpus calls per SNR (default 12; with --noisy per kind and SNR, 3)")
     p.add_argument("--snr", default="20,10,5", help="SNRs in dB, comma separated; the goals "
                    "are checked at 20 (default 20,10,5)")
     p.add_argument("--sweep", action="store_true", help="also sweep the overlap thresholds")
@@ -185,10 +197,18 @@ def main(argv: list[str]) -> int:
                    "moshi.server on the dev checkpoint, started by 'python -m "
                    "voice_server_moshi.testing.moshi_server' (prints its URL)")
     p.add_argument("--playout-seconds", type=float, default=20.0)
+    p.add_argument("--noisy", action="store_true",
+                   help="instead: the caller VADs on the noisy corpus (babble, pink, brown, "
+                   "street, music; noise-only and echo-only calls), ADR 0085; --calls is "
+                   "then calls per kind and SNR (default 3)")
+    p.add_argument("--vads", default="energy,silero,cascade",
+                   help="with --noisy: the VADs to compare, by registered name")
     args = p.parse_args(argv)
     if args.playout == "remote" and not args.url:
         sys.stderr.write("error: --playout remote needs --url ws://HOST:PORT/api/chat\n")
         return 2
+    if args.calls is None:
+        args.calls = 3 if args.noisy else 12
     if args.calls < 1:
         sys.stderr.write("error: --calls must be >= 1\n")
         return 2
@@ -197,6 +217,8 @@ def main(argv: list[str]) -> int:
     except ValueError:
         sys.stderr.write(f"error: --snr must be numbers separated by commas, got {args.snr!r}\n")
         return 2
+    if args.noisy:
+        return _noisy_main(args)
     out = asyncio.run(_main(args))
     sys.stdout.write(json.dumps(out, indent=1) + "\n")
     met = all(g["met"] for g in out["goals"].values())

@@ -50,6 +50,9 @@ class CorpusCall:
     agent: F32 = field(repr=False)
     caller_segments: list[Segment]
     agent_segments: list[Segment]
+    #: Noisy corpus only (:mod:`.noisy`): the background kind, and echo of the agent.
+    background: str | None = None
+    echo: dict[str, float] | None = None
 
     @property
     def duration_ms(self) -> float:
@@ -61,6 +64,8 @@ class CorpusCall:
             "sample_rate": RATE, "duration_ms": round(self.duration_ms, 1),
             "caller": [s.to_json() for s in self.caller_segments],
             "agent": [s.to_json() for s in self.agent_segments],
+            **({"background": self.background} if self.background else {}),
+            **({"echo": self.echo} if self.echo else {}),
         }
 
 
@@ -96,8 +101,12 @@ def band_noise(n: int, rng: np.random.Generator) -> F32:
 
 
 def build_call(
-    clips: dict[str, Clip], seed: int, snr_db: float, exchanges: int = 4
+    clips: dict[str, Clip], seed: int, snr_db: float, exchanges: int = 4,
+    background: str | None = None,
+    talkers: list[F32] | None = None,
 ) -> CorpusCall:
+    """One call; ``background`` (a :data:`.noise.NOISE_KINDS` kind) replaces the standard
+    set's band-limited noise, drawn from its own generator so the script is the same."""
     rng = np.random.default_rng(seed)
     by_kind: dict[str, list[Clip]] = {}
     for c in clips.values():
@@ -156,13 +165,28 @@ def build_call(
     agent = _render(agent_parts, n)
     speech = np.concatenate([caller[_at(g.start_ms) : _at(g.end_ms)] for g in csegs])
     p_speech = float(np.mean(speech.astype(np.float64) ** 2))
-    noise = band_noise(n, rng) * np.float32(np.sqrt(p_speech / 10 ** (snr_db / 10)))
+    if background is None:
+        bed = band_noise(n, rng)
+    else:
+        rng.standard_normal(n)  # what band_noise draws: the agent's floor stays the same
+        from .noise import NOISE_KINDS
+        from .noise import background as make_background
+
+        kinds: tuple[str, ...] = NOISE_KINDS
+        if background not in kinds:
+            raise ValueError(f"unknown background {background!r}; one of {', '.join(kinds)}")
+        kind_rng = np.random.default_rng([seed, 1 + kinds.index(background)])
+        bed = make_background(background, n, kind_rng, talkers)
+    noise = bed * np.float32(np.sqrt(p_speech / 10 ** (snr_db / 10)))
     caller = np.clip(caller + noise, -1, 1).astype(np.float32)
-    floor = band_noise(n, rng) * np.float32(10 ** (AGENT_FLOOR_DBFS / 20))
+    if background is None:
+        floor = band_noise(n, rng) * np.float32(10 ** (AGENT_FLOOR_DBFS / 20))
+    else:
+        floor = make_background("pink", n, rng) * np.float32(10 ** (AGENT_FLOOR_DBFS / 20))
     agent = np.clip(agent + floor, -1, 1).astype(np.float32)
-    return CorpusCall(
-        f"call-{seed:03d}-snr{snr_db:g}", seed, snr_db, caller, agent, csegs, asegs
-    )
+    call_id = f"call-{seed:03d}-snr{snr_db:g}" if background is None else \
+        f"call-{seed:03d}-{background}-snr{snr_db:g}"
+    return CorpusCall(call_id, seed, snr_db, caller, agent, csegs, asegs, background)
 
 
 def standard_set(

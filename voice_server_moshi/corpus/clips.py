@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-ClipKind = Literal["utterance", "backchannel", "barge-in", "agent"]
+ClipKind = Literal["utterance", "backchannel", "barge-in", "agent", "babble"]
 INSTALL_HINT = "install them with: apt-get install espeak-ng sox (Debian/Ubuntu), " \
     "brew install espeak-ng sox (macOS)"
 
@@ -130,11 +130,11 @@ def load_clips(clip_dir: Path) -> dict[str, Clip]:
         if not path.exists():
             raise FileNotFoundError(f"corpus clip {path} is missing; regenerate with "
                                     "'voice-server-moshi make-corpus DIR'")
-        out[name] = Clip(spec, _read_ulaw_wav(path))
+        out[name] = Clip(spec, load_clip_wav(path))
     return out
 
 
-def _read_ulaw_wav(path: Path) -> npt.NDArray[np.float32]:
+def load_clip_wav(path: Path) -> npt.NDArray[np.float32]:
     from ..call.wavio import read_wav
 
     audio = read_wav(path)

@@ -25,10 +25,12 @@ async def run_corpus_call(
     speed: float = 1.0,
     tail_ms: float = 1000.0,
     agent: ScriptedAgentTransport | None = None,
+    vad: str = "energy",
 ) -> CallResult:
-    """One corpus call: caller track as 8 kHz µ-law, the call's agent script as Moshi."""
+    """One corpus call: caller track as 8 kHz µ-law, the call's agent script as Moshi;
+    ``vad`` names the caller VAD (``[moshi] vad``)."""
     cfg = HostConfig(mode_settings=dict(mode_settings or {}))
-    moshi = MoshiSettings()
+    moshi = MoshiSettings(vad=vad)
     transport = agent or ScriptedAgentTransport(
         call.agent, 8000, text_schedule(call.agent_segments), keep_sent=False
     )

@@ -237,6 +237,11 @@ def _require_moshi() -> None:
         pytest.skip("n/a: the Moshi providers need the 'embedded' extra (moshi, torch)")
 
 
+#: The suite's caller "speaks" a 300 Hz tone (framework.caller_frame), which the default
+#: speech-confirming VAD rightly ignores (ADR 0085): the Moshi providers hear it by energy.
+_TONE_VAD = "energy"
+
+
 class _MoshiBase(Provider):
     pace = 1.0  # Moshi is clocked by its input: one 80 ms output frame per input frame
 
@@ -286,7 +291,7 @@ class MoshiRemoteProvider(_MoshiBase):
         from voice_server_moshi.moshi.settings import MoshiSettings
 
         return MoshiAdapter(MoshiSettings(url=peer.url, max_queued_events=max_queued_events,
-                                          connect_timeout_s=60.0))
+                                          connect_timeout_s=60.0, vad=_TONE_VAD))
 
     async def peer_vanish(self, peer: Any) -> None:
         # SIGKILL: the OS drops the socket, no WebSocket close frame is ever sent.
@@ -318,7 +323,7 @@ class MoshiEmbeddedProvider(_MoshiBase):
 
         return MoshiAdapter(MoshiSettings(transport="embedded", checkpoint=str(peer),
                                           device="cpu", max_queued_events=max_queued_events,
-                                          stt="dev"))
+                                          stt="dev", vad=_TONE_VAD))
 
 
 #: Loaded dev-checkpoint models, handed from one test's serve peer to the next (loading
@@ -405,7 +410,7 @@ class MoshiServeProvider(_MoshiBase):
 
         adapter = MoshiAdapter(MoshiSettings(
             url=peer.url, auth_token="wrong-token" if bad_credentials else peer.token,
-            max_queued_events=max_queued_events, connect_timeout_s=30.0))
+            max_queued_events=max_queued_events, connect_timeout_s=30.0, vad=_TONE_VAD))
         peer.adapters.append(adapter)
         return adapter
 

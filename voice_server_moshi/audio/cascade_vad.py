@@ -1,0 +1,376 @@
+"""``"cascade"``: a cheap level gate, Silero only where needed, background- and echo-aware.
+
+Per 10 ms step at 8 kHz (other rates are resampled first), the step's level must clear
+three references before it counts as *loud*:
+
+* the noise floor: minimum statistics over 1.5 s, as the energy VAD (``threshold_db``);
+* the background: the median level of the last 3 s of steps that were not caller speech
+  (``background_db`` above it). Minimum statistics sit far below a babble bed, music or a
+  street, whose level never dips for long; a median follows them and keeps adapting while
+  they last. It is frozen while the caller speaks (their pauses would drag it up), for at
+  most ``freeze_max_ms``, so a lasting rise is learnt even if it was taken for speech;
+* the echo estimate: the agent's own outgoing audio (fed through ``agent_audio`` as it is
+  sent, in caller time) at any lag up to ``echo_lag_ms``, plus the echo path gain, learnt
+  as the median of caller-minus-agent level over 100 ms blocks while the agent talks and
+  the caller does not (``echo_margin_db`` above it). Before anything is learnt the gain is
+  taken as -10 dB (strong echo), so early echo is not taken for the caller.
+
+Two consecutive loud steps open a *candidate*: only then does Silero v6 run (the 32 ms
+windows from one before the candidate's onset; :mod:`.silero`), and the candidate becomes
+speech at the first window overlapping it with probability >= ``p_start``; the start is
+stamped at the candidate's first loud step. A candidate lapses after ``gate_hold_ms``
+without a loud step. Speech ends after ``hangover_ms`` of steps below the references less
+``hysteresis_db``. Silero thus rejects loud non-speech (horns, music, clicks) and the level
+cues reject speech that is not the caller's (babble, echo); the model runs on a few windows
+per caller onset instead of 31 per second. Numbers: docs/adr/0085-caller-vad-cascade.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .framing import SampleFramer
+from .resample import Resampler
+from .silero import CONTEXT, RATE, WINDOW, SileroProb
+from .silero_vad import as_float32
+from .vad import VadTransition
+
+__all__ = ["CascadeVad"]
+
+_STEP = 80  # 10 ms at 8 kHz
+_STEP_MS = 10.0
+_SILENCE_DB = -100.0
+_HIST = CONTEXT + 8 * WINDOW  # samples kept for catching up on a candidate's onset
+_REF_STEPS = 1024  # echo reference ring (10 s of 10 ms levels)
+F32 = NDArray[np.float32]
+
+
+def _levels(x: F32) -> list[float]:
+    """dBFS of each 10 ms step of ``x`` (a whole number of steps); a few steps per call, so
+    one einsum and scalar logs beat numpy's per-call overhead."""
+    r = x.reshape(-1, _STEP)
+    power: list[float] = np.einsum("ij,ij->i", r, r).tolist()
+    return [10.0 * math.log10(max(p / _STEP, 1e-10)) for p in power]
+
+
+def _steps(framer: SampleFramer, x: F32) -> F32 | None:
+    """Whole 10 ms steps of ``x`` and what the framer held; the framer only when needed."""
+    if framer.pending == 0 and len(x) % _STEP == 0:
+        return x if len(x) else None
+    frames = framer.push(x)
+    return np.concatenate(frames) if frames else None
+
+
+class CascadeVad:
+    """Feed caller audio to ``process``; the agent's outgoing audio to ``agent_audio``."""
+
+    def __init__(
+        self,
+        sample_rate: int = 8000,
+        threshold_db: float = 9.0,
+        hangover_ms: int = 300,
+        *,
+        background_db: float = 7.0,
+        echo_margin_db: float = 6.0,
+        p_start: float = 0.5,
+        p_continue: float = 0.35,
+        bridge_after_ms: int = 100,
+        bridge_max_ms: int = 1000,
+        bridge_max_spread_db: float = 3.0,
+        min_level_dbfs: float = -55.0,
+        hysteresis_db: float = 3.0,
+        start_frames: int = 2,
+        floor_window_ms: int = 1500,
+        background_window_ms: int = 3000,
+        freeze_max_ms: int = 8000,
+        gate_hold_ms: int = 100,
+        echo_lag_ms: int = 300,
+        agent_active_dbfs: float = -45.0,
+        initial_echo_gain_db: float = -10.0,
+    ) -> None:
+        if threshold_db < 0 or background_db < 0 or hangover_ms < 0 or start_frames < 1:
+            raise ValueError("threshold_db, background_db, hangover_ms >= 0; start_frames >= 1")
+        if not 0 < p_start < 1:
+            raise ValueError(f"p_start must be in (0, 1), got {p_start}")
+        self.sample_rate = sample_rate
+        self.threshold_db = threshold_db
+        self.background_db = background_db
+        self.echo_margin_db = echo_margin_db
+        self.p_start = p_start
+        self.p_continue = p_continue
+        self.bridge_max_spread_db = bridge_max_spread_db
+        self._bridge_after = max(1, bridge_after_ms // 10)
+        self._bridge_max = max(1, bridge_max_ms // 32)
+        self._bridge = False
+        self._bridged = 0
+        self.background_spread_db = 0.0
+        self.min_level_dbfs = min_level_dbfs
+        self.hysteresis_db = hysteresis_db
+        self.start_frames = start_frames
+        self._hang = max(1, math.ceil(hangover_ms / _STEP_MS))
+        self._hold = max(1, math.ceil(gate_hold_ms / _STEP_MS))
+        self._freeze_max = max(1, freeze_max_ms // 10)
+        self._lag = max(1, echo_lag_ms // 10)
+        self.agent_active_dbfs = agent_active_dbfs
+        self._g0 = initial_echo_gain_db
+        self._rs = Resampler(sample_rate, RATE) if sample_rate != RATE else None
+        self._rs_ref = Resampler(sample_rate, RATE) if sample_rate != RATE else None
+        self._framer = SampleFramer(_STEP, np.float32)
+        self._ref_framer = SampleFramer(_STEP, np.float32)
+        self._model = SileroProb()
+        # Noise floor: minimum statistics in 100 ms blocks (as EnergyVad).
+        self._blocks: deque[float] = deque(maxlen=max(1, floor_window_ms // 100))
+        self._block_min = math.inf
+        self._block_n = 0
+        # Background: ring of recent non-speech levels; the median is refreshed per block.
+        self._bg = np.full(max(10, background_window_ms // 10), np.nan)
+        self._bg_i = 0
+        self._bg_n = 0
+        self.background_dbfs = _SILENCE_DB
+        # Echo: agent levels by caller step; per-block caller-minus-agent differences.
+        self._ref = np.full(_REF_STEPS, _SILENCE_DB)
+        self._ref_pos = 0
+        self._echo_d: deque[float] = deque(maxlen=60)
+        self.echo_gain_db = initial_echo_gain_db
+        self._blk_levels: list[float] = []
+        # Samples for Silero: the last _HIST samples, ending at absolute sample _n.
+        self._hist: F32 = np.zeros(0, np.float32)
+        self._hist_end = 0  # absolute index just past the last sample in _hist
+        self._n = 0  # samples the state machine has stepped through
+        self._next_win = 0  # next window (index) to consider
+        self._ran_upto = 0  # windows below this were run (or are too old to matter)
+        # State machine.
+        self._j = 0
+        self.speaking = False
+        self._loud_run = 0
+        self._quiet_run = 0
+        self._cand = False
+        self._cand_onset = 0
+        self._stale_until = -1
+        self._rejected = 0
+        self._max_reject = 4
+        self._recheck = 4
+        self._speak_steps = 0
+        self._below = 0
+        self._last_loud = 0
+        self.level_db = _SILENCE_DB
+        self.noise_floor_db = _SILENCE_DB
+        self.windows_run = 0
+
+    # -- echo reference ------------------------------------------------------------------
+
+    def agent_audio(self, samples: NDArray[np.int16] | NDArray[np.float32], t_ms: float) -> None:
+        """The agent audio sent to the caller. It is placed at the caller time it is sent
+        (not ``t_ms``, its agent stream time): an echo can only follow what was sent."""
+        x = as_float32(samples)
+        if self._rs_ref is not None:
+            x = np.asarray(self._rs_ref.process(x), dtype=np.float32)
+        steps = _steps(self._ref_framer, x)
+        if steps is None:
+            return
+        pos = max(self._ref_pos, self._j)
+        for level in _levels(steps):
+            self._ref[pos % _REF_STEPS] = level
+            pos += 1
+        self._ref_pos = pos
+
+    def _agent_max(self, j: int, first: int | None = None) -> float:
+        """The loudest agent step in [first, j] (default: the lag window ending at j)."""
+        lo = max(0, j - self._lag if first is None else first, self._ref_pos - _REF_STEPS + 1)
+        hi = min(j, self._ref_pos - 1)
+        if hi < lo:
+            return _SILENCE_DB
+        a, b = lo % _REF_STEPS, hi % _REF_STEPS
+        seg = self._ref[a : b + 1] if a <= b else np.concatenate((self._ref[a:],
+                                                                  self._ref[: b + 1]))
+        return float(seg.max())
+
+    # -- caller audio --------------------------------------------------------------------
+
+    def process(self, samples: NDArray[np.int16] | NDArray[np.float32]) -> list[VadTransition]:
+        """Feed caller audio; return the transitions it completes, in order."""
+        x = as_float32(samples)
+        if self._rs is not None:
+            x = np.asarray(self._rs.process(x), dtype=np.float32)
+        block = _steps(self._framer, x)
+        if block is None:
+            return []
+        self._hist = np.concatenate((self._hist, block))[-_HIST:]
+        self._hist_end += len(block)
+        levels = _levels(block)
+        out: list[VadTransition] = []
+        for level in levels:
+            self._n += _STEP
+            t = self._step(level)
+            if t is not None:
+                out.append(t)
+            if self._cand and not self.speaking:
+                t = self._run_windows()
+                if t is not None:
+                    out.append(t)
+            elif self._bridge and self.speaking:
+                self._run_bridge()
+        if not self._cand and not self._bridge:
+            # Windows nobody needs are skipped (kept in the history for a catch-up).
+            self._next_win = self._n // WINDOW
+        return out
+
+    def _reference(self, j: int, level: float, floor: float) -> float:
+        """The level a step must exceed to be loud (before the margins' hysteresis)."""
+        ref = max(floor + self.threshold_db, self.background_dbfs + self.background_db,
+                  self.min_level_dbfs)
+        if level >= ref:
+            a = self._agent_max(j)
+            if a > self.agent_active_dbfs:
+                ref = max(ref, a + self.echo_gain_db + self.echo_margin_db)
+        return ref
+
+    def _step(self, level: float) -> VadTransition | None:
+        j = self._j
+        self._j += 1
+        self.level_db = level
+        self._block_min = min(self._block_min, level)
+        self._block_n += 1
+        floor = min(self._block_min, min(self._blocks, default=math.inf))
+        self.noise_floor_db = floor
+        self._blk_levels.append(level)
+        if self._block_n == 10:
+            self._end_block(j)
+        ref = self._reference(j, level, floor)
+        if not self.speaking:
+            self._push_background(level)
+            if level >= ref:
+                self._loud_run += 1
+                self._quiet_run = 0
+                if (self._loud_run == 1 and not self._cand) or (
+                        0 <= self._stale_until <= j * _STEP):
+                    self._cand_onset = j
+                    self._stale_until = -1
+                if self._loud_run >= self.start_frames and not self._cand:
+                    self._open_candidate()
+            else:
+                self._loud_run = 0
+                self._quiet_run += 1
+                if self._quiet_run >= self._hold:
+                    self._cand = False
+            return None
+        self._speak_steps += 1
+        if self._speak_steps > self._freeze_max:
+            self._push_background(level)
+        if level < ref - self.hysteresis_db:
+            self._below += 1
+            if (self._below == self._bridge_after and not self._bridge
+                    and self.background_spread_db < self.bridge_max_spread_db):
+                self._open_window_run(j - self._below + 1)
+                self._bridge, self._bridged = True, 0
+            if self._below >= self._hang:
+                self.speaking = False
+                self._cand = self._bridge = False
+                self._loud_run = self._quiet_run = 0
+                return VadTransition("end", (self._last_loud + 1) * _STEP_MS,
+                                     (j + 1) * _STEP_MS)
+        else:
+            self._below = 0
+            self._last_loud = j
+            self._bridge = False
+        return None
+
+    def _end_block(self, j: int) -> None:
+        self._blocks.append(self._block_min)
+        self._block_min, self._block_n = math.inf, 0
+        if self._bg_n:
+            bg = self._bg[: min(self._bg_n, len(self._bg))]
+            self.background_dbfs = float(np.median(bg))
+            self.background_spread_db = float(np.std(bg))
+        # Learn the echo gain only once the agent has been heard a whole lag ago: its echo
+        # has had time to arrive. Speech blocks count too (a median over 3 s of blocks
+        # shrugs off a caller's few words over the agent; skipping them would leave an
+        # echo taken for speech unlearnt for good).
+        if self._agent_max(j - self._lag + 9, j - self._lag) > self.agent_active_dbfs:
+            # The block's loudest step against the loudest agent step that can echo into it:
+            # echo peaks follow agent peaks, so this tracks the echo path gain; the median
+            # of blocks where the agent pauses or nothing comes back sits below it.
+            d = max(self._blk_levels) - self._agent_max(j, j - self._lag - 9)
+            self._echo_d.append(d)
+            g = float(np.percentile(self._echo_d, 80))
+            # Under a second of evidence: no lower than the cautious prior.
+            self.echo_gain_db = g if len(self._echo_d) >= 10 else max(g, self._g0)
+        self._blk_levels = []
+
+    def _push_background(self, level: float) -> None:
+        self._bg[self._bg_i] = level
+        self._bg_i = (self._bg_i + 1) % len(self._bg)
+        self._bg_n += 1
+        if self._bg_n < 10:
+            self.background_dbfs = float(np.median(self._bg[: self._bg_n]))
+
+    # -- Silero on candidates ------------------------------------------------------------
+
+    def _open_candidate(self) -> None:
+        self._cand = True
+        self._stale_until = -1
+        self._rejected = 0
+        self._open_window_run(self._cand_onset)
+
+    def _open_window_run(self, first_step: int) -> None:
+        """Have Silero run from one window before the one holding ``first_step``."""
+        onset = first_step * _STEP
+        # From one window before the one holding the onset, within the kept history.
+        first_kept = -(-(self._hist_end - len(self._hist) + CONTEXT) // WINDOW)
+        want = max(onset // WINDOW - 1, first_kept, 0)
+        if want - self._ran_upto > 30:
+            self._model.reset_state()  # a second or more unheard: start it afresh
+        self._next_win = max(min(want, self._next_win), self._ran_upto, first_kept)
+
+    def _run_windows(self) -> VadTransition | None:
+        base = self._hist_end - len(self._hist)
+        onset = self._cand_onset * _STEP
+        while (self._next_win + 1) * WINDOW <= self._n:
+            w = self._next_win
+            self._next_win += 1
+            a = w * WINDOW - CONTEXT - base
+            if a < 0:
+                continue
+            p = self._model.run(self._hist[a : a + CONTEXT + WINDOW])
+            self._ran_upto = self._next_win
+            self.windows_run += 1
+            if w * WINDOW >= onset + 2 * WINDOW and p < self.p_start:
+                # Loud but not speech two windows in (a horn, a chord): the candidate's
+                # onset moves to its next loud step, where speech may begin; after a few
+                # such windows only every ``_recheck``-th is looked at while it lasts.
+                self._stale_until = (w + 1) * WINDOW
+                self._rejected += 1
+                if self._rejected >= self._max_reject:
+                    self._next_win += self._recheck - 1
+            if (w + 1) * WINDOW > onset and p >= self.p_start:
+                self.speaking = True
+                self._cand = False
+                self._speak_steps = self._below = 0
+                self._last_loud = self._j - 1
+                return VadTransition("start", self._cand_onset * _STEP_MS,
+                                     max((w + 1) * WINDOW / 8.0, self._j * _STEP_MS))
+        return None
+
+    def _run_bridge(self) -> None:
+        """Silero on a pause in the caller's speech: a window still likely speech keeps the
+        turn open (words apart in stationary noise), for at most ``_bridge_max`` windows."""
+        base = self._hist_end - len(self._hist)
+        gap = (self._j - self._below) * _STEP
+        while (self._next_win + 1) * WINDOW <= self._n and self._bridged < self._bridge_max:
+            w = self._next_win
+            self._next_win += 1
+            a = w * WINDOW - CONTEXT - base
+            if a < 0:
+                continue
+            p = self._model.run(self._hist[a : a + CONTEXT + WINDOW])
+            self._ran_upto = self._next_win
+            self.windows_run += 1
+            if (w + 1) * WINDOW > gap:
+                self._bridged += 1
+                if p >= self.p_continue:
+                    self._below = 0
+
