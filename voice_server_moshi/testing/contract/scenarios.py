@@ -131,9 +131,11 @@ async def test_agent_speaks(provider: Provider, peer: object, rec: Recorder) -> 
 async def test_barge_in(provider: Provider, peer: object, rec: Recorder) -> None:
     rec.na_if_cannot("barge-in")
     adapter = provider.make_adapter(peer)
-    caps = adapter.capabilities
     async with in_call(provider, adapter) as call:
         await call.quiet(200)
+        # As connected reported them: some are known only once connected (a remote
+        # Moshi server's steering, from its metadata).
+        caps = adapter.capabilities
         await provider.start_long_speech(peer, call, 5000)
         await call.wait_for(lambda _e: len(_chunks(call.events)) >= 10)
         await call.speak(600)
