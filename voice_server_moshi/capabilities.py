@@ -25,6 +25,8 @@ class Capabilities:
             ``steering`` events for each request. When False those methods raise
             :class:`~voice_server_moshi.errors.SteeringUnsupportedError`. For Moshi: True
             embedded and against this project's ``serve``, False against Kyutai's servers.
+            A remote server says so in its metadata, so the Moshi adapter knows it only once
+            connected: read capabilities from the ``connected`` event.
     """
 
     full_duplex: bool = False

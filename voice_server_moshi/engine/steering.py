@@ -233,6 +233,7 @@ class SlotSteering:
         self._history: deque[tuple[str | None, tuple[SteerEvent, ...]]] = deque()
         self._step_events: list[SteerEvent] = []
         self._step_plan: StepPlan | None = None
+        self._step_owner: str | None = None
         #: Requests accepted (for ids), and how many steps forced something.
         self.requests = 0
         self.forced_steps = 0
@@ -320,6 +321,8 @@ class SlotSteering:
                     a if a is not None else t for a, t in zip(audio, tail, strict=True))
             plan = None if text is None and audio is None else StepPlan(text, audio)
             self._step_plan = plan
+            own = cur is not None and (text is not None or cur.audio_codes() is not None)
+            self._step_owner = cur.id if own and cur is not None else None
             return plan
 
     def commit(self, actual_text: int | None) -> None:
@@ -330,7 +333,8 @@ class SlotSteering:
             self._step_plan = None
             if plan is not None:
                 self.forced_steps += 1
-            steered = cur.id if cur is not None and cur.speaking else None
+            # The step ran with the plan made before it, even if a cancel came meanwhile.
+            steered, self._step_owner = self._step_owner, None
             if self._tail is not None:
                 self._tail.commit(-1)
                 if self._tail.done:
@@ -339,7 +343,10 @@ class SlotSteering:
                 text = plan.text if plan is not None else None
                 actual = actual_text if text == CHOOSE else text
                 cur.commit(self.spec.pad if actual is None else actual)
-                if not cur.speaking:
+                if cur.cancelled:  # cancelled while this step ran (another thread)
+                    self._pending_events.append(SteerEvent(cur.id, "cancelled"))
+                    self._retire(cur)
+                elif not cur.speaking:
                     # Reported with the first frame after it: the request's speech is over.
                     self._pending_events.append(SteerEvent(cur.id, "finished"))
                     self._retire(cur)

@@ -159,6 +159,9 @@ async def test_barge_in(provider: Provider, peer: object, rec: Recorder) -> None
         # whether it gets caller transcripts (``connected`` carries the final set).
         caps = adapter.capabilities
         await call.quiet(200)
+        # As connected reported them: some are known only once connected (a remote
+        # Moshi server's steering, from its metadata).
+        caps = adapter.capabilities
         await provider.start_long_speech(peer, call, 5000)
         await call.wait_for(lambda _e: len(_chunks(call.events)) >= 10)
         await call.speak(600)
