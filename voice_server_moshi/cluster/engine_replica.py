@@ -66,6 +66,9 @@ class EngineReplica:
         self.engine = Engine(models, EngineConfig(
             slots=spec.slots, queue_frames=spec.queue_frames,
             fill_after_ticks=spec.fill_after_ticks,
+            # Two hops (caller -> ingress -> replica) deliver frames with more jitter than
+            # serve's one: a standing queue of 2 is that jitter, not a stall (ADR 0065).
+            target_frames=2,
             sampling=Sampling(use_sampling=False) if spec.greedy else None))
         self.engine.start()
         try:
