@@ -23,6 +23,7 @@ from voice_server_moshi.engine.checkpoints import dev_checkpoint_dir
 from voice_server_moshi.engine.core import Engine, EngineConfig, Sampling
 from voice_server_moshi.engine.models import load_models
 from voice_server_moshi.server.app import BatchedServer, ServerConfig
+from voice_server_moshi.server.limits import CallLimits
 from voice_server_moshi.server.metadata import BUILD_INFO_FIELDS
 
 FRAME = 1920
@@ -85,10 +86,15 @@ async def start(sampling: Sampling | None, per_call: bool = True, slots: int = 3
                 static: str | None = None) -> BatchedServer:
     models = load_models(str(dev_checkpoint_dir()), device="cpu", dtype="float32")
     # Input-clocked and never dropping: the stream depends on the input, not on timing.
+    # No backlog trimming either (ADR 0065): this client is ahead of real time on purpose.
     eng = Engine(models, EngineConfig(slots=slots, fill_after_ticks=None, queue_frames=1000,
-                                      sampling=sampling, per_call_sampling=per_call))
+                                      trim_window_ticks=None, sampling=sampling,
+                                      per_call_sampling=per_call))
     eng.start()
-    srv = BatchedServer(eng, ServerConfig(port=0, static_dir=static))
+    # The client sends its whole input at once and then only listens (the stream must
+    # depend on the input alone): the real-time limits of ADR 0065 are lifted for it.
+    limits = CallLimits(no_input_s=None, max_audio_ahead_s=60.0)
+    srv = BatchedServer(eng, ServerConfig(port=0, static_dir=static, limits=limits))
     await srv.start()
     return srv
 

@@ -42,6 +42,9 @@ def engine(dev_checkpoint: Path) -> Iterator[Engine]:
     # Input-clocked (no silence fill), greedy: a call's outputs depend on its input only.
     eng = Engine(load_models(str(dev_checkpoint), device="cpu", dtype="float32"),
                  EngineConfig(slots=2, sampling=Sampling(use_sampling=False),
+                              # The "same as alone" comparison needs every frame: no
+                              # backlog trimming (ADR 0065) on this slow shared CPU.
+                              trim_window_ticks=None,
                               fill_after_ticks=None))
     eng.start()
     yield eng
