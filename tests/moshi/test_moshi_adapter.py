@@ -272,13 +272,14 @@ async def test_caller_vad_in_caller_stream_time() -> None:
     assert 1950 <= e.t_ms <= 2400
 
 
-async def test_default_vad_finds_real_speech_in_caller_stream_time() -> None:
-    # The default (cascade) VAD wants speech, not noise: a corpus clip after 1 s of line hiss.
+async def test_cascade_vad_finds_real_speech_in_caller_stream_time() -> None:
+    # The cascade VAD (opt-in, ADR 0085) wants speech, not noise: a corpus clip after 1 s of
+    # line hiss.
     from voice_server_moshi.corpus.store import bundled_clips
 
     clip = bundled_clips()["u1"]
     tr = ScriptedTransport()
-    call = await _start(tr)
+    call = await _start(tr, vad="cascade")
     rng = np.random.default_rng(1)
     quiet = lambda n: (rng.standard_normal(n) * 30).astype(np.int16)  # noqa: E731
     speech = np.clip(np.rint(clip.pcm * 16384), -32768, 32767).astype(np.int16)

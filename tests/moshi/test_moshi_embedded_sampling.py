@@ -18,7 +18,8 @@ from voice_server_moshi.registry import load_registry
 
 async def test_each_call_gets_its_own_sampling_on_one_shared_engine(
         dev_checkpoint: Path) -> None:
-    base = {"checkpoint": str(dev_checkpoint), "device": "cpu", "slots": 2}
+    # A context of its own: an engine of its own (other tests' shared engines have 1 slot).
+    base = {"checkpoint": str(dev_checkpoint), "device": "cpu", "slots": 2, "context": 96}
     a = EmbeddedTransport(MoshiSettings(**base, text_temperature=0.3, audio_topk=40,
                                         text_seed=1, audio_seed=2, pad_mult=0.5))
     b = EmbeddedTransport(MoshiSettings(**base, repetition_penalty=1.5))
