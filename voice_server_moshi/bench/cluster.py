@@ -24,7 +24,6 @@ Prints one JSON object on stdout (``--out`` also writes it).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .._cli_help import command_parser
 
 FRAME = 1920
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -239,7 +240,7 @@ async def _failover(url: str, port: int, frames: int) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="voice-server-moshi bench cluster", description=__doc__)
+    p = command_parser("voice-server-moshi bench cluster", __doc__)
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--slots", type=int, default=2, help="slots per replica")
     p.add_argument("--checkpoint", default="dev")

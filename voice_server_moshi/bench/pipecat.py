@@ -25,7 +25,6 @@ the figures are the paths'); ``--agent dev`` is the embedded dev checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import platform
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .._cli_help import command_parser
 from ..adapter import VoiceModelAdapter, VoiceModelConfig
 from ..audio import g711
 from ..corpus.agent import ScriptedAgentTransport, text_schedule
@@ -197,8 +197,7 @@ async def _twilio(pcm: bytes, factory: Callable[[], VoiceModelAdapter],
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="voice-server-moshi bench pipecat", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser("voice-server-moshi bench pipecat", __doc__)
     p.add_argument("--agent", choices=["scripted", "dev"], default="scripted")
     p.add_argument("--seconds", type=float, default=10.0, help="length of the call")
     p.add_argument("--seed", type=int, default=12, help="corpus call seed (2 exchanges)")

@@ -15,7 +15,6 @@ Prints one JSON object; ``--out FILE`` writes it too. Needs the ``embedded`` ext
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .._cli_help import command_parser
 
 DEFAULT_SLOTS = (1, 16, 64)
 
@@ -92,8 +93,7 @@ def engine_point(models: Any, slots: int, ticks: int, per_call: bool) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="voice-server-moshi bench sampling",
-                                description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p = command_parser("voice-server-moshi bench sampling", __doc__)
     p.add_argument("--slots", default=",".join(map(str, DEFAULT_SLOTS)),
                    help="comma-separated slot counts (default: %(default)s)")
     p.add_argument("--steps", type=int, default=100,

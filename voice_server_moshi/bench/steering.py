@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .._cli_help import command_parser
+
 LINES = (
     "Hello, thanks for calling. How can I help you today?",
     "Your order shipped on Tuesday and should arrive by Friday.",
@@ -165,8 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="voice-server-moshi bench steering",
-                                description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p = command_parser("voice-server-moshi bench steering", __doc__)
     p.add_argument("--checkpoint", default="dev", help="dev, a directory or a HF repo")
     p.add_argument("--device", default="auto")
     p.add_argument("--calls", type=int, default=4, help="scripted calls, one batch")

@@ -21,15 +21,16 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from .._cli_help import command_parser
 from ..moshi import protocol
 from ..moshi.settings import DEFAULT_HF_REPO
 from ..server.auth import AUTH_ENV
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="voice-server-moshi cluster",
-        description="Serve Moshi calls from several engine replicas on a local Ray cluster "
+    p = command_parser(
+        "voice-server-moshi cluster",
+"Serve Moshi calls from several engine replicas on a local Ray cluster "
         "behind one URL (Kyutai's /api/chat, /healthz, /readyz, /capacity, /metrics).",
     )
     p.add_argument("--replicas", type=int, default=2, help="engine replicas (default 2)")

@@ -16,6 +16,8 @@ import sys
 from collections.abc import AsyncIterator, Generator
 from typing import Any
 
+from .._cli_help import command_parser
+
 __all__ = ["main", "running_app"]
 
 
@@ -51,9 +53,9 @@ def _quiet_pipecat() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="voice-server-moshi pipecat-twilio",
-        description="Moshi in a Pipecat pipeline behind Twilio Media Streams: TwiML at /, "
+    p = command_parser(
+        "voice-server-moshi pipecat-twilio",
+"Moshi in a Pipecat pipeline behind Twilio Media Streams: TwiML at /, "
                     "the media WebSocket at /ws.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
