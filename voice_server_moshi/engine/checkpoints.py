@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,27 +131,35 @@ def dev_checkpoint_dir() -> Path:
     directory. Creation is atomic (a temporary sibling renamed into place), so processes
     that race all end up with the same complete checkpoint."""
     final = cache_root() / f"dev-checkpoint-v{DEV_CHECKPOINT_VERSION}"
-    if _is_complete(final):
+    return fill_cache_atomically(final, _write_files, _is_complete, "dev checkpoint")
+
+
+def fill_cache_atomically(final: Path, write: Callable[[Path, Path, int], None],
+                          complete: Callable[[Path], bool], what: str) -> Path:
+    """``final``, written by ``write(tmp, final, seed=0)`` into a temporary sibling renamed
+    into place unless ``complete(final)`` already; processes that race all end up with the
+    same complete directory."""
+    if complete(final):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".dev-checkpoint-tmp-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-tmp-", dir=final.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache copy is for every user tool
-        _write_files(tmp, final, seed=0)
+        write(tmp, final, 0)
         try:
             os.rename(tmp, final)
-            log.info("dev checkpoint created", directory=str(final))
+            log.info(f"{what} created", directory=str(final))
         except OSError:
             # Another process won the race (final exists and is not empty) or left a
             # broken directory behind; use a complete one, replace a broken one.
-            if not _is_complete(final):
+            if not complete(final):
                 shutil.rmtree(final, ignore_errors=True)
                 os.rename(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    if not _is_complete(final):
-        raise DevCheckpointError(f"could not create the dev checkpoint in {final}")
+    if not complete(final):
+        raise DevCheckpointError(f"could not create the {what} in {final}")
     return final
 
 

@@ -34,6 +34,7 @@ from .checkpoints import (
     DevCheckpointError,
     cache_root,
     dev_checkpoint_dir,
+    fill_cache_atomically,
 )
 from .devcheckpoint import AUDIO_CARD, TEXT_CARD, _state_bytes
 
@@ -265,8 +266,7 @@ def dev_stt_checkpoint_dir() -> Path:
     """Get or create the shared dev STT checkpoint (seed 0) in the user cache; atomic like
     the dev Moshi one (a temporary sibling renamed into place)."""
     final = cache_root() / f"dev-stt-checkpoint-v{DEV_STT_VERSION}-m{DEV_CHECKPOINT_VERSION}"
-    if _is_complete(final):
-        return final
+    return fill_cache_atomically(final, _write_files, _is_complete, "dev STT checkpoint")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".dev-stt-tmp-", dir=final.parent))
     try:
