@@ -1,4 +1,4 @@
-"""The "cascade" and "silero" VADs through the registry, and the light fallback."""
+"""The "cascade" (default) and "silero" VADs through the registry, and the light fallback."""
 
 from __future__ import annotations
 
@@ -13,14 +13,12 @@ from voice_server_moshi.registry import load_registry
 from voice_server_moshi.vads import AgentAudioSink, Vad, VadConfig
 
 
-def test_energy_stays_the_default_and_both_learned_vads_are_registered() -> None:
+def test_cascade_is_the_default_and_both_learned_vads_are_registered() -> None:
     pytest.importorskip("onnxruntime")
     from voice_server_moshi.audio.cascade_vad import CascadeVad
     from voice_server_moshi.audio.silero_vad import SileroVad
 
-    # Not cascade yet: on the bundled sample call it missed 3 of 7 clean caller utterances
-    # that the energy VAD catches (ADR 0085, "Update").
-    assert MoshiSettings().vad == "energy"
+    assert MoshiSettings().vad == "cascade"
     reg = load_registry()
     assert {"energy", "cascade", "silero"} <= set(reg.vads)
     cascade = reg.vad_factory("cascade")(VadConfig(8000, 9.0, 300))

@@ -91,6 +91,7 @@ class CascadeVad:
         echo_lag_ms: int = 300,
         agent_active_dbfs: float = -45.0,
         initial_echo_gain_db: float = -10.0,
+        max_echo_gain_db: float = 0.0,
     ) -> None:
         if threshold_db < 0 or background_db < 0 or hangover_ms < 0 or start_frames < 1:
             raise ValueError("threshold_db, background_db, hangover_ms >= 0; start_frames >= 1")
@@ -117,6 +118,7 @@ class CascadeVad:
         self._lag = max(1, echo_lag_ms // 10)
         self.agent_active_dbfs = agent_active_dbfs
         self._g0 = initial_echo_gain_db
+        self.max_echo_gain_db = max_echo_gain_db
         self._rs = Resampler(sample_rate, RATE) if sample_rate != RATE else None
         self._rs_ref = Resampler(sample_rate, RATE) if sample_rate != RATE else None
         self._framer = SampleFramer(_STEP, np.float32)
@@ -137,6 +139,7 @@ class CascadeVad:
         self._echo_d: deque[float] = deque(maxlen=60)
         self.echo_gain_db = initial_echo_gain_db
         self._blk_levels: list[float] = []
+        self._blk_caller = False  # the caller spoke (or may have) in this block
         # Samples for Silero: the last _HIST samples, ending at absolute sample _n.
         self._hist: F32 = np.zeros(0, np.float32)
         self._hist_end = 0  # absolute index just past the last sample in _hist
@@ -238,6 +241,7 @@ class CascadeVad:
         floor = min(self._block_min, min(self._blocks, default=math.inf))
         self.noise_floor_db = floor
         self._blk_levels.append(level)
+        self._blk_caller = self._blk_caller or self.speaking or self._cand
         if self._block_n == 10:
             self._end_block(j)
         ref = self._reference(j, level, floor)
@@ -286,19 +290,27 @@ class CascadeVad:
             bg = self._bg[: min(self._bg_n, len(self._bg))]
             self.background_dbfs = float(np.median(bg))
             self.background_spread_db = float(np.std(bg))
-        # Learn the echo gain only once the agent has been heard a whole lag ago: its echo
-        # has had time to arrive. Speech blocks count too (a median over 3 s of blocks
-        # shrugs off a caller's few words over the agent; skipping them would leave an
-        # echo taken for speech unlearnt for good).
-        if self._agent_max(j - self._lag + 9, j - self._lag) > self.agent_active_dbfs:
+        # Learn the echo gain only once the agent has been heard a whole lag ago (its echo
+        # has had time to arrive), loud enough that an echo could rise above the caller's
+        # floor, and while the caller is not speaking: blocks of caller speech over the agent
+        # taught it the caller's level as echo (+29 dB on the sample call, every later word
+        # then masked). An echo taken for speech still gets learnt: after ``freeze_max_ms``
+        # of "speech" its blocks count (no caller talks that long over the agent), and the
+        # cautious prior keeps ordinary echo (gain under -4 dB) from being taken at all.
+        agent = self._agent_max(j - self._lag + 9, j - self._lag)
+        caller_free = not self._blk_caller or self._speak_steps > self._freeze_max
+        if caller_free and agent > max(self.agent_active_dbfs,
+                                       self.noise_floor_db + self.threshold_db):
             # The block's loudest step against the loudest agent step that can echo into it:
             # echo peaks follow agent peaks, so this tracks the echo path gain; the median
-            # of blocks where the agent pauses or nothing comes back sits below it.
+            # of blocks where the agent pauses or nothing comes back sits below it. A
+            # passive echo path does not amplify: the estimate is capped (max_echo_gain_db).
             d = max(self._blk_levels) - self._agent_max(j, j - self._lag - 9)
-            self._echo_d.append(d)
+            self._echo_d.append(min(d, self.max_echo_gain_db))
             g = float(np.percentile(self._echo_d, 80))
             # Under a second of evidence: no lower than the cautious prior.
             self.echo_gain_db = g if len(self._echo_d) >= 10 else max(g, self._g0)
+        self._blk_caller = False
         self._blk_levels = []
 
     def _push_background(self, level: float) -> None:

@@ -109,12 +109,11 @@ class MoshiSettings:
                   "the media continuous itself, e.g. the full-duplex mode on a virtual clock)"},
     )
     vad: str = field(
-        default="energy",
-        metadata={"help": "caller VAD, by registered name: energy (default; ADR 0011), "
-                  "cascade (noisy lines: level gate, background and echo references, Silero "
-                  "on candidates; falls back to energy without onnxruntime; not yet the "
-                  "default, see ADR 0085), silero, or one a plugin adds through the "
-                  "voice_server_register_vads hook"},
+        default="cascade",
+        metadata={"help": "caller VAD, by registered name: cascade (default; level gate, "
+                  "background and echo references, Silero on candidates; falls back to "
+                  "energy without onnxruntime), energy, silero, or one a plugin adds through "
+                  "the voice_server_register_vads hook (ADR 0085)"},
     )
     vad_threshold_db: float = field(
         default=9.0, metadata={"min": 0.0, "max": 40.0,
