@@ -61,3 +61,29 @@ def test_rayservice_carries_the_serve_config_and_valid_pod_templates() -> None:
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},
                "spec": t["spec"]}
         kv.validate(pod, kv.latest_version(), strict=True)
+
+
+def test_replica_counts_scale_in_place_and_a_redeploy_rolls_only_the_engines() -> None:
+    """Serve replaces a deployment's replicas when its version changes, and gives
+    ``serve.run`` a random one when none is set: `scale N` then rolled everything."""
+    from dataclasses import replace
+
+    from voice_server_moshi.cluster.app import ClusterConfig, build_app
+    from voice_server_moshi.cluster.engine_replica import EngineSpec
+
+    base = ClusterConfig(replicas=2)
+    engine_v, ingress_v = base.versions()
+    assert replace(base, replicas=5, ingress_replicas=3).versions() == (engine_v, ingress_v)
+    assert replace(base, max_replicas=8, target_calls=2.0).versions() == (engine_v, ingress_v)
+    rolled = replace(base, engine=replace(base.engine, generation=1)).versions()
+    assert rolled[0] != engine_v and rolled[1] == ingress_v
+    other = replace(base, ingress=replace(base.ingress, instance_name="x")).versions()
+    assert other[0] == engine_v and other[1] != ingress_v
+    assert replace(base, engine=EngineSpec(slots=8)).versions()[0] != engine_v
+    # The versions reach what serve.run sends (not a random one per run). Serve's own
+    # builder, as serve.run calls it.
+    from ray.serve._private.build_app import build_app as serve_build
+
+    built = serve_build(build_app(base), name="t", make_deployment_handle=lambda d, a: None)
+    versions = {d.name: d.version for d in built.deployments}
+    assert versions == {"MoshiEngine": engine_v, "MoshiIngress": ingress_v}

@@ -126,3 +126,12 @@ async def test_embedded_latency_recovers_after_a_one_second_engine_stall(models)
         assert statistics.median(after) <= base + 1
         assert slot.trimmed + slot.overruns >= 8  # the stale second was dropped, counted
     eng.detach()
+
+
+def test_trim_after_ms_maps_to_whole_ticks_and_zero_switches_trimming_off() -> None:
+    from voice_server_moshi.engine.config import trim_window_ticks
+
+    assert trim_window_ticks(0) is None and trim_window_ticks(-5) is None
+    assert trim_window_ticks(960) == 12  # the default: 12 ticks of 80 ms
+    assert trim_window_ticks(1) == 1 and trim_window_ticks(81) == 2
+    assert EngineConfig(trim_window_ticks=trim_window_ticks(0)).trim_window_ticks is None

@@ -123,7 +123,11 @@ def served(ckpt: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
     log_file = open(log_path, "w")  # noqa: SIM115 (closed in the finally below)
     proc = subprocess.Popen(
         [sys.executable, "-m", "voice_server_moshi.cli", "serve", "--port", "0",
-         "--slots", "4", "--checkpoint", ckpt, "--device", "cpu", "--greedy"],
+         "--slots", "4", "--checkpoint", ckpt, "--device", "cpu", "--greedy",
+         # Count-exact tests: on a loaded machine the engine may fall behind real time, and
+         # an overrun or trimmed input frame would read as a lost output frame. Trimming
+         # and overruns have their own tests (tests/engine/test_backlog_trim.py).
+         "--queue-frames", "100", "--trim-after-ms", "0"],
         env=env, stdout=subprocess.PIPE, stderr=log_file, text=True,
     )
     line: list[str] = []

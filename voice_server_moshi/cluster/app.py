@@ -53,18 +53,36 @@ class ClusterConfig:
         if self.drain_timeout_s <= 0 or self.health_check_period_s <= 0:
             raise ValueError("drain_timeout_s and health_check_period_s must be > 0")
 
-    def version(self) -> str:
-        """A code/config version that ignores the replica counts: changing only those
-        scales in place, anything else is a rolling redeploy (each old replica drains)."""
+    def versions(self) -> tuple[str, str]:
+        """(engine, ingress) code/config versions that ignore the replica counts: changing
+        only those scales in place; anything else that a deployment's replicas were built
+        from is a rolling redeploy of that deployment (each old replica drains). The
+        ingress's does not cover the engine's spec (it holds only a handle), so rolling the
+        engines (``redeploy``) leaves the ingress, and the calls' WebSockets, alone."""
         d = asdict(self)
-        for k in ("replicas", "min_replicas", "max_replicas", "target_calls"):
+        for k in ("replicas", "min_replicas", "max_replicas", "target_calls",
+                  "ingress_replicas"):
             d.pop(k)
         d["ingress"].pop("auth_token")
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        engine = {k: d[k] for k in ("engine", "drain_timeout_s", "health_check_period_s",
+                                    "health_check_timeout_s", "num_gpus", "engine_num_cpus")}
+        ingress = {k: d[k] for k in ("ingress", "drain_timeout_s", "ingress_num_cpus")}
+        return _digest(engine), _digest(ingress)
 
 
-def build_app(cfg: ClusterConfig, *, version: str | None = None) -> Application:
+def _digest(d: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_app(cfg: ClusterConfig) -> Application:
     spec = cfg.engine
+    # An explicit version: without one, every serve.run gets a random one and Serve
+    # replaces every replica, ingress included, so `scale N` became a full rolling restart
+    # (the ingress holding every call drained, N new engines loading beside the calls).
+    # With it, a change of replica counts only is a lightweight in-place update. Serve
+    # deprecates user versions for config-file deploys (which hash their import path and
+    # args instead); `_internal` keeps that warning out of an operator's log.
+    engine_version, ingress_version = cfg.versions()
     gpus = cfg.num_gpus if cfg.num_gpus is not None else (
         1.0 if spec.device.startswith("cuda") else 0.0)
     engine_opts: dict[str, Any] = dict(
@@ -86,7 +104,8 @@ def build_app(cfg: ClusterConfig, *, version: str | None = None) -> Application:
         }
     else:
         engine_opts["num_replicas"] = cfg.replicas
-    engine = serve.deployment(EngineReplica).options(**engine_opts)
+    engine = serve.deployment(EngineReplica).options(**engine_opts, version=engine_version,
+                                                     _internal=True)
     ingress = serve.deployment(Ingress).options(
         name="MoshiIngress",
         num_replicas=cfg.ingress_replicas,
@@ -94,6 +113,7 @@ def build_app(cfg: ClusterConfig, *, version: str | None = None) -> Application:
         graceful_shutdown_timeout_s=cfg.drain_timeout_s,
         graceful_shutdown_wait_loop_s=1.0,
         ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
+        version=ingress_version, _internal=True,
     )
     app: Application = ingress.bind(engine.bind(spec, cfg.ingress.app_name), cfg.ingress)
     return app

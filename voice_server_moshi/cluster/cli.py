@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long Serve's router may take to place a call")
     p.add_argument("--queue-frames", type=int, default=4)
     p.add_argument("--fill-after-ms", type=float, default=None)
+    p.add_argument("--trim-after-ms", type=float, default=960.0,
+                   help="drop a call's standing input backlog (above its target at every "
+                   "tick this long) so latency recovers; 0 never trims (ADR 0065)")
     p.add_argument("--max-message-bytes", type=int, default=protocol.DEFAULT_MAX_MESSAGE_BYTES)
     p.add_argument("--greedy", action="store_true", help="greedy decoding (for tests)")
     p.add_argument("--instance-name", default="voice-server-moshi")
@@ -146,6 +149,7 @@ def main(argv: list[str]) -> int:
             engine=EngineSpec(checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
                               context=args.context, slots=args.slots,
                               queue_frames=args.queue_frames, fill_after_ticks=fill,
+                              trim_after_ms=args.trim_after_ms,
                               greedy=args.greedy),
             ingress=IngressSpec(app_name=APP_NAME, auth_token=token,
                                 admission_wait_s=args.admission_wait_s,

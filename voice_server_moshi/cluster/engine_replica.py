@@ -46,6 +46,8 @@ class EngineSpec:
     slots: int = 4
     queue_frames: int = 4
     fill_after_ticks: int | None = None
+    #: ``--trim-after-ms``: a standing backlog this old is trimmed; 0 never trims.
+    trim_after_ms: float = 960.0
     greedy: bool = False
     max_queued_outputs: int = 150
     #: Bumped to roll every replica (a redeploy) without any other change.
@@ -56,6 +58,7 @@ class EngineReplica:
     """Serve deployment class (wrapped with ``serve.deployment`` in :mod:`.app`)."""
 
     def __init__(self, spec: EngineSpec, app_name: str) -> None:
+        from ..engine.config import trim_window_ticks
         from ..engine.core import Engine, EngineConfig, Sampling
         from ..engine.models import load_models
         from .engine_side import EngineDataServer
@@ -68,7 +71,7 @@ class EngineReplica:
             fill_after_ticks=spec.fill_after_ticks,
             # Two hops (caller -> ingress -> replica) deliver frames with more jitter than
             # serve's one: a standing queue of 2 is that jitter, not a stall (ADR 0065).
-            target_frames=2,
+            target_frames=2, trim_window_ticks=trim_window_ticks(spec.trim_after_ms),
             sampling=Sampling(use_sampling=False) if spec.greedy else None))
         self.engine.start()
         try:

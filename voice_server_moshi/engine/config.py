@@ -3,6 +3,7 @@ adapter read these without loading a model)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 #: Samples in one 80 ms frame at 24 kHz, Mimi's frame.
@@ -71,3 +72,11 @@ class EngineConfig:
                              f"{self.trim_window_ticks}")
         if not 0.001 <= self.tick_s <= 10:
             raise ValueError(f"tick_s must be in [0.001, 10], got {self.tick_s}")
+
+
+def trim_window_ticks(trim_after_ms: float) -> int | None:
+    """``--trim-after-ms`` as :attr:`EngineConfig.trim_window_ticks`: 0 (or less) never
+    trims; otherwise whole 80 ms ticks, at least one."""
+    if trim_after_ms <= 0:
+        return None
+    return max(1, math.ceil(trim_after_ms / 80.0))

@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fill-after-ms", type=float, default=None,
                    help="feed silence to a call whose input stalls this long (default: never; "
                    "the call then pauses, like Kyutai's server)")
+    p.add_argument("--trim-after-ms", type=float, default=960.0,
+                   help="drop a call's standing input backlog (queued above its target at "
+                   "every tick this long: a stall, not jitter) so latency recovers; 0 never "
+                   "trims (ADR 0065; default %(default)g)")
     p.add_argument("--max-message-bytes", type=int, default=protocol.DEFAULT_MAX_MESSAGE_BYTES)
     g = p.add_argument_group("call limits (0 switches a timeout off; ADR 0065)")
     g.add_argument("--first-audio-timeout-s", type=float, default=_LIMITS.first_audio_s,
@@ -122,6 +126,7 @@ def main(argv: list[str]) -> int:
     else:
         token = os.environ.get(AUTH_ENV) or None
     try:
+        from ..engine.config import trim_window_ticks
         from ..engine.core import Engine, EngineConfig, Sampling
         from ..engine.models import load_models
         from .app import ServerConfig, run_server
@@ -134,6 +139,7 @@ def main(argv: list[str]) -> int:
                 else max(0, math.ceil(args.fill_after_ms / 80.0)))
         ecfg = EngineConfig(slots=args.slots, queue_frames=args.queue_frames,
                             fill_after_ticks=fill,
+                            trim_window_ticks=trim_window_ticks(args.trim_after_ms),
                             sampling=Sampling(use_sampling=False) if args.greedy else None)
         def opt(v: float | None) -> float | None:
             return None if v is None or v == 0 else v
