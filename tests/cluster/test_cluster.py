@@ -236,6 +236,34 @@ async def test_four_calls_spread_two_and_two_and_a_fifth_is_refused(cluster: Clu
     assert "moshi_server_refused_busy_total{" in metrics
 
 
+async def test_a_caller_far_ahead_of_real_time_is_closed_at_the_front_door(
+    cluster: Cluster,
+) -> None:
+    """The ingress enforces serve's call limits (ADR 0065): 4.8 s of audio sent at once is
+    refused from its Ogg headers, before a decode, and the slot comes back."""
+    await wait_replicas(cluster, 2)
+    c = Client(cluster.url)
+    await c.connect()
+    assert c.first[:1] == b"\x00" and c.ws is not None
+    writer = sphn.OpusStreamWriter(24000)
+    for f in tone(1, 60):
+        data = writer.append_pcm(f)
+        try:
+            if len(data):
+                await c.ws.send(b"\x01" + bytes(data))
+        except ConnectionClosed:
+            break
+    await c.wait_closed(10)
+    assert c.close_code == 1008, (c.close_code, c.errors)
+    assert any("faster than real time" in e for e in c.errors), c.errors
+    metrics = (await asyncio.to_thread(
+        httpx.get, f"http://127.0.0.1:{cluster.port}/metrics", trust_env=False)).text
+    reaped = [ln for ln in metrics.splitlines()
+              if ln.startswith("moshi_ingress_calls_reaped_total{")]
+    assert reaped and sum(float(ln.rsplit(" ", 1)[1]) for ln in reaped) >= 1
+    await wait_replicas(cluster, 2)  # its slot is free again
+
+
 async def test_a_killed_replica_fails_only_its_calls_and_is_replaced(cluster: Cluster) -> None:
     reps = await wait_replicas(cluster, 2)
     pids = {str(r["replica"]): int(r["pid"]) for r in reps}  # type: ignore[call-overload]

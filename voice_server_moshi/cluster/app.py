@@ -129,7 +129,12 @@ def app_from_args(args: dict[str, Any]) -> Application:
 
     a = dict(args)
     engine = EngineSpec(**a.pop("engine", {}))
-    ingress = IngressSpec(**a.pop("ingress", {}))
+    ing = dict(a.pop("ingress", {}))
+    if isinstance(ing.get("limits"), dict):  # a YAML mapping of CallLimits fields
+        from ..server.limits import CallLimits
+
+        ing["limits"] = CallLimits(**ing["limits"])
+    ingress = IngressSpec(**ing)
     token = os.environ.get(AUTH_ENV) or None
     if token:
         ingress = replace(ingress, auth_token=token)

@@ -25,6 +25,7 @@ from .._cli_help import command_parser
 from ..moshi import protocol
 from ..moshi.settings import DEFAULT_HF_REPO
 from ..server.auth import AUTH_ENV
+from ..server.limit_flags import add_limit_flags, limits_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop a call's standing input backlog (above its target at every "
                    "tick this long) so latency recovers; 0 never trims (ADR 0065)")
     p.add_argument("--max-message-bytes", type=int, default=protocol.DEFAULT_MAX_MESSAGE_BYTES)
+    add_limit_flags(p, keepalive=False)
     p.add_argument("--greedy", action="store_true", help="greedy decoding (for tests)")
     p.add_argument("--instance-name", default="voice-server-moshi")
     p.add_argument("--drain-timeout-s", type=float, default=3600.0,
@@ -155,7 +157,8 @@ def main(argv: list[str]) -> int:
                                 admission_wait_s=args.admission_wait_s,
                                 route_timeout_s=args.route_timeout_s,
                                 max_message_bytes=args.max_message_bytes,
-                                instance_name=args.instance_name),
+                                instance_name=args.instance_name,
+                                limits=limits_from_args(args)),
             replicas=args.replicas, min_replicas=args.min_replicas,
             max_replicas=args.max_replicas, target_calls=args.target_calls,
             ingress_replicas=args.ingress_replicas, drain_timeout_s=args.drain_timeout_s,

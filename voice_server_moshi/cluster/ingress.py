@@ -16,7 +16,7 @@ import json
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import websockets
@@ -28,6 +28,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from .._log import get_logger
 from ..moshi import protocol
 from ..moshi.session import ServerSession, bearer_authorized
+from ..server.limits import CallLimits
 from . import directory, relay
 from .metrics import render
 
@@ -46,6 +47,8 @@ class IngressSpec:
     route_timeout_s: float = 2.0
     max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES
     instance_name: str = "voice-server-moshi"
+    #: Per-call limits, as ``serve``'s (ADR 0065); the proxy owns keepalive here.
+    limits: CallLimits = field(default_factory=CallLimits)
 
     def __repr__(self) -> str:  # never show the token
         return (f"IngressSpec(app_name={self.app_name!r}, "
@@ -218,7 +221,8 @@ class IngressCore:
         clog.info("call started", routing_ms=round((time.perf_counter() - t0) * 1000, 1))
         try:
             outcome = await relay.relay_call(caller, session, data, lease_end=_drain(lease),
-                                             counters=self.counters, clog=clog)
+                                             counters=self.counters, clog=clog,
+                                             limits=self.spec.limits)
             clog.info("call ended", outcome=outcome)
         finally:
             self.counters.active_calls -= 1

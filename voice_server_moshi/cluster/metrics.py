@@ -66,6 +66,9 @@ def render(replicas: Iterable[dict[str, Any]], counters: IngressCounters, ingres
         ("moshi_ingress_replica_failures_total", "counter", "Calls ended by a lost replica.",
          counters.replica_failures),
         ("moshi_ingress_routed_total", "counter", "Calls routed to a replica.", counters.routed),
+        ("moshi_ingress_calls_reaped_total", "counter",
+         "Calls closed for a limit (timeouts, message rate, audio ahead, malformed).",
+         counters.calls_reaped),
         ("moshi_ingress_routing_seconds_sum", "counter", "Time spent routing new calls.",
          counters.routing_seconds_sum),
     ]

@@ -4,7 +4,10 @@ The protocol is the sans-I/O :class:`~voice_server_moshi.moshi.session.ServerSes
 the same as ``serve``'s; this module is its shell between two sockets: the caller's (any
 WebSocket behind :class:`CallerSocket`: Starlette under Ray Serve, or ``websockets``) and
 a ``websockets`` client connection to the replica's data plane (:mod:`.engine_side`).
-Opus runs here, in the ingress, off the engine's tick thread (ADR 0095).
+Opus runs here, in the ingress, off the engine's tick thread (ADR 0095). The call's limits
+(:class:`~voice_server_moshi.server.limits.CallGuard`: timeouts, message rate, audio ahead
+of real time counted before decoding, malformed messages) are enforced here too, as in
+``serve``, so an abusive caller is closed at the front door and never costs a decode.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from ..moshi.session import (
     MalformedReceived,
     ServerSession,
 )
+from ..server.limits import CallGuard, CallLimits, Reap
+from ..server.reaper import watch_timeouts
 from . import wire
 
 SAMPLE_RATE = 24000
@@ -62,6 +67,8 @@ class IngressCounters:
     engine_errors: int = 0
     routed: int = 0
     routing_seconds_sum: float = 0.0
+    #: Calls closed for a limit (timeouts, rate, audio ahead, malformed; ADR 0065).
+    calls_reaped: int = 0
 
 
 async def flush(caller: CallerSocket, session: ServerSession) -> None:
@@ -80,20 +87,34 @@ async def flush_quietly(caller: CallerSocket, session: ServerSession) -> None:
 
 async def relay_call(caller: CallerSocket, session: ServerSession, data: ClientConnection, *,
                      lease_end: Awaitable[Any], counters: IngressCounters,
-                     clog: Any) -> str:
+                     clog: Any, limits: CallLimits | None = None) -> str:
     """Start ``session`` (handshake, metadata) and run the call until it ends; returns why.
     If the engine replica is lost (its data connection drops, or ``lease_end`` raises) the
-    caller gets ``0x05`` and 1011, like any engine failure in ``serve``."""
+    caller gets ``0x05`` and 1011, like any engine failure in ``serve``. With ``limits``, a
+    call over one of them gets ``0x05`` saying which, and that limit's close code."""
     session.start()
+    guard = None if limits is None else CallGuard(limits, asyncio.get_running_loop().time())
     await flush(caller, session)
-    up = asyncio.create_task(_uplink(caller, session, data, counters, clog))
+    up = asyncio.create_task(_uplink(caller, session, data, counters, clog, guard))
     down = asyncio.create_task(_downlink(caller, session, data, counters))
     lease = asyncio.ensure_future(lease_end)
+    timer: asyncio.Future[Reap | None] = (
+        asyncio.create_task(_first_timeout(guard)) if guard is not None
+        else asyncio.get_running_loop().create_future())
     outcome = "ended"
     try:
-        done, _ = await asyncio.wait({up, down, lease}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({up, down, lease, timer},
+                                     return_when=asyncio.FIRST_COMPLETED)
+        verdict = (up.result() if up in done else timer.result() if timer in done else None)
+        if isinstance(verdict, Reap):
+            counters.calls_reaped += 1
+            clog.info("closing the call", reason=verdict.reason.value, code=verdict.code,
+                      message=verdict.message)
+            session.fail(verdict.message, code=verdict.code, reason=verdict.reason.value)
+            await flush_quietly(caller, session)
+            return verdict.reason.value
         if up in done:
-            outcome = up.result()
+            outcome = str(verdict)
         elif down in done:
             outcome = down.result()
         elif lease.exception() is not None:
@@ -114,7 +135,7 @@ async def relay_call(caller: CallerSocket, session: ServerSession, data: ClientC
         await flush_quietly(caller, session)
         return outcome
     finally:
-        for t in (up, down, lease):
+        for t in (up, down, lease, timer):
             t.cancel()
         for t in (up, down):
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -129,8 +150,21 @@ def _exc_name(fut: asyncio.Future[Any]) -> str | None:
     return type(fut.exception()).__name__
 
 
+async def _first_timeout(guard: CallGuard) -> Reap | None:
+    """The guard's first timeout (first audio, no input, call length), when it fires."""
+    fired: list[Reap] = []
+
+    async def keep(reap: Reap) -> None:
+        fired.append(reap)
+
+    await watch_timeouts(guard, keep)
+    return fired[0] if fired else None
+
+
 async def _uplink(caller: CallerSocket, session: ServerSession, data: ClientConnection,
-                  counters: IngressCounters, clog: Any) -> str:
+                  counters: IngressCounters, clog: Any,
+                  guard: CallGuard | None) -> str | Reap:
+    loop = asyncio.get_running_loop()
     decoder = OpusDecoder(SAMPLE_RATE)
     framer = SampleFramer(wire.FRAME_SAMPLES, np.float32)
     while True:
@@ -138,11 +172,23 @@ async def _uplink(caller: CallerSocket, session: ServerSession, data: ClientConn
         if raw is None:
             return "caller closed"
         counters.messages_in += 1
+        now = loop.time()
+        reap = guard.on_message(now) if guard is not None else None
+        if reap is not None:
+            return reap
         for ev in session.receive_data(raw):
             if isinstance(ev, MalformedReceived):
                 counters.protocol_errors += 1
+                reap = guard.on_malformed() if guard is not None else None
+                if reap is not None:
+                    return reap
                 clog.info("malformed message skipped", error=str(ev.error))
             elif isinstance(ev, AudioReceived):
+                # Counted from the Ogg headers before decoding: an Opus bomb or a caller
+                # far ahead of real time costs no decode.
+                reap = guard.before_audio(ev.data, now) if guard is not None else None
+                if reap is not None:
+                    return reap
                 try:
                     pcm = decoder.decode(ev.data)
                 except Exception as exc:  # sphn raises its own errors on corrupt streams
@@ -151,6 +197,10 @@ async def _uplink(caller: CallerSocket, session: ServerSession, data: ClientConn
                     session.reject_audio(str(exc))
                     await flush_quietly(caller, session)
                     return "bad audio"
+                if guard is not None:
+                    reap = guard.after_audio(len(pcm) / SAMPLE_RATE, loop.time())
+                    if reap is not None:
+                        return reap
                 for frame in framer.push(pcm):
                     try:
                         await data.send(wire.encode_frame(frame))

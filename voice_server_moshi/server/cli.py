@@ -19,13 +19,7 @@ from .._cli_help import command_parser
 from ..moshi import protocol
 from ..moshi.settings import DEFAULT_HF_REPO
 from .auth import AUTH_ENV, TokenError, read_token_file
-from .limits import CallLimits
-
-_LIMITS = CallLimits()
-
-
-def _off(v: float | None) -> str:
-    return "off" if v is None else f"{v:g}"
+from .limit_flags import add_limit_flags, limits_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,31 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "every tick this long: a stall, not jitter) so latency recovers; 0 never "
                    "trims (ADR 0065; default %(default)g)")
     p.add_argument("--max-message-bytes", type=int, default=protocol.DEFAULT_MAX_MESSAGE_BYTES)
-    g = p.add_argument_group("call limits (0 switches a timeout off; ADR 0065)")
-    g.add_argument("--first-audio-timeout-s", type=float, default=_LIMITS.first_audio_s,
-                   help=f"close a call with no audio this long after the handshake "
-                   f"(default {_off(_LIMITS.first_audio_s)})")
-    g.add_argument("--no-input-timeout-s", type=float, default=_LIMITS.no_input_s,
-                   help=f"close a call whose audio stops this long "
-                   f"(default {_off(_LIMITS.no_input_s)})")
-    g.add_argument("--max-call-s", type=float, default=0.0,
-                   help="close every call after this long (default off: calls run on past "
-                   "the model's context)")
-    g.add_argument("--ping-interval-s", type=float, default=_LIMITS.ping_interval_s,
-                   help=f"WebSocket keepalive ping period "
-                   f"(default {_off(_LIMITS.ping_interval_s)})")
-    g.add_argument("--ping-timeout-s", type=float, default=_LIMITS.ping_timeout_s,
-                   help=f"close a peer that does not answer a ping this long "
-                   f"(default {_off(_LIMITS.ping_timeout_s)})")
-    g.add_argument("--max-audio-ahead-s", type=float, default=_LIMITS.max_audio_ahead_s,
-                   help=f"close a call whose audio runs this far ahead of real time, counted "
-                   f"before decoding (default {_LIMITS.max_audio_ahead_s:g})")
-    g.add_argument("--max-messages-per-s", type=float, default=_LIMITS.max_messages_per_s,
-                   help=f"average message rate allowed per call, burst "
-                   f"{_LIMITS.message_burst} (default {_LIMITS.max_messages_per_s:g})")
-    g.add_argument("--max-malformed", type=int, default=_LIMITS.max_malformed,
-                   help=f"malformed messages answered per call before it is closed "
-                   f"(default {_LIMITS.max_malformed})")
+    add_limit_flags(p)
     p.add_argument("--greedy", action="store_true",
                    help="greedy decoding by default (deterministic; for tests); a call's own "
                    "text_temperature / audio_temperature query parameters still apply")
@@ -141,15 +111,7 @@ def main(argv: list[str]) -> int:
                             fill_after_ticks=fill,
                             trim_window_ticks=trim_window_ticks(args.trim_after_ms),
                             sampling=Sampling(use_sampling=False) if args.greedy else None)
-        def opt(v: float | None) -> float | None:
-            return None if v is None or v == 0 else v
-
-        limits = CallLimits(
-            first_audio_s=opt(args.first_audio_timeout_s),
-            no_input_s=opt(args.no_input_timeout_s), max_call_s=opt(args.max_call_s),
-            ping_interval_s=opt(args.ping_interval_s), ping_timeout_s=opt(args.ping_timeout_s),
-            max_audio_ahead_s=args.max_audio_ahead_s,
-            max_messages_per_s=args.max_messages_per_s, max_malformed=args.max_malformed)
+        limits = limits_from_args(args)
         scfg = ServerConfig(host=args.host, port=args.port, auth_token=token,
                             max_message_bytes=args.max_message_bytes,
                             admission_wait_s=args.admission_wait_s,

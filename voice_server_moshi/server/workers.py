@@ -163,7 +163,8 @@ class IngressWorker:
         try:
             never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             outcome = await relay.relay_call(caller, session, data, lease_end=never,
-                                             counters=self.counters, clog=clog)
+                                             counters=self.counters, clog=clog,
+                                             limits=self.config.limits)
             clog.info("call ended", outcome=outcome)
         finally:
             self.counters.active_calls -= 1
