@@ -264,6 +264,31 @@ async def test_a_caller_far_ahead_of_real_time_is_closed_at_the_front_door(
     await wait_replicas(cluster, 2)  # its slot is free again
 
 
+async def test_a_calls_sampling_reaches_its_replica_and_a_bad_value_takes_no_slot(
+    cluster: Cluster,
+) -> None:
+    """Kyutai's per-call sampling query parameters work as with ``serve`` (ADR 0080): the
+    metadata carries the applied values and seeds; a bad value is refused at the door."""
+    await wait_replicas(cluster, 2)
+    c = Client(cluster.url + "?text_temperature=0.5&text_topk=40&text_seed=7&audio_seed=9"
+               "&email=someone%40example.com")
+    await c.connect()
+    md = c.metadata
+    assert c.first[:1] == b"\x00", c.errors
+    assert (md["text_temperature"], md["text_topk"]) == (0.5, 40)
+    assert (md["text_seed"], md["audio_seed"]) == (7, 9)
+    assert md["audio_temperature"] == 0.0  # the replica's default: this cluster is --greedy
+    assert md["instance_name"] == "voice-server-moshi" and md["cluster"] is True
+    assert str(md["lm_model_file"]).endswith(".safetensors") and "build_info" in md
+    await c.close()
+    bad = Client(cluster.url + "?text_topk=0")
+    await bad.connect()
+    assert bad.first[:1] == b"\x05" and "text_topk must be in [1, 500]" in bad.errors[0]
+    await bad.wait_closed(10)
+    assert bad.close_code == 1008
+    await wait_replicas(cluster, 2)
+
+
 async def test_a_killed_replica_fails_only_its_calls_and_is_replaced(cluster: Cluster) -> None:
     reps = await wait_replicas(cluster, 2)
     pids = {str(r["replica"]): int(r["pid"]) for r in reps}  # type: ignore[call-overload]

@@ -5,6 +5,7 @@ Driven by raw Kyutai-style clients, like the single-process server's tests."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -33,7 +34,7 @@ def split_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "voice_server_moshi.cli", "serve", "--port", "0",
          "--slots", "2", "--checkpoint", "dev", "--device", "cpu", "--greedy",
-         "--queue-frames", "100", "--ingress-workers", "2"],
+         "--queue-frames", "100", "--trim-after-ms", "0", "--ingress-workers", "2"],
         env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.PIPE, stderr=log_file,
         text=True)
     line: list[str] = []
@@ -114,3 +115,33 @@ async def test_two_workers_relay_every_frame_and_refuse_when_full(split_server: 
         assert await asyncio.gather(*calls) == [(n - 1, []), (n - 1, [])]
         metrics = (await http.get("/metrics")).text
         assert "moshi_server_refused_busy_total 1" in metrics
+
+
+async def test_workers_apply_a_calls_sampling_and_serves_limits(split_server: int) -> None:
+    """The split keeps ``serve``'s per-call sampling (ADR 0080) and call limits (ADR 0065)."""
+    url = f"ws://127.0.0.1:{split_server}/api/chat"
+    async with websockets.connect(url + "?text_temperature=0.4&text_seed=11&audio_seed=12",
+                                  proxy=None, compression=None, open_timeout=30) as ws:
+        assert await ws.recv() == b"\x00" + bytes(8)
+        meta = await ws.recv()
+        assert isinstance(meta, bytes) and meta[:1] == b"\x04"
+        md = json.loads(meta[1:])
+        assert (md["text_temperature"], md["text_seed"], md["audio_seed"]) == (0.4, 11, 12)
+        assert md["audio_temperature"] == 0.0 and "build_info" in md  # --greedy default
+        # 4.8 s of audio at once: refused from its Ogg headers (audio ahead of real time).
+        writer = sphn.OpusStreamWriter(24000)
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(60):
+                data = writer.append_pcm(np.zeros(1920, np.float32))
+                if len(data):
+                    await ws.send(b"\x01" + bytes(data))
+        errors = []
+        with contextlib.suppress(ConnectionClosed):
+            async for m in ws:
+                if isinstance(m, bytes) and m[:1] == b"\x05":
+                    errors.append(m[1:].decode())
+        assert ws.close_code == 1008 and any("faster than real time" in e for e in errors)
+    bad = await websockets.connect(url + "?text_topk=0", proxy=None, open_timeout=30)
+    first = await bad.recv()
+    assert isinstance(first, bytes) and first[:1] == b"\x05"
+    assert "text_topk must be in [1, 500]" in first[1:].decode()

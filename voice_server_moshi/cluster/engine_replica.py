@@ -115,14 +115,18 @@ class EngineReplica:
             self._report()
             await asyncio.sleep(directory.REPORT_PERIOD_S)
 
-    async def lease(self, call_id: str) -> AsyncIterator[dict[str, Any]]:
+    async def lease(self, call_id: str, sampling_query: dict[str, str] | None = None,
+                    ) -> AsyncIterator[dict[str, Any]]:
         """Hold a slot for one call: yields ``{"url", "ticket", ...}`` at once, then
         ``{"ended": stats}`` when the call's data connection ends. Cancelling the lease
-        (the ingress went away) releases the slot."""
+        (the ingress went away) releases the slot. ``sampling_query``: the call's Kyutai
+        sampling query parameters (checked by the ingress), over this engine's defaults."""
         from ..errors import ServerBusyError
 
+        sampling = self.data.sampling_for(sampling_query)
         try:
-            ticket = await asyncio.wrap_future(self.data.call_soon(self.data.reserve(call_id)))
+            ticket = await asyncio.wrap_future(self.data.call_soon(
+                self.data.reserve(call_id, sampling=sampling)))
         except ServerBusyError as exc:
             # Serve's router only routes here below max_ongoing_requests, so this is a
             # race with a call that is still ending: say so, the ingress retries.
@@ -131,7 +135,8 @@ class EngineReplica:
         self.log.info("call leased", call_id=call_id)
         try:
             yield {"url": self.data.url, "ticket": ticket, "replica": self.replica,
-                   "pid": os.getpid(), "slots": self.spec.slots}
+                   "pid": os.getpid(), "slots": self.spec.slots,
+                   **self.data.grant_info(sampling)}
             stats = await asyncio.wrap_future(self.data.call_soon(self.data.wait_ended(ticket)))
             yield {"ended": stats}
         finally:

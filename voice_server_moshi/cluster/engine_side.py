@@ -16,7 +16,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from .._log import get_logger
+from ..engine.call_sampling import CallSampling, parse_sampling_query
 from ..engine.core import Engine, SlotError, SlotOutput
 from ..engine.session import EngineCall
 from ..errors import ServerBusyError
@@ -127,17 +128,30 @@ class EngineDataServer:
 
     # -- reservations (run on the data-plane loop via call_soon) ---------------------------
 
-    async def reserve(self, call_id: str, wait_s: float = 0.0) -> str:
-        """Take a free slot for ``call_id`` (waiting up to ``wait_s``); raises
-        ServerBusyError when none frees."""
+    async def reserve(self, call_id: str, wait_s: float = 0.0,
+                      sampling: CallSampling | None = None) -> str:
+        """Take a free slot for ``call_id`` (waiting up to ``wait_s``) with the call's
+        ``sampling`` (None: the engine's default); raises ServerBusyError when none frees."""
         call = EngineCall(self.engine, call_id, max_queued=self.max_queued_outputs)
-        await call.open(wait_s)
+        await call.open(wait_s, sampling)
         ticket = secrets.token_urlsafe(16)
         res = _Reservation(call, self._loop.create_future())
         self._reservations[ticket] = res
         self._loop.call_later(ATTACH_TIMEOUT_S, self._expire, ticket)
         self._changed()
         return ticket
+
+    def sampling_for(self, query: Mapping[str, str] | None) -> CallSampling:
+        """A call's sampling: its query parameters over this engine's defaults, seeds
+        drawn. Raises SamplingError (the front door checked them already)."""
+        return parse_sampling_query(query or {}, self.engine.default_sampling).seeded()
+
+    def grant_info(self, sampling: CallSampling) -> dict[str, Any]:
+        """What the front door needs for the call's metadata."""
+        models = self.engine.models
+        return {"sampling": sampling.as_dict(), "model": models.description,
+                "lm_model_file": models.lm_file or models.description,
+                "mimi_model_file": models.mimi_file or models.description}
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -216,9 +230,11 @@ class EngineDataServer:
         try:
             first = json.loads(await asyncio.wait_for(conn.recv(), ATTACH_TIMEOUT_S))
             if "call_id" in first:
+                sampling = self.sampling_for(first.get("sampling_query"))
                 ticket = await self.reserve(str(first["call_id"]),
-                                            min(60.0, max(0.0, float(first.get("wait_s", 0)))))
-                await conn.send(json.dumps({"ok": True}))
+                                            min(60.0, max(0.0, float(first.get("wait_s", 0)))),
+                                            sampling)
+                await conn.send(json.dumps({"ok": True, **self.grant_info(sampling)}))
             else:
                 ticket = str(first["ticket"])
         except ServerBusyError as exc:

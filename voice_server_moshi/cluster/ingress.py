@@ -171,8 +171,9 @@ class IngressCore:
     # -- /api/chat ------------------------------------------------------------------------
 
     def _metadata(self, replica: dict[str, Any]) -> dict[str, Any]:
-        return {"instance_name": self.spec.instance_name, "server": "voice-server-moshi",
-                "cluster": True, "replica": replica["replica"], "slots": replica["slots"]}
+        return relay.granted_metadata(
+            replica, instance_name=self.spec.instance_name,
+            extra={"cluster": True, "replica": replica["replica"], "slots": replica["slots"]})
 
     async def chat(self, ws: WebSocket) -> None:
         call_id = f"clu-{uuid.uuid4().hex[:12]}"
@@ -186,14 +187,16 @@ class IngressCore:
         caller = _StarletteCaller(ws)
         granted_meta: dict[str, Any] = {}
         session = ServerSession(max_message_bytes=self.spec.max_message_bytes,
-                                metadata_builder=lambda _s: granted_meta)
+                                query_parser=relay.sampling_params,
+                                metadata_builder=lambda _s: granted_meta,
+                                max_malformed_replies=self.spec.limits.max_malformed)
         self.counters.connections += 1
         # Per-call parameters are checked before a slot is taken.
         if not session.accept(dict(ws.query_params)):
             await relay.flush_quietly(caller, session)
             return
         t0 = time.perf_counter()
-        granted = await self._admit(call_id, clog)
+        granted = await self._admit(call_id, clog, session.params.get("sampling_query"))
         if granted is None:
             self.counters.refused_busy += 1
             clog.info("call refused: no free slot on any replica")
@@ -229,14 +232,16 @@ class IngressCore:
             lease.cancel()
             await caller.close(relay_close_code(session), "call over")
 
-    async def _admit(self, call_id: str, clog: Any) -> tuple[Any, dict[str, Any]] | None:
+    async def _admit(self, call_id: str, clog: Any, sampling_query: dict[str, str] | None,
+                     ) -> tuple[Any, dict[str, Any]] | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.spec.admission_wait_s
         while True:
             reps = await self.replicas()
             if reps and any(int(r["free_slots"]) > 0 for r in reps if r["ready"]):
                 limit = max(self.spec.route_timeout_s, deadline - loop.time())
-                lease = self.engine.options(stream=True).lease.remote(call_id)
+                lease = self.engine.options(stream=True).lease.remote(call_id,
+                                                                      sampling_query)
                 try:
                     first = await asyncio.wait_for(lease.__anext__(), limit)
                 except TimeoutError:

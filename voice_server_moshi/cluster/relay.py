@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,14 +24,22 @@ from websockets.exceptions import ConnectionClosed
 
 from ..audio.framing import SampleFramer
 from ..audio.opus import OpusDecoder, OpusEncoder
+from ..engine.call_sampling import (
+    SAMPLING_KEYS,
+    CallSampling,
+    SamplingError,
+    parse_sampling_query,
+)
 from ..moshi.session import (
     CLOSE_GOING_AWAY,
     AudioReceived,
     CloseFrame,
     MalformedReceived,
+    QueryError,
     ServerSession,
 )
 from ..server.limits import CallGuard, CallLimits, Reap
+from ..server.metadata import call_metadata
 from ..server.reaper import watch_timeouts
 from . import wire
 
@@ -69,6 +77,29 @@ class IngressCounters:
     routing_seconds_sum: float = 0.0
     #: Calls closed for a limit (timeouts, rate, audio ahead, malformed; ADR 0065).
     calls_reaped: int = 0
+
+
+def sampling_params(query: Mapping[str, str]) -> Mapping[str, Any]:
+    """A session's ``query_parser``: Kyutai's per-call sampling query parameters (ADR
+    0080), checked here so a bad value is refused before a slot is taken; the engine side
+    applies them over its own defaults and draws the seeds."""
+    try:
+        parse_sampling_query(query, CallSampling())
+    except SamplingError as exc:
+        raise QueryError(str(exc)) from None
+    return {"sampling_query": {k: query[k] for k in SAMPLING_KEYS if k in query}}
+
+
+def granted_metadata(granted: Mapping[str, Any], *, instance_name: str,
+                     extra: dict[str, Any]) -> dict[str, Any]:
+    """``serve``'s ``0x04`` metadata (Kyutai's Rust schema with the call's applied
+    sampling and seeds, then ours) from what the engine side granted."""
+    return call_metadata(CallSampling(**granted["sampling"]),
+                         lm_model_file=str(granted.get("lm_model_file", "")),
+                         mimi_model_file=str(granted.get("mimi_model_file", "")),
+                         instance_name=instance_name,
+                         extra={"model": granted.get("model"), "per_call_sampling": True,
+                                **extra})
 
 
 async def flush(caller: CallerSocket, session: ServerSession) -> None:

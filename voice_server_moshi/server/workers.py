@@ -123,16 +123,19 @@ class IngressWorker:
                         "not found: try /api/chat, /healthz, /readyz, /capacity, /metrics\n",
                         "text/plain")
 
-    def _metadata(self, session: ServerSession) -> Mapping[str, Any]:
-        return {"instance_name": self.config.instance_name, "server": "voice-server-moshi",
-                "slots": self.engine_info.get("slots"), "model": self.engine_info.get("model")}
 
     async def _handle(self, ws: ServerConnection) -> None:
         call_id = f"srv-{uuid.uuid4().hex[:12]}"
         clog = log.bind(call_id=call_id, worker=self.name)
         caller = _WsCaller(ws)
-        session = ServerSession(max_message_bytes=self.config.max_message_bytes,
-                                metadata_builder=self._metadata)
+        granted: dict[str, Any] = {}
+        session = ServerSession(
+            max_message_bytes=self.config.max_message_bytes,
+            query_parser=relay.sampling_params,
+            metadata_builder=lambda _s: relay.granted_metadata(
+                granted, instance_name=self.config.instance_name,
+                extra={"slots": self.engine_info.get("slots")}),
+            max_malformed_replies=self.config.limits.max_malformed)
         self.counters.connections += 1
         if not session.accept(ws.request.path if ws.request is not None else ""):
             await relay.flush_quietly(caller, session)
@@ -140,8 +143,9 @@ class IngressWorker:
         try:
             data = await websockets.connect(self.data_url, compression=None, proxy=None,
                                             open_timeout=5, max_size=64 * 1024)
-            await data.send(json.dumps({"call_id": call_id,
-                                        "wait_s": self.config.admission_wait_s}))
+            await data.send(json.dumps({
+                "call_id": call_id, "wait_s": self.config.admission_wait_s,
+                "sampling_query": session.params.get("sampling_query", {})}))
             first = await data.recv()
         except (OSError, ConnectionClosed, TimeoutError) as exc:
             clog.warning("engine unreachable", error=str(exc))
@@ -158,6 +162,7 @@ class IngressWorker:
             await relay.flush_quietly(caller, session)
             await data.close()
             return
+        granted.update(json.loads(first))  # {"ok": true, "sampling": ..., model files}
         self.counters.active_calls += 1
         clog.info("call started")
         try:
