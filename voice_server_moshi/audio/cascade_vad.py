@@ -338,9 +338,10 @@ class CascadeVad:
             self._model.reset_state()  # a second or more unheard: start it afresh
         self._next_win = max(min(want, self._next_win), self._ran_upto, first_kept)
 
-    def _run_windows(self) -> VadTransition | None:
+    def _next_probability(self) -> tuple[int, float] | None:
+        """Silero on the next window that has arrived whole (ones no longer kept are
+        skipped): (window index, speech probability), or None when none is ready."""
         base = self._hist_end - len(self._hist)
-        onset = self._cand_onset * _STEP
         while (self._next_win + 1) * WINDOW <= self._n:
             w = self._next_win
             self._next_win += 1
@@ -350,6 +351,13 @@ class CascadeVad:
             p = self._model.run(self._hist[a : a + CONTEXT + WINDOW])
             self._ran_upto = self._next_win
             self.windows_run += 1
+            return w, p
+        return None
+
+    def _run_windows(self) -> VadTransition | None:
+        onset = self._cand_onset * _STEP
+        while (got := self._next_probability()) is not None:
+            w, p = got
             if w * WINDOW >= onset + 2 * WINDOW and p < self.p_start:
                 # Loud but not speech two windows in (a horn, a chord): the candidate's
                 # onset moves to its next loud step, where speech may begin; after a few
@@ -370,17 +378,10 @@ class CascadeVad:
     def _run_bridge(self) -> None:
         """Silero on a pause in the caller's speech: a window still likely speech keeps the
         turn open (words apart in stationary noise), for at most ``_bridge_max`` windows."""
-        base = self._hist_end - len(self._hist)
         gap = (self._j - self._below) * _STEP
-        while (self._next_win + 1) * WINDOW <= self._n and self._bridged < self._bridge_max:
-            w = self._next_win
-            self._next_win += 1
-            a = w * WINDOW - CONTEXT - base
-            if a < 0:
-                continue
-            p = self._model.run(self._hist[a : a + CONTEXT + WINDOW])
-            self._ran_upto = self._next_win
-            self.windows_run += 1
+        while self._bridged < self._bridge_max and (
+                got := self._next_probability()) is not None:
+            w, p = got
             if (w + 1) * WINDOW > gap:
                 self._bridged += 1
                 if p >= self.p_continue:
