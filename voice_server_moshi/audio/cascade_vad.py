@@ -83,6 +83,8 @@ class CascadeVad:
         bridge_max_spread_db: float = 3.0,
         min_level_dbfs: float = -55.0,
         hysteresis_db: float = 3.0,
+        backtrack_ms: int = 300,
+        backtrack_db: float = 3.0,
         start_frames: int = 2,
         floor_window_ms: int = 1500,
         background_window_ms: int = 3000,
@@ -111,6 +113,9 @@ class CascadeVad:
         self.background_spread_db = 0.0
         self.min_level_dbfs = min_level_dbfs
         self.hysteresis_db = hysteresis_db
+        self._backtrack = max(0, backtrack_ms // 10)
+        self.backtrack_db = backtrack_db
+        self._recent: deque[float] = deque(maxlen=128)  # the last 1.28 s of step levels
         self.start_frames = start_frames
         self._hang = max(1, math.ceil(hangover_ms / _STEP_MS))
         self._hold = max(1, math.ceil(gate_hold_ms / _STEP_MS))
@@ -153,6 +158,7 @@ class CascadeVad:
         self._quiet_run = 0
         self._cand = False
         self._cand_onset = 0
+        self._lapsed = (-1, -1)  # (onset, step it lapsed at) of the last lapsed candidate
         self._stale_until = -1
         self._rejected = 0
         self._max_reject = 4
@@ -236,6 +242,7 @@ class CascadeVad:
         j = self._j
         self._j += 1
         self.level_db = level
+        self._recent.append(level)
         self._block_min = min(self._block_min, level)
         self._block_n += 1
         floor = min(self._block_min, min(self._blocks, default=math.inf))
@@ -260,6 +267,8 @@ class CascadeVad:
                 self._loud_run = 0
                 self._quiet_run += 1
                 if self._quiet_run >= self._hold:
+                    if self._cand:  # its onset may still be the start of what follows
+                        self._lapsed = (self._cand_onset, j)
                     self._cand = False
             return None
         self._speak_steps += 1
@@ -338,6 +347,27 @@ class CascadeVad:
             self._model.reset_state()  # a second or more unheard: start it afresh
         self._next_win = max(min(want, self._next_win), self._ran_upto, first_kept)
 
+    def _onset_step(self) -> int:
+        """The confirmed candidate's onset: that of a candidate which lapsed at most
+        ``backtrack_ms`` before it, else moved back over the steps just before it that
+        still stand clear of the background (``backtrack_db``, or twice its spread), for
+        at most ``backtrack_ms``: in noise a word's first syllables are under the loud
+        reference, which only its louder part clears (at 5 dB SNR, 100-300 ms late)."""
+        onset = self._cand_onset
+        # A candidate that lapsed just before this one (a first syllable Silero did not
+        # take for speech at low SNR, then a pause) was this speech's start.
+        lapsed_onset, lapsed_at = self._lapsed
+        if 0 <= onset - lapsed_at <= self._backtrack and lapsed_onset < onset:
+            return lapsed_onset
+        floor = self.background_dbfs + max(self.backtrack_db, 2.0 * self.background_spread_db)
+        newest = self._j - 1  # the step self._recent[-1] holds
+        for _ in range(self._backtrack):
+            back = newest - (onset - 1)
+            if onset < 1 or back >= len(self._recent) or self._recent[-1 - back] < floor:
+                break
+            onset -= 1
+        return onset
+
     def _next_probability(self) -> tuple[int, float] | None:
         """Silero on the next window that has arrived whole (ones no longer kept are
         skipped): (window index, speech probability), or None when none is ready."""
@@ -371,7 +401,7 @@ class CascadeVad:
                 self._cand = False
                 self._speak_steps = self._below = 0
                 self._last_loud = self._j - 1
-                return VadTransition("start", self._cand_onset * _STEP_MS,
+                return VadTransition("start", self._onset_step() * _STEP_MS,
                                      max((w + 1) * WINDOW / 8.0, self._j * _STEP_MS))
         return None
 
