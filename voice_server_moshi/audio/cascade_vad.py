@@ -18,11 +18,16 @@ three references before it counts as *loud*:
 Two consecutive loud steps open a *candidate*: only then does Silero v6 run (the 32 ms
 windows from one before the candidate's onset; :mod:`.silero`), and the candidate becomes
 speech at the first window overlapping it with probability >= ``p_start``; the start is
-stamped at the candidate's first loud step. A candidate lapses after ``gate_hold_ms``
-without a loud step. Speech ends after ``hangover_ms`` of steps below the references less
-``hysteresis_db``. Silero thus rejects loud non-speech (horns, music, clicks) and the level
-cues reject speech that is not the caller's (babble, echo); the model runs on a few windows
-per caller onset instead of 31 per second. Numbers: docs/adr/0085-caller-vad-cascade.md.
+stamped at the candidate's first loud step (or earlier: a candidate that lapsed just
+before, or the steps before it still clear of the background; ``backtrack_ms``). A
+candidate lapses after ``gate_hold_ms`` without a loud step. Speech ends after
+``hangover_ms`` of steps below the references less ``hysteresis_db``, or when Silero, run
+on every ``end_check_every``-th window of speech, finds ``end_checks`` in a row below
+``p_continue`` (a moving background's own peaks clear the level gate). Silero thus rejects
+loud non-speech (horns, music, clicks) and the level cues reject speech that is not the
+caller's (babble, echo); the model runs on a few windows per caller onset and on one window
+in two of caller speech, never on silence or noise alone, instead of 31 per second.
+Numbers: docs/adr/0085-caller-vad-cascade.md.
 """
 
 from __future__ import annotations
@@ -85,6 +90,8 @@ class CascadeVad:
         hysteresis_db: float = 3.0,
         backtrack_ms: int = 300,
         backtrack_db: float = 3.0,
+        end_check_every: int = 2,
+        end_checks: int = 4,
         start_frames: int = 2,
         floor_window_ms: int = 1500,
         background_window_ms: int = 3000,
@@ -115,6 +122,10 @@ class CascadeVad:
         self.hysteresis_db = hysteresis_db
         self._backtrack = max(0, backtrack_ms // 10)
         self.backtrack_db = backtrack_db
+        self._check_every = max(1, end_check_every)
+        self._end_checks = max(1, end_checks)
+        self._unvoiced = 0
+        self._voiced_end = 0  # sample just past the last window Silero took for speech
         self._recent: deque[float] = deque(maxlen=128)  # the last 1.28 s of step levels
         self.start_frames = start_frames
         self._hang = max(1, math.ceil(hangover_ms / _STEP_MS))
@@ -223,7 +234,11 @@ class CascadeVad:
                     out.append(t)
             elif self._bridge and self.speaking:
                 self._run_bridge()
-        if not self._cand and not self._bridge:
+            elif self.speaking:
+                t = self._run_end_check()
+                if t is not None:
+                    out.append(t)
+        if not self._cand and not self._bridge and not self.speaking:
             # Windows nobody needs are skipped (kept in the history for a catch-up).
             self._next_win = self._n // WINDOW
         return out
@@ -281,11 +296,7 @@ class CascadeVad:
                 self._open_window_run(j - self._below + 1)
                 self._bridge, self._bridged = True, 0
             if self._below >= self._hang:
-                self.speaking = False
-                self._cand = self._bridge = False
-                self._loud_run = self._quiet_run = 0
-                return VadTransition("end", (self._last_loud + 1) * _STEP_MS,
-                                     (j + 1) * _STEP_MS)
+                return self._end_speech((self._last_loud + 1) * _STEP_MS)
         else:
             self._below = 0
             self._last_loud = j
@@ -401,8 +412,34 @@ class CascadeVad:
                 self._cand = False
                 self._speak_steps = self._below = 0
                 self._last_loud = self._j - 1
+                # Silero also decides when speech ends (_run_end_check): over a background
+                # that moves (babble, music, street), its own peaks clear the level gate and
+                # kept a short "right" open for a second, long enough for a barge-in.
+                self._unvoiced, self._voiced_end = 0, (w + 1) * WINDOW
                 return VadTransition("start", self._onset_step() * _STEP_MS,
                                      max((w + 1) * WINDOW / 8.0, self._j * _STEP_MS))
+        return None
+
+    def _end_speech(self, t_ms: float) -> VadTransition:
+        self.speaking = False
+        self._cand = self._bridge = False
+        self._loud_run = self._quiet_run = 0
+        return VadTransition("end", t_ms, self._j * _STEP_MS)
+
+    def _run_end_check(self) -> VadTransition | None:
+        """Silero on every ``end_check_every``-th window of speech: ``end_checks``
+        not-speech windows in a row end it, stamped at the end of the last window taken
+        for speech. The level gate's own end (``hangover_ms`` below the references) still
+        applies, whichever comes first."""
+        while (got := self._next_probability()) is not None:
+            w, p = got
+            self._next_win += self._check_every - 1
+            if p >= self.p_continue:
+                self._unvoiced, self._voiced_end = 0, (w + 1) * WINDOW
+            else:
+                self._unvoiced += 1
+                if self._unvoiced >= self._end_checks:
+                    return self._end_speech(self._voiced_end / 8.0)
         return None
 
     def _run_bridge(self) -> None:
