@@ -253,7 +253,10 @@ def main(argv: list[str]) -> int:
     calls = args.replicas * args.slots
     frames = max(10, round(args.seconds / 0.08))
     cli = [sys.executable, "-m", "voice_server_moshi.cli"]
-    common = ["--checkpoint", args.checkpoint, "--device", args.device, "--port", "0"]
+    # No no-input timeout: a bench call stops sending while it waits for the engine's last
+    # frames, and on a CPU the engines lag by seconds (a real client keeps streaming).
+    common = ["--checkpoint", args.checkpoint, "--device", args.device, "--port", "0",
+              "--no-input-timeout-s", "0"]
     result: dict[str, Any] = {
         "bench": "cluster", "checkpoint": args.checkpoint, "device": args.device,
         "replicas": args.replicas, "slots_per_replica": args.slots,
