@@ -42,32 +42,16 @@ from .framing import SampleFramer
 from .resample import Resampler
 from .silero import CONTEXT, RATE, WINDOW, SileroProb
 from .silero_vad import as_float32
+from .step_levels import STEP, STEP_MS, step_levels, whole_steps
 from .vad import VadTransition
 
 __all__ = ["CascadeVad"]
 
-_STEP = 80  # 10 ms at 8 kHz
-_STEP_MS = 10.0
+_STEP, _STEP_MS = STEP, STEP_MS
 _SILENCE_DB = -100.0
 _HIST = CONTEXT + 8 * WINDOW  # samples kept for catching up on a candidate's onset
 _REF_STEPS = 1024  # echo reference ring (10 s of 10 ms levels)
 F32 = NDArray[np.float32]
-
-
-def _levels(x: F32) -> list[float]:
-    """dBFS of each 10 ms step of ``x`` (a whole number of steps); a few steps per call, so
-    one einsum and scalar logs beat numpy's per-call overhead."""
-    r = x.reshape(-1, _STEP)
-    power: list[float] = np.einsum("ij,ij->i", r, r).tolist()
-    return [10.0 * math.log10(max(p / _STEP, 1e-10)) for p in power]
-
-
-def _steps(framer: SampleFramer, x: F32) -> F32 | None:
-    """Whole 10 ms steps of ``x`` and what the framer held; the framer only when needed."""
-    if framer.pending == 0 and len(x) % _STEP == 0:
-        return x if len(x) else None
-    frames = framer.push(x)
-    return np.concatenate(frames) if frames else None
 
 
 class CascadeVad:
@@ -189,11 +173,11 @@ class CascadeVad:
         x = as_float32(samples)
         if self._rs_ref is not None:
             x = np.asarray(self._rs_ref.process(x), dtype=np.float32)
-        steps = _steps(self._ref_framer, x)
+        steps = whole_steps(self._ref_framer, x)
         if steps is None:
             return
         pos = max(self._ref_pos, self._j)
-        for level in _levels(steps):
+        for level in step_levels(steps):
             self._ref[pos % _REF_STEPS] = level
             pos += 1
         self._ref_pos = pos
@@ -216,12 +200,12 @@ class CascadeVad:
         x = as_float32(samples)
         if self._rs is not None:
             x = np.asarray(self._rs.process(x), dtype=np.float32)
-        block = _steps(self._framer, x)
+        block = whole_steps(self._framer, x)
         if block is None:
             return []
         self._hist = np.concatenate((self._hist, block))[-_HIST:]
         self._hist_end += len(block)
-        levels = _levels(block)
+        levels = step_levels(block)
         out: list[VadTransition] = []
         for level in levels:
             self._n += _STEP
