@@ -18,13 +18,10 @@ LM's own ``delays``). Plumbing, tests and benchmarks only, never transcription q
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from .._log import get_logger
 from .checkpoints import (
     CONFIG_NAME,
     DEV_CHECKPOINT_VERSION,
@@ -37,8 +34,6 @@ from .checkpoints import (
     fill_cache_atomically,
 )
 from .devcheckpoint import AUDIO_CARD, TEXT_CARD, _state_bytes
-
-log = get_logger(__name__)
 
 #: Bump when the files change, so caches are rebuilt. The directory name also carries the
 #: dev Moshi version whose Mimi and tokenizer it copies.
@@ -267,21 +262,3 @@ def dev_stt_checkpoint_dir() -> Path:
     the dev Moshi one (a temporary sibling renamed into place)."""
     final = cache_root() / f"dev-stt-checkpoint-v{DEV_STT_VERSION}-m{DEV_CHECKPOINT_VERSION}"
     return fill_cache_atomically(final, _write_files, _is_complete, "dev STT checkpoint")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".dev-stt-tmp-", dir=final.parent))
-    try:
-        tmp.chmod(0o755)
-        _write_files(tmp, final, seed=0)
-        try:
-            os.rename(tmp, final)
-            log.info("dev STT checkpoint created", directory=str(final))
-        except OSError:
-            if not _is_complete(final):
-                shutil.rmtree(final, ignore_errors=True)
-                os.rename(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    if not _is_complete(final):
-        raise DevCheckpointError(f"could not create the dev STT checkpoint in {final}")
-    return final
