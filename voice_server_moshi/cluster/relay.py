@@ -118,20 +118,18 @@ async def flush_quietly(caller: CallerSocket, session: ServerSession) -> None:
 
 async def relay_call(caller: CallerSocket, session: ServerSession, data: ClientConnection, *,
                      lease_end: Awaitable[Any], counters: IngressCounters,
-                     clog: Any, limits: CallLimits | None = None) -> str:
+                     clog: Any, limits: CallLimits) -> str:
     """Start ``session`` (handshake, metadata) and run the call until it ends; returns why.
     If the engine replica is lost (its data connection drops, or ``lease_end`` raises) the
-    caller gets ``0x05`` and 1011, like any engine failure in ``serve``. With ``limits``, a
-    call over one of them gets ``0x05`` saying which, and that limit's close code."""
+    caller gets ``0x05`` and 1011, like any engine failure in ``serve``. A call over one of
+    its ``limits`` gets ``0x05`` saying which, and that limit's close code."""
     session.start()
-    guard = None if limits is None else CallGuard(limits, asyncio.get_running_loop().time())
+    guard = CallGuard(limits, asyncio.get_running_loop().time())
     await flush(caller, session)
     up = asyncio.create_task(_uplink(caller, session, data, counters, clog, guard))
     down = asyncio.create_task(_downlink(caller, session, data, counters))
     lease = asyncio.ensure_future(lease_end)
-    timer: asyncio.Future[Reap | None] = (
-        asyncio.create_task(_first_timeout(guard)) if guard is not None
-        else asyncio.get_running_loop().create_future())
+    timer = asyncio.create_task(_first_timeout(guard))
     outcome = "ended"
     try:
         done, _ = await asyncio.wait({up, down, lease, timer},
@@ -194,7 +192,7 @@ async def _first_timeout(guard: CallGuard) -> Reap | None:
 
 async def _uplink(caller: CallerSocket, session: ServerSession, data: ClientConnection,
                   counters: IngressCounters, clog: Any,
-                  guard: CallGuard | None) -> str | Reap:
+                  guard: CallGuard) -> str | Reap:
     loop = asyncio.get_running_loop()
     decoder = OpusDecoder(SAMPLE_RATE)
     framer = SampleFramer(wire.FRAME_SAMPLES, np.float32)
@@ -204,20 +202,20 @@ async def _uplink(caller: CallerSocket, session: ServerSession, data: ClientConn
             return "caller closed"
         counters.messages_in += 1
         now = loop.time()
-        reap = guard.on_message(now) if guard is not None else None
+        reap = guard.on_message(now)
         if reap is not None:
             return reap
         for ev in session.receive_data(raw):
             if isinstance(ev, MalformedReceived):
                 counters.protocol_errors += 1
-                reap = guard.on_malformed() if guard is not None else None
+                reap = guard.on_malformed()
                 if reap is not None:
                     return reap
                 clog.info("malformed message skipped", error=str(ev.error))
             elif isinstance(ev, AudioReceived):
                 # Counted from the Ogg headers before decoding: an Opus bomb or a caller
                 # far ahead of real time costs no decode.
-                reap = guard.before_audio(ev.data, now) if guard is not None else None
+                reap = guard.before_audio(ev.data, now)
                 if reap is not None:
                     return reap
                 try:
@@ -228,10 +226,9 @@ async def _uplink(caller: CallerSocket, session: ServerSession, data: ClientConn
                     session.reject_audio(str(exc))
                     await flush_quietly(caller, session)
                     return "bad audio"
-                if guard is not None:
-                    reap = guard.after_audio(len(pcm) / SAMPLE_RATE, loop.time())
-                    if reap is not None:
-                        return reap
+                reap = guard.after_audio(len(pcm) / SAMPLE_RATE, loop.time())
+                if reap is not None:
+                    return reap
                 for frame in framer.push(pcm):
                     try:
                         await data.send(wire.encode_frame(frame))
