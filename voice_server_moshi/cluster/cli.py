@@ -25,7 +25,7 @@ from .._cli_help import command_parser
 from ..moshi import protocol
 from ..moshi.settings import DEFAULT_HF_REPO
 from ..server.auth import AUTH_ENV
-from ..server.limit_flags import add_limit_flags, limits_from_args
+from ..server.limit_flags import add_limit_flags, add_trim_flag, limits_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,9 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long Serve's router may take to place a call")
     p.add_argument("--queue-frames", type=int, default=4)
     p.add_argument("--fill-after-ms", type=float, default=None)
-    p.add_argument("--trim-after-ms", type=float, default=960.0,
-                   help="drop a call's standing input backlog (above its target at every "
-                   "tick this long) so latency recovers; 0 never trims (ADR 0065)")
+    add_trim_flag(p)
     p.add_argument("--max-message-bytes", type=int, default=protocol.DEFAULT_MAX_MESSAGE_BYTES)
     add_limit_flags(p, keepalive=False)
     p.add_argument("--greedy", action="store_true", help="greedy decoding (for tests)")

@@ -30,6 +30,7 @@ import ray
 from ray import serve
 
 from .._log import get_logger
+from ..engine.config import DEFAULT_TRIM_AFTER_MS
 from . import directory
 
 log = get_logger(__name__)
@@ -47,7 +48,7 @@ class EngineSpec:
     queue_frames: int = 4
     fill_after_ticks: int | None = None
     #: ``--trim-after-ms``: a standing backlog this old is trimmed; 0 never trims.
-    trim_after_ms: float = 960.0
+    trim_after_ms: float = DEFAULT_TRIM_AFTER_MS
     greedy: bool = False
     max_queued_outputs: int = 150
     #: Bumped to roll every replica (a redeploy) without any other change.

@@ -74,6 +74,10 @@ class EngineConfig:
             raise ValueError(f"tick_s must be in [0.001, 10], got {self.tick_s}")
 
 
+#: ``--trim-after-ms``'s default: :attr:`EngineConfig.trim_window_ticks`'s 12 ticks.
+DEFAULT_TRIM_AFTER_MS = 960.0
+
+
 def trim_window_ticks(trim_after_ms: float) -> int | None:
     """``--trim-after-ms`` as :attr:`EngineConfig.trim_window_ticks`: 0 (or less) never
     trims; otherwise whole 80 ms ticks, at least one."""

@@ -19,7 +19,7 @@ from .._cli_help import command_parser
 from ..moshi import protocol
 from ..moshi.settings import DEFAULT_HF_REPO
 from .auth import AUTH_ENV, TokenError, read_token_file
-from .limit_flags import add_limit_flags, limits_from_args
+from .limit_flags import add_limit_flags, add_trim_flag, limits_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,10 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fill-after-ms", type=float, default=None,
                    help="feed silence to a call whose input stalls this long (default: never; "
                    "the call then pauses, like Kyutai's server)")
-    p.add_argument("--trim-after-ms", type=float, default=960.0,
-                   help="drop a call's standing input backlog (queued above its target at "
-                   "every tick this long: a stall, not jitter) so latency recovers; 0 never "
-                   "trims (ADR 0065; default %(default)g)")
+    add_trim_flag(p)
     p.add_argument("--max-message-bytes", type=int, default=protocol.DEFAULT_MAX_MESSAGE_BYTES)
     add_limit_flags(p)
     p.add_argument("--greedy", action="store_true",

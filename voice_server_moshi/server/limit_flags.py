@@ -5,15 +5,25 @@ from __future__ import annotations
 
 import argparse
 
+from ..engine.config import DEFAULT_TRIM_AFTER_MS
 from .limits import CallLimits
 
-__all__ = ["add_limit_flags", "limits_from_args"]
+__all__ = ["add_limit_flags", "add_trim_flag", "limits_from_args"]
 
 _DEFAULT = CallLimits()
 
 
 def _off(v: float | None) -> str:
     return "off" if v is None else f"{v:g}"
+
+
+def add_trim_flag(p: argparse.ArgumentParser) -> None:
+    """``--trim-after-ms``: the engine's backlog trimming (ADR 0065), as
+    :func:`~voice_server_moshi.engine.config.trim_window_ticks` reads it."""
+    p.add_argument("--trim-after-ms", type=float, default=DEFAULT_TRIM_AFTER_MS,
+                   help="drop a call's standing input backlog (queued above its target at "
+                   "every tick this long: a stall, not jitter) so latency recovers; 0 never "
+                   "trims (ADR 0065; default %(default)g)")
 
 
 def add_limit_flags(p: argparse.ArgumentParser, *, keepalive: bool = True) -> None:
