@@ -47,7 +47,6 @@ from .vad import VadTransition
 
 __all__ = ["CascadeVad"]
 
-_STEP, _STEP_MS = STEP, STEP_MS
 _SILENCE_DB = -100.0
 _HIST = CONTEXT + 8 * WINDOW  # samples kept for catching up on a candidate's onset
 _REF_STEPS = 1024  # echo reference ring (10 s of 10 ms levels)
@@ -112,8 +111,8 @@ class CascadeVad:
         self._voiced_end = 0  # sample just past the last window Silero took for speech
         self._recent: deque[float] = deque(maxlen=128)  # the last 1.28 s of step levels
         self.start_frames = start_frames
-        self._hang = max(1, math.ceil(hangover_ms / _STEP_MS))
-        self._hold = max(1, math.ceil(gate_hold_ms / _STEP_MS))
+        self._hang = max(1, math.ceil(hangover_ms / STEP_MS))
+        self._hold = max(1, math.ceil(gate_hold_ms / STEP_MS))
         self._freeze_max = max(1, freeze_max_ms // 10)
         self._lag = max(1, echo_lag_ms // 10)
         self.agent_active_dbfs = agent_active_dbfs
@@ -121,8 +120,8 @@ class CascadeVad:
         self.max_echo_gain_db = max_echo_gain_db
         self._rs = Resampler(sample_rate, RATE) if sample_rate != RATE else None
         self._rs_ref = Resampler(sample_rate, RATE) if sample_rate != RATE else None
-        self._framer = SampleFramer(_STEP, np.float32)
-        self._ref_framer = SampleFramer(_STEP, np.float32)
+        self._framer = SampleFramer(STEP, np.float32)
+        self._ref_framer = SampleFramer(STEP, np.float32)
         self._model = SileroProb()
         # Noise floor: minimum statistics in 100 ms blocks (as EnergyVad).
         self._blocks: deque[float] = deque(maxlen=max(1, floor_window_ms // 100))
@@ -208,7 +207,7 @@ class CascadeVad:
         levels = step_levels(block)
         out: list[VadTransition] = []
         for level in levels:
-            self._n += _STEP
+            self._n += STEP
             t = self._step(level)
             if t is not None:
                 out.append(t)
@@ -257,7 +256,7 @@ class CascadeVad:
                 self._loud_run += 1
                 self._quiet_run = 0
                 if (self._loud_run == 1 and not self._cand) or (
-                        0 <= self._stale_until <= j * _STEP):
+                        0 <= self._stale_until <= j * STEP):
                     self._cand_onset = j
                     self._stale_until = -1
                 if self._loud_run >= self.start_frames and not self._cand:
@@ -280,7 +279,7 @@ class CascadeVad:
                 self._open_window_run(j - self._below + 1)
                 self._bridge, self._bridged = True, 0
             if self._below >= self._hang:
-                return self._end_speech((self._last_loud + 1) * _STEP_MS)
+                return self._end_speech((self._last_loud + 1) * STEP_MS)
         else:
             self._below = 0
             self._last_loud = j
@@ -334,7 +333,7 @@ class CascadeVad:
 
     def _open_window_run(self, first_step: int) -> None:
         """Have Silero run from one window before the one holding ``first_step``."""
-        onset = first_step * _STEP
+        onset = first_step * STEP
         # From one window before the one holding the onset, within the kept history.
         first_kept = -(-(self._hist_end - len(self._hist) + CONTEXT) // WINDOW)
         want = max(onset // WINDOW - 1, first_kept, 0)
@@ -380,7 +379,7 @@ class CascadeVad:
         return None
 
     def _run_windows(self) -> VadTransition | None:
-        onset = self._cand_onset * _STEP
+        onset = self._cand_onset * STEP
         while (got := self._next_probability()) is not None:
             w, p = got
             if w * WINDOW >= onset + 2 * WINDOW and p < self.p_start:
@@ -400,15 +399,15 @@ class CascadeVad:
                 # that moves (babble, music, street), its own peaks clear the level gate and
                 # kept a short "right" open for a second, long enough for a barge-in.
                 self._unvoiced, self._voiced_end = 0, (w + 1) * WINDOW
-                return VadTransition("start", self._onset_step() * _STEP_MS,
-                                     max((w + 1) * WINDOW / 8.0, self._j * _STEP_MS))
+                return VadTransition("start", self._onset_step() * STEP_MS,
+                                     max((w + 1) * WINDOW / 8.0, self._j * STEP_MS))
         return None
 
     def _end_speech(self, t_ms: float) -> VadTransition:
         self.speaking = False
         self._cand = self._bridge = False
         self._loud_run = self._quiet_run = 0
-        return VadTransition("end", t_ms, self._j * _STEP_MS)
+        return VadTransition("end", t_ms, self._j * STEP_MS)
 
     def _run_end_check(self) -> VadTransition | None:
         """Silero on every ``end_check_every``-th window of speech: ``end_checks``
@@ -429,7 +428,7 @@ class CascadeVad:
     def _run_bridge(self) -> None:
         """Silero on a pause in the caller's speech: a window still likely speech keeps the
         turn open (words apart in stationary noise), for at most ``_bridge_max`` windows."""
-        gap = (self._j - self._below) * _STEP
+        gap = (self._j - self._below) * STEP
         while self._bridged < self._bridge_max and (
                 got := self._next_probability()) is not None:
             w, p = got
