@@ -333,28 +333,35 @@ async def test_a_killed_replica_fails_only_its_calls_and_is_replaced(cluster: Cl
     assert pids[victim] not in {r["pid"] for r in restored}
 
 
-async def test_a_scale_down_during_calls_cuts_none(cluster: Cluster) -> None:
-    before = {int(r["pid"]) for r in await wait_replicas(cluster, 2)}  # type: ignore[call-overload]
+async def calls_through_a_command(cluster: Cluster, calls: int, command: str) -> object:
+    """``calls`` real-time calls of 50 frames; the operator's ``command`` on the console
+    half a second in. Every call keeps every frame, with no error and no close; returns
+    the console's answer, which Serve gives once the deploy is done (after the drain, so
+    it is read once the calls are over)."""
     n = 50
-    calls = [Client(cluster.url) for _ in range(4)]
-    for c in calls:
+    clients = [Client(cluster.url) for _ in range(calls)]
+    for c in clients:
         await c.connect()
-    talks = [asyncio.create_task(c.talk(n)) for c in calls]
+    talks = [asyncio.create_task(c.talk(n)) for c in clients]
     await asyncio.sleep(0.5)
-    # The operator scales the engine deployment to one replica mid-call. The command
-    # returns when Serve has finished the deploy, i.e. after the drain: read it at the end.
-    assert cluster.proc.stdin is not None and cluster.proc.stdout is not None
-    cluster.proc.stdin.write("scale 1\n")
+    assert cluster.proc.stdin is not None
+    cluster.proc.stdin.write(command + "\n")
     cluster.proc.stdin.flush()
     ack = read_line_in_daemon(cluster.proc)
-    assert await asyncio.gather(*talks) == [n] * 4
-    await asyncio.gather(*(c.wait_audio(n - 1) for c in calls))
+    assert await asyncio.gather(*talks) == [n] * calls
+    await asyncio.gather(*(c.wait_audio(n - 1) for c in clients))
     await asyncio.sleep(0.5)
-    assert [c.audio for c in calls] == [n - 1] * 4
-    assert not any(c.errors for c in calls) and all(c.closed_at is None for c in calls)
-    await asyncio.gather(*(c.close() for c in calls))
-    line = await asyncio.wait_for(ack, 120)
-    assert json.loads(line) == {"event": "deployed", "command": "scale 1", "replicas": 1}
+    assert [c.audio for c in clients] == [n - 1] * calls
+    assert not any(c.errors for c in clients) and all(c.closed_at is None for c in clients)
+    await asyncio.gather(*(c.close() for c in clients))
+    return json.loads(await asyncio.wait_for(ack, 120))
+
+
+async def test_a_scale_down_during_calls_cuts_none(cluster: Cluster) -> None:
+    before = {int(r["pid"]) for r in await wait_replicas(cluster, 2)}  # type: ignore[call-overload]
+    # The operator scales the engine deployment to one replica mid-call.
+    assert await calls_through_a_command(cluster, 4, "scale 1") == {
+        "event": "deployed", "command": "scale 1", "replicas": 1}
     # Scaled in place: the drained replica is gone once its calls were over, and the one
     # left is one of the two that were there (not a whole new set, as a redeploy makes).
     left = await wait_replicas(cluster, 1, limit_s=60)
@@ -363,24 +370,9 @@ async def test_a_scale_down_during_calls_cuts_none(cluster: Cluster) -> None:
 
 async def test_a_redeploy_during_calls_cuts_none_and_rolls_the_engine(cluster: Cluster) -> None:
     (old,) = await wait_replicas(cluster, 1)  # what the scale-down left
-    n = 50
-    calls = [Client(cluster.url) for _ in range(2)]
-    for c in calls:
-        await c.connect()
-    talks = [asyncio.create_task(c.talk(n)) for c in calls]
-    await asyncio.sleep(0.5)
-    assert cluster.proc.stdin is not None
-    cluster.proc.stdin.write("redeploy\n")  # a new engine version: Serve rolls its replicas
-    cluster.proc.stdin.flush()
-    ack = read_line_in_daemon(cluster.proc)
-    assert await asyncio.gather(*talks) == [n] * 2
-    await asyncio.gather(*(c.wait_audio(n - 1) for c in calls))
-    await asyncio.sleep(0.5)
-    assert [c.audio for c in calls] == [n - 1] * 2
-    assert not any(c.errors for c in calls) and all(c.closed_at is None for c in calls)
-    await asyncio.gather(*(c.close() for c in calls))
-    line = await asyncio.wait_for(ack, 120)
-    assert json.loads(line) == {"event": "deployed", "command": "redeploy", "replicas": 1}
+    # A new engine version: Serve rolls its replicas, each old one drained.
+    assert await calls_through_a_command(cluster, 2, "redeploy") == {
+        "event": "deployed", "command": "redeploy", "replicas": 1}
     # The old replica drained and left; a new process serves, and takes a call.
     (new,) = await wait_replicas(cluster, 1, exclude_pid=int(old["pid"]), limit_s=120)  # type: ignore[call-overload]
     assert new["pid"] != old["pid"]
