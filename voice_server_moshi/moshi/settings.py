@@ -111,9 +111,9 @@ class MoshiSettings:
     vad: str = field(
         default="cascade",
         metadata={"help": "caller VAD, by registered name: cascade (default; level gate, "
-                  "background and echo references, Silero on candidates; falls back to "
-                  "energy without onnxruntime), energy, silero, or one a plugin adds through "
-                  "the voice_server_register_vads hook (ADR 0085)"},
+                  "background and echo references, Silero confirming starts and ends; falls "
+                  "back to energy without onnxruntime), energy, silero, or one a plugin adds "
+                  "through the voice_server_register_vads hook (ADR 0085)"},
     )
     vad_threshold_db: float = field(
         default=9.0, metadata={"min": 0.0, "max": 40.0,
