@@ -56,7 +56,8 @@ def trace(events: list[SlotEvent]) -> tuple[list[Any], list[Any], list[np.ndarra
 
 def run_x_in_row_3(models: LoadedModels, move: bool) -> tuple[list[SlotEvent], int]:
     """Three greedy callers fill rows 0-2, call X (sampled, seeded, steered) takes row 3.
-    At MOVE_AT the caller in row 0 leaves; with ``move`` X then moves to row 0."""
+    At MOVE_AT the caller in row 0 leaves and the engine moves X, the last live row, into
+    its place; without ``move`` that caller stays (silent) and X stays in row 3."""
     eng = make(models, 4)
     sampled = CallSampling(text_seed=11, audio_seed=12, text_temperature=0.9)
     others = [eng.try_open(f"o{i}", lambda e: None) for i in range(3)]
@@ -67,16 +68,13 @@ def run_x_in_row_3(models: LoadedModels, move: bool) -> tuple[list[SlotEvent], i
     for t in range(FRAMES):
         if t == 2:
             x.steering.say_text("hello there", request_id="hi")
-        if t == MOVE_AT:
+        if t == MOVE_AT and move:
             eng.finish(others[0])
-            eng.tick()  # the STT flush of the leaver, X idles through it
-            if move:
-                with eng._row_work():
-                    assert eng._move(x, 0)
         for s in [*others[1:], x] if t >= MOVE_AT else [*others, x]:
             s.push(frames[s][t])
         eng.tick()
     row = x.index
+    assert eng._batch.width == (3 if move else 4)  # only the live rows step
     eng.finish(x)
     eng.tick()
     eng.detach()

@@ -43,7 +43,7 @@ from .metrics import (
     streaming_state_bytes,
 )
 from .models import LoadedModels
-from .packing import RowPacking, engine_layout
+from .packing import RowPacking, engine_layout, engine_width
 from .row_sampler import RowSampler
 from .slot import PCM, Sink, Slot, SlotError, SlotEvent, SlotOutput, SlotState, SttOutput
 from .steering import SteeringSpec
@@ -137,6 +137,8 @@ class Engine(SlotAdmission, RowPacking):
         self.mimi.set_exec_mask(self._idle_mask)
         self.lm_gen.set_exec_mask(self._idle_mask)
         self.rows = engine_layout(self.mimi, self.lm_gen, self._steer, self.sampler, self.stt)
+        # Live calls are kept in the first rows; a tick steps only those (ADR 0135).
+        self._batch = engine_width(self)
         self._state_bytes = streaming_state_bytes(self.mimi, self.lm_gen, models.lm)
         self._weights_bytes = sum(
             p.numel() * p.element_size()
@@ -175,19 +177,14 @@ class Engine(SlotAdmission, RowPacking):
         graphs on GPU), then reset every row. Idempotent."""
         if self._ready:
             return
-        n = self.config.slots
         t0 = time.perf_counter()
+        # On GPU every width captures its CUDA graphs now, not in the middle of calls.
+        widths = self._batch.buckets if self.device.type == "cuda" else (self.config.slots,)
         with self._tick_lock, self._torch_context():
-            everyone = torch.ones(n, dtype=torch.bool, device=self.device)
-            x = torch.zeros(n, 1, FRAME_SAMPLES, dtype=torch.float32, device=self.device)
-            for _ in range(self.config.warmup_ticks):
-                self.mimi.set_exec_mask(everyone)
-                codes = self.mimi.encode(x)
-                self.lm_gen.set_exec_mask(everyone)
-                tokens = self._lm_step(codes, everyone)
-                self.mimi.decode(tokens[:, 1:].clamp(min=0))
-                if self.stt is not None:
-                    self.stt.warm_up_step(codes)
+            for n in reversed(widths):
+                self._batch.set(n)
+                self._warm_width(n)
+            self._batch.set(self.config.slots)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.mimi.reset_streaming()
@@ -198,6 +195,18 @@ class Engine(SlotAdmission, RowPacking):
             self.lm_gen.set_exec_mask(self._idle_mask)
         self._ready = True
         self.log.info("engine warmed up", seconds=round(time.perf_counter() - t0, 3))
+
+    def _warm_width(self, n: int) -> None:
+        everyone = torch.ones(n, dtype=torch.bool, device=self.device)
+        x = torch.zeros(n, 1, FRAME_SAMPLES, dtype=torch.float32, device=self.device)
+        for _ in range(self.config.warmup_ticks):
+            self.mimi.set_exec_mask(everyone)
+            codes = self.mimi.encode(x)
+            self.lm_gen.set_exec_mask(everyone)
+            tokens = self._lm_step(codes, everyone)
+            self.mimi.decode(tokens[:, 1:].clamp(min=0))
+            if self.stt is not None:
+                self.stt.warm_up_step(codes)
 
     def start(self) -> None:
         """Warm up if needed, then tick every ``tick_s`` of wall clock in a daemon thread."""
@@ -256,15 +265,21 @@ class Engine(SlotAdmission, RowPacking):
             return self._tick()
 
     def _tick(self) -> TickReport:
-        n = self.config.slots
         t0 = time.perf_counter()
-        batch = np.zeros((n, FRAME_SAMPLES), dtype=np.float32)
-        exec_l = [False] * n
-        first_l = [False] * n
-        members: list[Slot | None] = [None] * n
         with self._lock:
             flushing, self._stt_flush = self._stt_flush, []
-            for i, s in enumerate(self._slots):
+        if flushing and self.stt is not None:
+            self._batch.cover(max(s.index for s in flushing) + 1)
+            self._deliver_stt(flushing, self.stt.flush([s.index for s in flushing]))
+        self._pack()
+        with self._lock:
+            live = [i for i, s in enumerate(self._slots) if s is not None]
+            n = self._batch.bucket(live[-1] + 1) if live else 1
+            batch = np.zeros((n, FRAME_SAMPLES), dtype=np.float32)
+            exec_l = [False] * n
+            first_l = [False] * n
+            members: list[Slot | None] = [None] * n
+            for i, s in enumerate(self._slots[:n]):
                 if s is None or any(s is f for f in flushing):
                     continue
                 frame, _filled = s._take()
@@ -275,11 +290,10 @@ class Engine(SlotAdmission, RowPacking):
                 first_l[i] = s._first
                 s._first = False
                 members[i] = s
-        if flushing and self.stt is not None:
-            self._deliver_stt(flushing, self.stt.flush([s.index for s in flushing]))
         executed = sum(exec_l)
         if executed == 0:
             return TickReport(0, 0, 0.0)
+        self._batch.set(n)
 
         dev = self.device
         exec_mask = torch.tensor(exec_l, dtype=torch.bool, device=dev)

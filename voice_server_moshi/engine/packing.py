@@ -12,15 +12,17 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from .batch_width import BatchWidth, buckets_for, width_parts
 from .row_state import RowHolder, RowLayout, RowSnapshot
 
 if TYPE_CHECKING:
+    from .core import Engine
     from .row_sampler import RowSampler
     from .slot import Slot
     from .steering_hooks import SteeringHooks
     from .stt import SttBatch
 
-__all__ = ["RowPacking", "RowSnapshot", "engine_layout"]
+__all__ = ["RowPacking", "RowSnapshot", "engine_layout", "engine_width"]
 
 
 def engine_layout(mimi: Any, lm_gen: Any, steer: SteeringHooks, sampler: RowSampler | None,
@@ -37,6 +39,21 @@ def engine_layout(mimi: Any, lm_gen: Any, steer: SteeringHooks, sampler: RowSamp
     return RowLayout(roots, holders)
 
 
+def engine_width(eng: Engine) -> BatchWidth:
+    """The engine's :class:`BatchWidth`: its row fields, and what else has the batch size."""
+    roots: list[Any] = [eng.mimi, eng.lm_gen]
+    holders: list[tuple[Any, str, tuple[str, ...]]] = [(eng._steer, "batch", ())]
+    if eng.sampler is not None:
+        holders.append((eng.sampler, "batch", ("_exec",)))
+    if eng.stt is not None:
+        roots.append(eng.stt.lm_gen)
+        holders.append((eng.stt, "batch", ("_none",)))
+    scratch, sized, graphed = width_parts(roots, holders)
+    n = eng.config.slots
+    return BatchWidth(n, [*eng.rows.fields, *scratch], sized, graphed,
+                      buckets_for(n, eng.device))
+
+
 class RowPacking:
     """Moving, snapshotting and restoring a call's row."""
 
@@ -45,6 +62,9 @@ class RowPacking:
     _slots: list[Slot | None]
     _stt_flush: list[Slot]
     rows: RowLayout
+    _batch: BatchWidth
+    #: Calls moved to a lower row so far (one per departure below the last live row).
+    row_moves: int = 0
     sampler: RowSampler | None
     stt: SttBatch | None
 
@@ -60,7 +80,9 @@ class RowPacking:
         """A copy of ``slot``'s row state as it is between ticks (e.g. after a prompt's
         prefill), to :meth:`restore_row` into another call. Waits for a running tick."""
         with self._row_work():
-            return self.rows.snapshot(self._row_of(slot))
+            row = self._row_of(slot)
+            self._batch.cover(row + 1)
+            return self.rows.snapshot(row)
 
     def restore_row(self, slot: Slot, snap: RowSnapshot) -> None:
         """Start ``slot``'s call from ``snap``: its first frame continues the snapshotted
@@ -70,6 +92,7 @@ class RowPacking:
         ValueError if the snapshot is of other models, RuntimeError if the call started."""
         with self._row_work():
             row = self._row_of(slot)
+            self._batch.cover(row + 1)
             if not slot._first:
                 raise RuntimeError(f"call {slot.call_id} has started; restore a row before "
                                    "its first frame")
@@ -100,5 +123,26 @@ class RowPacking:
             slot.log = slot.log.bind(slot=dst)
             stepped = not slot._first
         if stepped:  # a call that never stepped resets its row on its first frame
+            self._batch.cover(src + 1)
             self.rows.copy(src, dst)
+        self.row_moves += 1
         return True
+
+    def _pack(self) -> int:
+        """Keep the live calls in the first rows (tick lock held): while a row below the
+        last live one is free, move the last live call into it, one state copy per call
+        that left (never per tick). Rows awaiting an STT flush are skipped until flushed.
+        Returns the moves made."""
+        moves = 0
+        for _ in range(len(self._slots)):
+            with self._lock:
+                flush = {f.index for f in self._stt_flush}
+                live = [i for i, s in enumerate(self._slots) if s is not None]
+                holes = [i for i, s in enumerate(self._slots[:live[-1]] if live else [])
+                         if s is None and i not in flush]
+                if not holes:
+                    return moves
+                slot = self._slots[live[-1]]
+            assert slot is not None
+            moves += self._move(slot, holes[0])
+        return moves
