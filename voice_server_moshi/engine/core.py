@@ -38,8 +38,7 @@ from .metrics import (
     TICK_BUCKETS_S,
     EngineMetrics,
     TickTimes,
-    quantile,
-    rss_bytes,
+    engine_metrics,
     streaming_state_bytes,
 )
 from .models import LoadedModels
@@ -428,32 +427,4 @@ class Engine(SlotAdmission, RowPacking):
     # ---------------------------------------------------------------- metrics
 
     def metrics(self) -> EngineMetrics:
-        with self._lock:
-            ticks = self._tick_stats
-            times = sorted(ticks.recent)
-            return EngineMetrics(
-                slots=self.config.slots,
-                active_slots=sum(1 for s in self._slots if s is not None),
-                ready=self._ready,
-                ticks=ticks.ticks,
-                late_ticks=self._late_ticks,
-                underruns=self._underruns,
-                overruns=self._overruns,
-                trimmed=self._trimmed,
-                input_depths=tuple((s.index, len(s._queue)) for s in self._slots
-                                   if s is not None),
-                calls_started=self._calls_started,
-                calls_refused=self._calls_refused,
-                tick_count=ticks.ticks,
-                tick_sum_s=ticks.total_s,
-                tick_buckets=tuple(ticks.buckets),
-                tick_p50_s=quantile(times, 0.5),
-                tick_p99_s=quantile(times, 0.99),
-                state_bytes_per_slot=self._state_bytes // self.config.slots,
-                weights_bytes=self._weights_bytes,
-                device_memory_bytes=(torch.cuda.memory_allocated(self.device)
-                                     if self.device.type == "cuda" else None),
-                process_rss_bytes=rss_bytes(),
-                device=str(self.device),
-                dtype=str(self.models.dtype).removeprefix("torch."),
-            )
+        return engine_metrics(self)

@@ -7,9 +7,12 @@ import os
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from .core import Engine
 
 #: Tick-time histogram buckets (seconds) for the Prometheus metrics.
 TICK_BUCKETS_S: tuple[float, ...] = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.16, 0.32, 1.0)
@@ -115,3 +118,36 @@ def quantile(sorted_values: list[float], q: float) -> float | None:
         return None
     k = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
     return sorted_values[k]
+
+
+def engine_metrics(eng: Engine) -> EngineMetrics:
+    """A snapshot of ``eng``'s counters, tick times and memory."""
+    with eng._lock:
+        ticks = eng._tick_stats
+        times = sorted(ticks.recent)
+        return EngineMetrics(
+            slots=eng.config.slots,
+            active_slots=sum(1 for s in eng._slots if s is not None),
+            ready=eng._ready,
+            ticks=ticks.ticks,
+            late_ticks=eng._late_ticks,
+            underruns=eng._underruns,
+            overruns=eng._overruns,
+            trimmed=eng._trimmed,
+            input_depths=tuple((s.index, len(s._queue)) for s in eng._slots
+                               if s is not None),
+            calls_started=eng._calls_started,
+            calls_refused=eng._calls_refused,
+            tick_count=ticks.ticks,
+            tick_sum_s=ticks.total_s,
+            tick_buckets=tuple(ticks.buckets),
+            tick_p50_s=quantile(times, 0.5),
+            tick_p99_s=quantile(times, 0.99),
+            state_bytes_per_slot=eng._state_bytes // eng.config.slots,
+            weights_bytes=eng._weights_bytes,
+            device_memory_bytes=(torch.cuda.memory_allocated(eng.device)
+                                 if eng.device.type == "cuda" else None),
+            process_rss_bytes=rss_bytes(),
+            device=str(eng.device),
+            dtype=str(eng.models.dtype).removeprefix("torch."),
+        )
