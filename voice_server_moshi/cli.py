@@ -90,6 +90,10 @@ BENCHES: dict[str, tuple[str, str]] = {
         "voice_server_moshi.bench.engine:main",
         "batched engine: tick p50/p99, real-time margin, memory per slot, max real-time slots",
     ),
+    "serve": (
+        "voice_server_moshi.bench.serve:main",
+        "real-time calls against a real serve: its tick vs bench engine's, lag percentiles",
+    ),
     "steering": (
         "voice_server_moshi.bench.steering:main",
         "forced lines vs Moshi's text stream (and Kyutai STT of its audio): match, pace, cost",

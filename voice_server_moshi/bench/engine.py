@@ -43,7 +43,8 @@ def _percentile(ms: list[float], q: float) -> float:
 
 
 def measure(models: Any, slots: int, seconds: float, max_wall_s: float,
-            cpu_threads: int | None, active: int | None = None) -> dict[str, Any]:
+            cpu_threads: int | None, active: int | None = None,
+            live_rows_only: bool = True) -> dict[str, Any]:
     """Tick times with ``slots`` busy calls (``active``: that many, below ``slots``, reached
     by calls leaving a full engine, as on a server); returns the point and hands models
     back."""
@@ -52,7 +53,7 @@ def measure(models: Any, slots: int, seconds: float, max_wall_s: float,
     from ..engine.core import FRAME_SAMPLES, Engine, EngineConfig
 
     eng = Engine(models, EngineConfig(slots=slots, fill_after_ticks=None,
-                                      cpu_threads=cpu_threads))
+                                      cpu_threads=cpu_threads, live_rows_only=live_rows_only))
     t0 = time.perf_counter()
     eng.warm_up()
     warm_s = time.perf_counter() - t0
@@ -311,6 +312,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--active", default=None,
                    help="comma-separated live-call counts to measure in each --slots count "
                    "(e.g. --slots 32 --active 1,8,32): a tick should cost the live calls")
+    p.add_argument("--fixed-batch", action="store_true",
+                   help="with --active: step every slot on every tick (the engine before "
+                   "ADR 0135), for comparison")
     p.add_argument("--max-wall-s", type=float, default=60.0,
                    help="stop a slot count's run after this much wall time")
     p.add_argument("--cpu-threads", type=int, default=1,
@@ -362,7 +366,8 @@ def main(argv: list[str]) -> int:
     load_s = time.perf_counter() - t0
     threads = args.cpu_threads or None
     if active is not None and fixed is not None:
-        points = [measure(models, n, args.seconds, args.max_wall_s, threads, a)
+        points = [measure(models, n, args.seconds, args.max_wall_s, threads, a,
+                          not args.fixed_batch)
                   for n in fixed for a in active if a <= n]
         best = max((q["slots"] for q in points if q["realtime"] and q["active"] == q["slots"]),
                    default=0)

@@ -52,6 +52,10 @@ class EngineConfig:
     #: that the embedded transport is pacing (faster than real time) is never trimmed.
     target_frames: int = 1
     trim_window_ticks: int | None = 12
+    #: Step only the live calls' rows (ADR 0135): calls are kept in the first rows and a
+    #: tick steps that prefix (on GPU the next power-of-two width, each with its own CUDA
+    #: graphs). False: every tick steps every slot, the fixed batch of ADR 0030.
+    live_rows_only: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.slots <= 1024:

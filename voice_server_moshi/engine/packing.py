@@ -50,8 +50,8 @@ def engine_width(eng: Engine) -> BatchWidth:
         holders.append((eng.stt, "batch", ("_none",)))
     scratch, sized, graphed = width_parts(roots, holders)
     n = eng.config.slots
-    return BatchWidth(n, [*eng.rows.fields, *scratch], sized, graphed,
-                      buckets_for(n, eng.device))
+    buckets = buckets_for(n, eng.device) if eng.config.live_rows_only else (n,)
+    return BatchWidth(n, [*eng.rows.fields, *scratch], sized, graphed, buckets)
 
 
 class RowPacking:
