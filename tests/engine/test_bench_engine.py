@@ -112,6 +112,9 @@ def test_live_calls_below_the_slot_count_step_only_their_rows(
     assert pts[4, 1]["batch_width"] == 1 and pts[4, 1]["row_moves"] == 1
     assert pts[4, 4]["batch_width"] == 4 and pts[4, 4]["row_moves"] == 0
     assert pts[4, 1]["stall_recovery"]["trimmed_frames"] == 3  # one call's backlog
+    fixed = run(capsys, ["--checkpoint", ckpt, "--device", "cpu", "--slots", "4",
+                         "--active", "1", "--seconds", "0.24", "--fixed-batch"])
+    assert fixed["points"][0]["batch_width"] == 4  # the engine before ADR 0135
     with pytest.raises(SystemExit):
         bench.main(["--checkpoint", ckpt, "--active", "1"])  # which slot counts?
 

@@ -145,3 +145,26 @@ def test_a_snapshot_of_other_models_is_refused_and_changes_nothing(
     assert all(torch.equal(before.tensors[k], after.tensors[k]) for k in before.tensors)
     assert call._first  # still starts fresh
     eng.detach()
+
+
+def test_batch_width_narrows_in_place_and_keeps_what_moshi_rebinds() -> None:
+    from types import SimpleNamespace
+
+    from voice_server_moshi.engine.batch_width import BatchWidth, buckets_for
+    from voice_server_moshi.engine.row_state import RowField
+
+    assert buckets_for(6, torch.device("cpu")) == (1, 2, 3, 4, 5, 6)
+    assert buckets_for(6, torch.device("cuda")) == (1, 2, 4, 6)  # one CUDA graph each
+    st = SimpleNamespace(batch_size=6, offsets=torch.arange(6), kv=torch.zeros(2, 6, 3))
+    bw = BatchWidth(6, [RowField("o", st, "offsets", 0), RowField("kv", st, "kv", 1)],
+                    [(st, "batch_size")], [], buckets_for(6, torch.device("cuda")))
+    full_kv = st.kv
+    bw.set(bw.bucket(3))
+    assert (bw.width, st.batch_size, tuple(st.kv.shape)) == (4, 4, (2, 4, 3))
+    st.kv[:, 1] = 7.0  # in place: lands in the full tensor
+    st.offsets = st.offsets + 100  # rebound, as LMGen does with its offsets each step
+    bw.set(6)
+    assert st.offsets.tolist() == [100, 101, 102, 103, 4, 5]
+    assert st.kv is full_kv and bool((full_kv[:, 1] == 7.0).all())
+    with pytest.raises(ValueError, match="not one of"):
+        bw.set(3)

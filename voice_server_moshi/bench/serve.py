@@ -10,6 +10,9 @@ tick at that load. It reports per load:
   waiting for the interpreter while the event loop does Opus and the protocol);
 * ``engine_tick_mean_ms``: ``bench engine``'s tick at the same S and N in the same run
   (ticks back to back in this process, no server), and ``serve_over_engine``, the ratio;
+* ``tick_breakdown_ms``: per tick, the tick thread's CPU time, its wait for a core (the
+  kernel's run queue, ``/proc/.../schedstat``) and the rest of the tick's wall time
+  (``blocked``: mostly waiting for the interpreter lock), and the event-loop thread's CPU;
 * ``serve_over_slots_n``: the tick against ``serve --slots N`` with the same N calls (when
   that slot count is measured too): what unused slots cost;
 * ``realtime_calls``: calls that got every frame back with a p99 lag <= 240 ms, the lag
@@ -39,6 +42,21 @@ from .cluster import _Call, _pct, _start, _stop
 LAG_LIMIT_MS = 240.0
 
 
+def _sched(pid: int, thread: str) -> tuple[float, float]:
+    """(CPU seconds, seconds waiting for a core) of ``pid``'s thread named ``thread``
+    ("main": the process's first thread)."""
+    cpu = wait = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            comm = (task / "comm").read_text().strip()
+            run, queued, _ = (task / "schedstat").read_text().split()
+        except (OSError, ValueError):
+            continue
+        if (thread == "main" and task.name == str(pid)) or comm == thread:
+            cpu, wait = cpu + int(run) / 1e9, wait + int(queued) / 1e9
+    return cpu, wait
+
+
 def _tick_totals(port: int) -> tuple[float, float]:
     """``serve``'s tick histogram (sum in seconds, count) from its /metrics."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -52,17 +70,25 @@ def _tick_totals(port: int) -> tuple[float, float]:
     return vals["moshi_engine_tick_seconds_sum"], vals["moshi_engine_tick_seconds_count"]
 
 
-async def _load(url: str, port: int, calls: int, frames: int) -> dict[str, Any]:
+async def _load(url: str, port: int, pid: int, calls: int, frames: int) -> dict[str, Any]:
     s0, n0 = _tick_totals(port)
+    (t_cpu0, t_wait0), (m_cpu0, _) = _sched(pid, "moshi-engine"), _sched(pid, "main")
     cs = [_Call(url) for _ in range(calls)]
     await asyncio.gather(*(c.run(frames) for c in cs))
     s1, n1 = _tick_totals(port)
+    (t_cpu1, t_wait1), (m_cpu1, _) = _sched(pid, "moshi-engine"), _sched(pid, "main")
+    ticks = max(1.0, n1 - n0)
+    cpu, wait = 1000 * (t_cpu1 - t_cpu0) / ticks, 1000 * (t_wait1 - t_wait0) / ticks
+    mean = 1000 * (s1 - s0) / ticks
     lags = [lat for c in cs for lat in c.latencies_ms()]
     good = sum(1 for c in cs if not c.error and c.got and len(c.got) >= len(c.sent) - 1
                and float(np.percentile(c.latencies_ms(), 99)) <= LAG_LIMIT_MS)
     return {
         "serve_ticks": int(n1 - n0),
-        "serve_tick_mean_ms": round(1000 * (s1 - s0) / (n1 - n0), 3) if n1 > n0 else None,
+        "serve_tick_mean_ms": round(mean, 3) if n1 > n0 else None,
+        "tick_breakdown_ms": {"cpu": round(cpu, 3), "waiting_for_a_core": round(wait, 3),
+                              "blocked": round(max(0.0, mean - cpu - wait), 3),
+                              "event_loop_cpu": round(1000 * (m_cpu1 - m_cpu0) / ticks, 3)},
         "realtime_calls": good,
         "lag_ms": {"p50": _pct(lags, 50), "p99": _pct(lags, 99),
                    "max": round(max(lags), 1) if lags else None},
@@ -72,14 +98,14 @@ async def _load(url: str, port: int, calls: int, frames: int) -> dict[str, Any]:
     }
 
 
-def _engine_ticks(args: Any, pairs: list[tuple[int, int]]) -> dict[tuple[int, int], float]:
-    """``bench engine``'s mean tick for each (slots, live calls), models loaded once."""
+def _engine_ticks(args: Any, pairs: list[tuple[int, int]]
+                  ) -> dict[tuple[int, int], dict[str, Any]]:
+    """``bench engine``'s point for each (slots, live calls), models loaded once."""
     from ..engine.models import load_models
     from .engine import measure
 
     models = load_models(args.checkpoint, device=args.device, dtype="auto")
-    return {(s, n): float(measure(models, s, args.seconds, 120.0, 1, n)["tick_mean_ms"])
-            for s, n in pairs}
+    return {(s, n): measure(models, s, args.seconds, 120.0, 1, n) for s, n in pairs}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -113,13 +139,15 @@ def main(argv: list[str]) -> int:
         try:
             for n in (n for n in call_counts if n <= s):
                 for run in range(args.runs):
-                    got = asyncio.run(_load(info["url"], info["port"], n, frames))
+                    got = asyncio.run(_load(info["url"], info["port"], proc.pid, n, frames))
                     points.append({"slots": s, "calls": n, "run": run + 1} | got)
         finally:
             _stop(proc)
     engine = _engine_ticks(args, sorted({(q["slots"], q["calls"]) for q in points}))
     for q in points:
-        q["engine_tick_mean_ms"] = round(engine[q["slots"], q["calls"]], 3)
+        e = engine[q["slots"], q["calls"]]
+        q["engine_tick_mean_ms"], q["engine_tick_cpu_p50_ms"] = (e["tick_mean_ms"],
+                                                                 e["tick_cpu_p50_ms"])
         q["serve_over_engine"] = _ratio(q["serve_tick_mean_ms"], q["engine_tick_mean_ms"])
         same = [r["serve_tick_mean_ms"] for r in points
                 if r["slots"] == r["calls"] == q["calls"] and r["run"] == q["run"]]

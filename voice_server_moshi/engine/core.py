@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .._log import get_logger
+from .._threads import name_os_thread
 from .admission import SlotAdmission
 from .call_sampling import CallSampling
 from .config import FRAME_SAMPLES, TICK_S, EngineConfig, Sampling
@@ -393,6 +394,7 @@ class Engine(SlotAdmission, RowPacking):
             return bool(self._stt_flush) or any(s is not None for s in self._slots)
 
     def _run(self) -> None:
+        name_os_thread("moshi-engine")  # its CPU and run-queue waits show in /proc
         period = self.config.tick_s
         next_t = time.monotonic()
         while not self._stop.is_set():
