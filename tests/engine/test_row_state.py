@@ -74,14 +74,22 @@ def run_x_in_row_3(models: LoadedModels, move: bool) -> tuple[list[SlotEvent], i
             s.push(frames[s][t])
         eng.tick()
     row = x.index
-    assert eng._batch.width == (3 if move else 4)  # only the live rows step
+    # Only the live rows step (on GPU widths are rounded up to a power of two).
+    assert eng._batch.width == (eng._batch.bucket(3) if move else 4)
     eng.finish(x)
     eng.tick()
     eng.detach()
     return got, row
 
 
-def test_a_call_moved_mid_call_says_exactly_what_it_would_have(models: LoadedModels) -> None:
+@pytest.mark.parametrize("widths", ["every", "gpu"])
+def test_a_call_moved_mid_call_says_exactly_what_it_would_have(
+        models: LoadedModels, widths: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if widths == "gpu":  # the GPU's power-of-two widths (an idle row inside the width)
+        from voice_server_moshi.engine import batch_width, packing
+
+        monkeypatch.setattr(packing, "buckets_for",
+                            lambda n, _dev: batch_width.buckets_for(n, torch.device("cuda")))
     moved, row = run_x_in_row_3(models, move=True)
     stayed, row_stayed = run_x_in_row_3(models, move=False)
     assert (row, row_stayed) == (0, 3)

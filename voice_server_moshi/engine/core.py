@@ -33,6 +33,7 @@ import torch
 from .._log import get_logger
 from .._threads import name_os_thread
 from .admission import SlotAdmission
+from .batch_width import BatchWidth
 from .call_sampling import CallSampling
 from .config import FRAME_SAMPLES, TICK_S, EngineConfig, Sampling
 from .metrics import (
@@ -45,6 +46,7 @@ from .metrics import (
 from .models import LoadedModels
 from .packing import RowPacking, engine_layout, engine_width
 from .row_sampler import RowSampler
+from .row_state import RowLayout
 from .slot import PCM, Sink, Slot, SlotError, SlotEvent, SlotOutput, SlotState, SttOutput
 from .steering import SteeringSpec
 from .steering_hooks import SteeringHooks
@@ -240,6 +242,9 @@ class Engine(SlotAdmission, RowPacking):
             if self.stt is not None:
                 self.stt.close()
             self._ready = False
+            # Let go of the streaming state (the KV caches) now, not with this object.
+            self.rows = RowLayout(())
+            self._batch = BatchWidth(1, (), (), (), (1,))
         return self.models
 
     def finish(self, slot: Slot) -> bool:
