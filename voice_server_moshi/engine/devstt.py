@@ -9,7 +9,7 @@ so the engine can feed it the Mimi codes it already encodes for Moshi. It loads 
 
 What it writes is **babble**, but babble that follows the caller: a random LM, with one
 circuit wired in by hand (:func:`_wire_listener`): a per-code voice score, counted on this
-package's corpus clips against silence and line noise (a naive-Bayes voice detector over the
+package's bundled corpus clips against silence and line noise (a naive-Bayes voice detector over the
 caller's codebooks), drives the PAD logit and the end-of-turn head. So it writes PAD in
 silence and word pieces while the caller speaks, ``DELAY_FRAMES`` frames late (through the
 LM's own ``delays``). Plumbing, tests and benchmarks only, never transcription quality.
@@ -96,8 +96,8 @@ def _caller_stream() -> Any:
     import numpy as np
 
     from ..audio.resample import Resampler
-    from ..call.wavio import read_wav
-    from ..corpus.store import bundled_clip_dir
+    from ..audio.wavio import read_wav
+    from ..bundled import bundled_clip_dir
 
     parts = []
     for p in sorted(bundled_clip_dir().glob("*.wav")):
