@@ -9,7 +9,7 @@ so the engine can feed it the Mimi codes it already encodes for Moshi. It loads 
 
 What it writes is **babble**, but babble that follows the caller: a random LM, with one
 circuit wired in by hand (:func:`_wire_listener`): a per-code voice score, counted on this
-package's bundled corpus clips against silence and line noise (a naive-Bayes voice detector over the
+package's corpus clips against silence and line noise (a naive-Bayes voice detector over the
 caller's codebooks), drives the PAD logit and the end-of-turn head. So it writes PAD in
 silence and word pieces while the caller speaks, ``DELAY_FRAMES`` frames late (through the
 LM's own ``delays``). Plumbing, tests and benchmarks only, never transcription quality.
