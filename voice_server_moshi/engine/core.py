@@ -38,13 +38,13 @@ from .call_sampling import CallSampling
 from .config import FRAME_SAMPLES, TICK_S, EngineConfig, Sampling
 from .metrics import (
     TICK_BUCKETS_S,
+    EngineMeasures,
     EngineMetrics,
     TickTimes,
-    engine_metrics,
     streaming_state_bytes,
 )
 from .models import LoadedModels
-from .packing import RowPacking, engine_layout, engine_width
+from .packing import RowPacking, engine_rows
 from .row_sampler import RowSampler
 from .row_state import RowLayout
 from .slot import PCM, Sink, Slot, SlotError, SlotEvent, SlotOutput, SlotState, SttOutput
@@ -70,7 +70,7 @@ class TickReport:
     seconds: float
 
 
-class Engine(SlotAdmission, RowPacking):
+class Engine(SlotAdmission, RowPacking, EngineMeasures):
     """N call slots over one Mimi + one LMGen batch. Thread model: all torch work runs in
     the thread that calls :meth:`tick` (the engine's own thread after :meth:`start`);
     slots are opened, fed and closed from any thread."""
@@ -138,9 +138,10 @@ class Engine(SlotAdmission, RowPacking):
         self._idle_mask = torch.zeros(n, dtype=torch.bool, device=self.device)
         self.mimi.set_exec_mask(self._idle_mask)
         self.lm_gen.set_exec_mask(self._idle_mask)
-        self.rows = engine_layout(self.mimi, self.lm_gen, self._steer, self.sampler, self.stt)
         # Live calls are kept in the first rows; a tick steps only those (ADR 0135).
-        self._batch = engine_width(self)
+        self.rows, self._batch = engine_rows(n, self.device, self.config.live_rows_only,
+                                             self.mimi, self.lm_gen, self._steer,
+                                             self.sampler, self.stt)
         self._state_bytes = streaming_state_bytes(self.mimi, self.lm_gen, models.lm)
         self._weights_bytes = sum(
             p.numel() * p.element_size()
@@ -431,7 +432,3 @@ class Engine(SlotAdmission, RowPacking):
                     self._late_ticks += 1
                 next_t = time.monotonic()
 
-    # ---------------------------------------------------------------- metrics
-
-    def metrics(self) -> EngineMetrics:
-        return engine_metrics(self)

@@ -12,46 +12,40 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from .batch_width import BatchWidth, buckets_for, width_parts
 from .row_state import RowHolder, RowLayout, RowSnapshot
 
 if TYPE_CHECKING:
-    from .core import Engine
     from .row_sampler import RowSampler
     from .slot import Slot
     from .steering_hooks import SteeringHooks
     from .stt import SttBatch
 
-__all__ = ["RowPacking", "RowSnapshot", "engine_layout", "engine_width"]
+__all__ = ["RowPacking", "RowSnapshot", "engine_rows"]
 
 
-def engine_layout(mimi: Any, lm_gen: Any, steer: SteeringHooks, sampler: RowSampler | None,
-                  stt: SttBatch | None) -> RowLayout:
-    """Every per-row state of an engine (its models must be streaming already)."""
+def engine_rows(slots: int, device: torch.device, live_rows_only: bool, mimi: Any,
+                lm_gen: Any, steer: SteeringHooks, sampler: RowSampler | None,
+                stt: SttBatch | None) -> tuple[RowLayout, BatchWidth]:
+    """Every per-row state of an engine (its models must be streaming already), and the
+    :class:`BatchWidth` that narrows it and everything else that has the batch size."""
     roots: list[tuple[str, Any]] = [("mimi", mimi), ("lm", lm_gen)]
     holders = [RowHolder("steering", steer, tensors=steer.ROW_TENSORS)]
+    sized: list[tuple[Any, str, tuple[str, ...]]] = [(steer, "batch", ())]
     if sampler is not None:
         holders.append(RowHolder("sampler", sampler, tensors=sampler.ROW_TENSORS,
                                  lists=sampler.ROW_LISTS, on_change=sampler.refresh))
+        sized.append((sampler, "batch", ("_exec",)))
     if stt is not None:
         roots.append(("stt", stt.lm_gen))
         holders.append(RowHolder("stt", stt, lists=stt.ROW_LISTS))
-    return RowLayout(roots, holders)
-
-
-def engine_width(eng: Engine) -> BatchWidth:
-    """The engine's :class:`BatchWidth`: its row fields, and what else has the batch size."""
-    roots: list[Any] = [eng.mimi, eng.lm_gen]
-    holders: list[tuple[Any, str, tuple[str, ...]]] = [(eng._steer, "batch", ())]
-    if eng.sampler is not None:
-        holders.append((eng.sampler, "batch", ("_exec",)))
-    if eng.stt is not None:
-        roots.append(eng.stt.lm_gen)
-        holders.append((eng.stt, "batch", ("_none",)))
-    scratch, sized, graphed = width_parts(roots, holders)
-    n = eng.config.slots
-    buckets = buckets_for(n, eng.device) if eng.config.live_rows_only else (n,)
-    return BatchWidth(n, [*eng.rows.fields, *scratch], sized, graphed, buckets)
+        sized.append((stt, "batch", ("_none",)))
+    layout = RowLayout(roots, holders)
+    scratch, batch_sizes, graphed = width_parts([r for _, r in roots], sized)
+    buckets = buckets_for(slots, device) if live_rows_only else (slots,)
+    return layout, BatchWidth(slots, [*layout.fields, *scratch], batch_sizes, graphed, buckets)
 
 
 class RowPacking:
