@@ -21,7 +21,7 @@ def test_one_real_time_call_against_a_real_serve(capsys: pytest.CaptureFixture[s
     out = json.loads(text[text.index('{\n  "bench"'):])
     [p] = out["points"]
     assert (p["slots"], p["calls"], p["run"]) == (1, 1, 1) and not p["errors"]
-    assert p["frames_sent"] == 15 and 0 < p["frames_received"] <= 13  # see realtime_calls
+    assert p["frames_sent"] == 15 and 0 < p["frames_received"] <= 14
     assert p["serve_ticks"] > 0 and p["serve_tick_mean_ms"] > 0
     b = p["tick_breakdown_ms"]
     assert b["cpu"] > 0 and b["event_loop_cpu"] > 0  # the tick thread was found by name

@@ -15,8 +15,8 @@ tick at that load. It reports per load:
   (``blocked``: mostly waiting for the interpreter lock), and the event-loop thread's CPU;
 * ``serve_over_slots_n``: the tick against ``serve --slots N`` with the same N calls (when
   that slot count is measured too): what unused slots cost;
-* ``realtime_calls``: calls that got every frame back (all but the first and the one
-  Opus's pre-skip leaves short) with a p99 lag <= 240 ms, the lag
+* ``realtime_calls``: calls that got their frames back (all but the first, and one that
+  Opus's pre-skip can leave short) with a p99 lag <= 240 ms, the lag
   being the time from sending caller frame k+1 to receiving the agent frame it produced;
   ``lag_ms`` over every frame of every call.
 
@@ -82,7 +82,7 @@ async def _load(url: str, port: int, pid: int, calls: int, frames: int) -> dict[
     cpu, wait = 1000 * (t_cpu1 - t_cpu0) / ticks, 1000 * (t_wait1 - t_wait0) / ticks
     mean = 1000 * (s1 - s0) / ticks
     lags = [lat for c in cs for lat in c.latencies_ms()]
-    # Moshi's first frame yields nothing and Opus's pre-skip leaves the last one short.
+    # Moshi's first frame yields nothing and Opus's pre-skip can leave the last one short.
     good = sum(1 for c in cs if not c.error and c.got and len(c.got) >= len(c.sent) - 2
                and float(np.percentile(c.latencies_ms(), 99)) <= LAG_LIMIT_MS)
     return {
