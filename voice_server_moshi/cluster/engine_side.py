@@ -62,12 +62,19 @@ def _name_os_thread(name: str) -> None:
 
 
 class EngineDataServer:
-    """Serves ``engine``'s slots to ingresses. :meth:`start` binds ``host`` (port 0: any)."""
+    """Serves ``engine``'s slots to ingresses. :meth:`start` binds ``host`` (port 0: any).
+
+    ``direct_reservations``: a connection may reserve a slot itself (``{"call_id": ...}``,
+    for ``serve --ingress-workers``, whose data plane is its own process's loopback).
+    Off by default: a cluster replica's data plane then takes only the one-time ticket of
+    a lease that Serve routed to it, so reaching its port is not enough to take a slot.
+    """
 
     def __init__(self, engine: Engine, host: str, *, port: int = 0,
-                 max_queued_outputs: int = 150) -> None:
+                 max_queued_outputs: int = 150, direct_reservations: bool = False) -> None:
         self.engine = engine
         self.host = host
+        self.direct_reservations = direct_reservations
         self._port = port
         self.max_queued_outputs = max_queued_outputs
         self._loop = asyncio.new_event_loop()
@@ -229,7 +236,7 @@ class EngineDataServer:
         close 1013; a granted reservation is confirmed with the text ``{"ok": true}``."""
         try:
             first = json.loads(await asyncio.wait_for(conn.recv(), ATTACH_TIMEOUT_S))
-            if "call_id" in first:
+            if "call_id" in first and self.direct_reservations:
                 sampling = self.sampling_for(first.get("sampling_query"))
                 ticket = await self.reserve(str(first["call_id"]),
                                             min(60.0, max(0.0, float(first.get("wait_s", 0)))),
@@ -244,11 +251,15 @@ class EngineDataServer:
                 await conn.close(1013, "server busy")
             return
         except (TimeoutError, ConnectionClosed, ValueError, KeyError, TypeError):
+            self.counters.protocol_errors += 1
             with contextlib.suppress(ConnectionClosed):
-                await conn.close(1008, "expected {\"ticket\": ...} or {\"call_id\": ...} first")
+                await conn.close(1008, "expected {\"ticket\": ...} first" if not
+                                 self.direct_reservations else
+                                 "expected {\"ticket\": ...} or {\"call_id\": ...} first")
             return
         res = self._reservations.get(ticket)
         if res is None or res.attached:
+            self.counters.protocol_errors += 1
             await conn.close(1008, "unknown or used ticket")
             return
         res.attached, res.conn = True, conn

@@ -241,10 +241,10 @@ class BatchedServer:
 
     # -- HTTP ----------------------------------------------------------------------------
 
-    def _auth_refusal(self, connection: ServerConnection, request: Request,
-                      path: str) -> Response | None:
-        """None when the request may go on; else 401, or 429 for an address that failed
-        too often (checked first: a throttled guess is not even compared)."""
+    async def _auth_refusal(self, connection: ServerConnection, request: Request,
+                            path: str) -> Response | None:
+        """None when the request may go on (the right token always may); else 401, or 429
+        (held a moment) for a wrong token from an address that guesses too often."""
         if self.config.auth_token is None:
             return None
         addr = address_of(connection.remote_address)
@@ -255,13 +255,15 @@ class BatchedServer:
             return None
         if verdict > 0:
             self.counters.auth_throttled += 1
+            await self.auth_limiter.hold(addr)
             return throttled_response(verdict)
         self.counters.auth_failures += 1
         log.warning("unauthorized request", path=path, remote=addr)
         return response(http.HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token\n",
                         "text/plain")
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection,
+                               request: Request) -> Response | None:
         path = urlsplit(request.path).path
         if path == "/healthz":
             return response(http.HTTPStatus.OK, "ok\n", "text/plain")
@@ -282,7 +284,7 @@ class BatchedServer:
                 "active_slots": self.engine.slots - free, "ready": self.engine.ready,
             })
         if path in ("/metrics", "/api/chat"):
-            refusal = self._auth_refusal(connection, request, path)
+            refusal = await self._auth_refusal(connection, request, path)
             if refusal is not None:
                 return refusal
         if path == "/metrics":
