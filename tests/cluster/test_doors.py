@@ -10,11 +10,9 @@ import asyncio
 import ipaddress
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,8 @@ pytest.importorskip("moshi")
 
 import websockets
 from websockets.exceptions import ConnectionClosed
+
+from .cluster_proc import cluster_process
 
 TOKEN = "doors-test-token-0123456789abcdef"
 
@@ -84,34 +84,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     token_file = tmp / "token"
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)
-    log_path = tmp / "stderr.log"
-    log_file = open(log_path, "w")  # noqa: SIM115 (closed in the finally below)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "voice_server_moshi.cli", "cluster", "--replicas", "1",
-         "--slots", "1", "--checkpoint", "dev", "--device", "cpu", "--host", "0.0.0.0",
-         "--port", "0", "--auth-token-file", str(token_file)],
-        env=dict(os.environ, HF_HUB_OFFLINE="1"), stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=log_file, text=True)
-    line: list[str] = []
-    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()))  # type: ignore[union-attr]
-    reader.start()
-    reader.join(timeout=300)
-    try:
-        if not line or not line[0]:
-            pytest.fail("cluster did not print its listening line within 300 s; stderr:\n"
-                        + log_path.read_text()[-3000:])
-        info = json.loads(line[0])
-        assert info["event"] == "listening" and info["host"] == "0.0.0.0"
+    with cluster_process(["--replicas", "1", "--slots", "1", "--checkpoint", "dev",
+                          "--device", "cpu", "--host", "0.0.0.0", "--port", "0",
+                          "--auth-token-file", str(token_file)],
+                         tmp / "stderr.log") as (info, proc):
+        assert info["host"] == "0.0.0.0"
         yield Cluster(int(info["port"]), int(str(info["ray_address"]).rsplit(":", 1)[1]), proc)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            assert proc.wait(timeout=60) == 0
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        finally:
-            log_file.close()
 
 
 @pytest.mark.slow
