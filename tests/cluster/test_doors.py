@@ -2,17 +2,23 @@
 real processes' sockets: only the callers' port (Serve's proxy) listens beyond loopback;
 Ray's GCS is not reachable at the machine's own address; an engine replica's data plane
 takes no connection without a lease's ticket. And `--ray-address` (Ray beyond loopback)
-refuses to start without Ray's token authentication. One cluster for the module."""
+refuses to start without Ray's token authentication, and with it attaches to a Ray head
+started as docs/security.md says. One local cluster for the module."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import os
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,12 +193,83 @@ def test_the_ray_token_file_turns_token_auth_on_for_the_driver(tmp_path: Path) -
     from voice_server_moshi.cluster.ray_auth import ray_auth_for_attach
 
     f = tmp_path / "ray-token"
-    f.write_text("t0ken\n")
+    f.write_text("0123456789abcdef0123\n")
     f.chmod(0o644)
     env: dict[str, str] = {}
     warnings = ray_auth_for_attach(str(f), env)
     assert env == {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(f.resolve())}
-    assert warnings and "readable by other users" in warnings[0]
+    assert len(warnings) == 1 and "readable by other users" in warnings[0]
     env = {"RAY_AUTH_TOKEN_PATH": str(f)}  # the file from the environment does too
     ray_auth_for_attach(None, env)
     assert env["RAY_AUTH_MODE"] == "token"
+
+
+@contextlib.contextmanager
+def ray_head_with_token(tmp: Path, token_file: Path) -> Iterator[int]:
+    """`ray start --head` with Ray's token authentication (the docs/security.md recipe),
+    on loopback, in its own temp dir; stopped by its own pid (never `ray stop`, which
+    stops every Ray of this user on the machine). Yields the GCS port."""
+    socks = [socket.socket() for _ in range(6)]
+    for s in socks:  # free ports for every fixed default, beside other Rays on this machine
+        s.bind(("127.0.0.1", 0))
+    port, *others = (int(s.getsockname()[1]) for s in socks)
+    for s in socks:
+        s.close()
+    flags = ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+             "--metrics-export-port", "--ray-client-server-port", "--runtime-env-agent-port")
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file),
+               RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_AUTH_TOKEN", None)
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    log = open(tmp / "ray-head.log", "w")  # noqa: SIM115 (closed in the finally below)
+    # Short: Ray's Unix socket paths under it must stay within 107 bytes.
+    ray_tmp = tempfile.mkdtemp(prefix="vsm-ray-", dir="/tmp")
+    head = subprocess.Popen(
+        [ray_cli, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+         *(a for f, p in zip(flags, others, strict=True) for a in (f, str(p))),
+         "--num-cpus", "3", "--include-dashboard", "false", "--temp-dir", ray_tmp,
+         "--block"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(240):  # `ray start --block` says so once the head is up
+            if "will now block" in (tmp / "ray-head.log").read_text() or head.poll() is not None:
+                break
+            time.sleep(0.25)
+        assert head.poll() is None, (tmp / "ray-head.log").read_text()[-3000:]
+        yield port
+    finally:
+        tree: list[psutil.Process] = []
+        with contextlib.suppress(psutil.NoSuchProcess):
+            tree = psutil.Process(head.pid).children(recursive=True)
+        head.terminate()  # --block: stops the processes it started
+        try:
+            head.wait(30)
+        finally:
+            log.close()
+            for p in tree:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.kill()
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_attached_to_a_ray_cluster_with_its_token_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "ray-token"
+    token_file.write_text(secrets.token_hex(32) + "\n")
+    token_file.chmod(0o600)
+    with ray_head_with_token(tmp_path, token_file) as gcs_port:
+        # Without the token, a driver is refused by the GCS at once.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        done = subprocess.run(
+            [sys.executable, "-c", "import ray\n"
+             f"ray.init(address='127.0.0.1:{gcs_port}', log_to_driver=False)\n"
+             "print('ATTACHED')"], capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode != 0 and "ATTACHED" not in done.stdout
+        assert "Authentication token is missing or incorrect" in done.stderr
+        # With it, `cluster --ray-address` deploys there and serves.
+        with cluster_process(["--ray-address", f"127.0.0.1:{gcs_port}",
+                              "--ray-auth-token-file", str(token_file), "--replicas", "1",
+                              "--slots", "1", "--checkpoint", "dev", "--port", "0"],
+                             tmp_path / "stderr.log") as (info, _):
+            r = httpx.get(f"http://127.0.0.1:{info['port']}/capacity", timeout=10,
+                          trust_env=False)
+            assert r.json()["slots"] == 1 and r.json()["ready"]
