@@ -16,7 +16,13 @@ import pytest
 import sphn
 
 from voice_server_moshi.audio.ogg_meter import OggOpusMeter, opus_packet_samples
-from voice_server_moshi.server.auth import FailureLimiter, TokenError, read_token_file
+from voice_server_moshi.server.auth import (
+    DoorAuth,
+    FailureLimiter,
+    Refusal,
+    TokenError,
+    read_token_file,
+)
 from voice_server_moshi.server.limits import (
     CLOSE_BAD_PAYLOAD,
     CLOSE_NORMAL,
@@ -162,6 +168,22 @@ def test_the_right_token_is_never_refused_and_guesses_stay_throttled() -> None:
         assert lim.check("10.0.0.9", 5.0 + k, lambda: True) is None
         assert lim.check("10.0.0.9", 5.0 + k, lambda: False) > 0  # guesses: still 429
     assert lim.throttled == 510
+
+
+async def test_one_door_auth_for_every_front_door() -> None:
+    """What serve, its ingress workers and the cluster's ingress all call."""
+    door = DoorAuth("s3cret", FailureLimiter(max_failures=2, hold_s=0))
+    wrong = {"Authorization": "Bearer nope"}
+    assert await DoorAuth(None).refusal("a", wrong, "/api/chat") is None
+    assert (await door.refusal("a", wrong, "/api/chat")) == Refusal(401)
+    assert (await door.refusal("a", {}, "/api/chat?auth_token=x")) == Refusal(401)
+    third = await door.refusal("a", {"kyutai-api-key": "nope"}, "/api/chat")
+    assert third is not None and third.status == 429
+    assert third.retry_after is not None and 1 <= third.retry_after <= 60
+    for right in ({"Authorization": "Bearer s3cret"}, {"kyutai-api-key": "s3cret"}):
+        assert await door.refusal("a", right, "/api/chat") is None
+    assert await door.refusal("a", {}, "/api/chat?auth_token=s3cret") is None
+    assert await door.refusal("b", wrong, "/metrics") == Refusal(401)
 
 
 async def test_a_throttled_answer_is_held_and_held_answers_are_bounded() -> None:

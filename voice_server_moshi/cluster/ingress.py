@@ -27,7 +27,8 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from .._log import get_logger
 from ..moshi import protocol
-from ..moshi.session import ServerSession, bearer_authorized
+from ..moshi.session import ServerSession
+from ..server.auth import DoorAuth, Refusal
 from ..server.limits import CallLimits
 from . import directory, relay
 from .metrics import render
@@ -116,6 +117,8 @@ class IngressCore:
         self.engine = engine
         self.spec = spec
         self.counters = relay.IngressCounters()
+        # Per ingress replica: each throttles the guesses it sees (ADR 0101).
+        self.auth = DoorAuth(spec.auth_token)
         self.name = f"ingress-{os.getpid()}"
         self._directory = directory.get_directory(spec.app_name)
         self._snap: list[dict[str, Any]] = []
@@ -160,13 +163,16 @@ class IngressCore:
         })
 
     async def metrics(self, request: Request) -> Response:
-        if not self._authorized(request.headers, str(request.url.query)):
-            return PlainTextResponse("unauthorized\n", status_code=401)
+        refusal = await self._refusal(request.client, request.headers, str(request.url.query))
+        if refusal is not None:
+            headers = ({"Retry-After": str(refusal.retry_after)}
+                       if refusal.retry_after is not None else None)
+            return PlainTextResponse(refusal.text, status_code=refusal.status, headers=headers)
         text = render(await self.replicas(), self.counters, self.name)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
-    def _authorized(self, headers: Any, query: str) -> bool:
-        return bearer_authorized(self.spec.auth_token, headers, f"/?{query}")
+    async def _refusal(self, client: Any, headers: Any, query: str) -> Refusal | None:
+        return await self.auth.refusal(client.host if client else "-", headers, f"/?{query}")
 
     # -- /api/chat ------------------------------------------------------------------------
 
@@ -178,10 +184,12 @@ class IngressCore:
     async def chat(self, ws: WebSocket) -> None:
         call_id = f"clu-{uuid.uuid4().hex[:12]}"
         clog = log.bind(call_id=call_id, ingress=self.name)
-        if not self._authorized(ws.headers, ws.url.query):
+        refusal = await self._refusal(ws.client, ws.headers, ws.url.query)
+        if refusal is not None:
             self.counters.auth_failures += 1
-            clog.warning("unauthorized /api/chat request")
-            await ws.close(1008, "missing or wrong bearer token")
+            if refusal.retry_after is None:
+                clog.warning("unauthorized /api/chat request")
+            await ws.close(1008, refusal.text.strip())
             return
         await ws.accept()
         caller = _StarletteCaller(ws)

@@ -41,7 +41,6 @@ import asyncio
 import contextlib
 import http
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -66,10 +65,9 @@ from ..moshi.session import (
     QueryError,
     ServerSession,
     SessionEvent,
-    bearer_authorized,
 )
 from . import steering
-from .auth import FailureLimiter, address_of, throttled_response
+from .auth import DoorAuth, FailureLimiter, address_of, throttled_response
 from .config import ServerConfig
 from .intake import receive_loop
 from .limits import CallGuard, CloseReason, Reap
@@ -114,6 +112,7 @@ class BatchedServer:
         self._static = StaticFiles(self.config.static_dir) if self.config.static_dir else None
         self.auth_limiter = FailureLimiter(self.config.auth_max_failures,
                                            self.config.auth_window_s)
+        self.auth = DoorAuth(self.config.auth_token, self.auth_limiter)
         self._registry = new_registry(ServerCollector(engine.metrics, self.counters,
                                                       engine.tick_thread_alive))
         #: call id -> why the server is ending it (the first reason wins).
@@ -245,22 +244,16 @@ class BatchedServer:
                             path: str) -> Response | None:
         """None when the request may go on (the right token always may); else 401, or 429
         (held a moment) for a wrong token from an address that guesses too often."""
-        if self.config.auth_token is None:
-            return None
         addr = address_of(connection.remote_address)
-        verdict = self.auth_limiter.check(
-            addr, time.monotonic(),
-            lambda: bearer_authorized(self.config.auth_token, request.headers, request.path))
-        if verdict is None:
+        refusal = await self.auth.refusal(addr, request.headers, request.path)
+        if refusal is None:
             return None
-        if verdict > 0:
+        if refusal.retry_after is not None:
             self.counters.auth_throttled += 1
-            await self.auth_limiter.hold(addr)
-            return throttled_response(verdict)
+            return throttled_response(refusal.retry_after)
         self.counters.auth_failures += 1
         log.warning("unauthorized request", path=path, remote=addr)
-        return response(http.HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token\n",
-                        "text/plain")
+        return response(http.HTTPStatus.UNAUTHORIZED, refusal.text, "text/plain")
 
     async def _process_request(self, connection: ServerConnection,
                                request: Request) -> Response | None:

@@ -12,16 +12,19 @@ import asyncio
 import http
 import math
 import stat
+import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from websockets.http11 import Response
 
+from ..moshi.session.server import bearer_authorized
 from .responses import response
 
-__all__ = ["AUTH_ENV", "FailureLimiter", "TokenError", "address_of", "read_token_file",
-           "throttled_response"]
+__all__ = ["AUTH_ENV", "DoorAuth", "FailureLimiter", "Refusal", "TokenError", "address_of",
+           "read_token_file", "throttled_response"]
 
 AUTH_ENV = "VOICE_SERVER_MOSHI_AUTH_TOKEN"
 #: Tokens shorter than this get a warning (a random 16 characters is ~96 bits or more).
@@ -158,10 +161,51 @@ class FailureLimiter:
                 del self._held[address]
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a front door refuses a request: 401 (wrong or missing token) or 429 (a wrong
+    token from an address guessing too often, with ``retry_after`` seconds)."""
+
+    status: int
+    retry_after: int | None = None
+
+    @property
+    def text(self) -> str:
+        return ("too many failed attempts from this address; retry later\n"
+                if self.status == http.HTTPStatus.TOO_MANY_REQUESTS
+                else "missing or wrong bearer token\n")
+
+
+class DoorAuth:
+    """One front door's bearer-token check (``serve``, its ingress workers, the cluster's
+    ingress): the token offered as :func:`bearer_authorized` reads it, through one
+    :class:`FailureLimiter` per process. ``token`` None: every request is let in."""
+
+    def __init__(self, token: str | None, limiter: FailureLimiter | None = None) -> None:
+        self.token = token
+        self.limiter = limiter or FailureLimiter()
+
+    async def refusal(self, address: str, headers: Mapping[str, str],
+                      target: str) -> Refusal | None:
+        """None: let the request in; else why not (a 429 is answered after the limiter's
+        hold). ``target``: the request's path and query (``?auth_token=`` counts)."""
+        token = self.token
+        if token is None:
+            return None
+        verdict = self.limiter.check(address, time.monotonic(),
+                                     lambda: bearer_authorized(token, headers, target))
+        if verdict is None:
+            return None
+        if verdict > 0:
+            await self.limiter.hold(address)
+            return Refusal(http.HTTPStatus.TOO_MANY_REQUESTS, verdict)
+        return Refusal(http.HTTPStatus.UNAUTHORIZED)
+
+
 def throttled_response(retry_after: int) -> Response:
     """``429 Too Many Requests`` with ``Retry-After``."""
     resp = response(http.HTTPStatus.TOO_MANY_REQUESTS,
-                    "too many failed attempts from this address; retry later\n", "text/plain")
+                    Refusal(http.HTTPStatus.TOO_MANY_REQUESTS).text, "text/plain")
     resp.headers["Retry-After"] = str(retry_after)
     return resp
 

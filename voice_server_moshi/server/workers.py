@@ -34,7 +34,8 @@ from websockets.http11 import Request, Response
 
 from .._log import get_logger
 from ..cluster import relay, wire
-from ..moshi.session import ServerSession, bearer_authorized
+from ..moshi.session import ServerSession
+from .auth import DoorAuth, FailureLimiter, address_of, throttled_response
 from .config import ServerConfig
 from .responses import json_response, response
 
@@ -74,6 +75,9 @@ class IngressWorker:
         self.counters = relay.IngressCounters()
         self.name = f"worker-{os.getpid()}"
         self.engine_info: Mapping[str, Any] = {}
+        # Per worker process: each throttles the guesses it sees (ADR 0101).
+        self.auth = DoorAuth(config.auth_token, FailureLimiter(config.auth_max_failures,
+                                                               config.auth_window_s))
 
     async def run(self, stop: asyncio.Event, started: Any = None) -> None:
         async with httpx.AsyncClient(trust_env=False, timeout=5) as http_client:
@@ -109,11 +113,14 @@ class IngressWorker:
                                  http.HTTPStatus.SERVICE_UNAVAILABLE,
                                  {"ready": ready, "reason": reason,
                                   "free_slots": cap["free_slots"]})
-        if not bearer_authorized(self.config.auth_token, request.headers, request.path):
+        refusal = await self.auth.refusal(address_of(conn.remote_address), request.headers,
+                                          request.path)
+        if refusal is not None:
             if path == "/api/chat":
                 self.counters.auth_failures += 1
-            return response(http.HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token\n",
-                            "text/plain")
+            if refusal.retry_after is not None:
+                return throttled_response(refusal.retry_after)
+            return response(http.HTTPStatus.UNAUTHORIZED, refusal.text, "text/plain")
         if path == "/metrics":
             text = (await self._engine("/metrics")).text
             return response(http.HTTPStatus.OK, text, "text/plain; version=0.0.4")
