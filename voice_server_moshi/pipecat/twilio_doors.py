@@ -107,11 +107,14 @@ class TwilioSignature:
         this request carries) and its form parameters."""
         if not signature:
             return False
-        url = seen_url
-        if self.public.webhook is not None:
+        urls = [seen_url]
+        if self.public.webhook is not None:  # as set on the number, with or without the "/"
             query = urlsplit(seen_url).query
-            url = self.public.webhook + (f"?{query}" if query else "")
-        return bool(self._validator.validate(url, _MultiParams(params), signature))
+            tail = f"?{query}" if query else ""
+            base = self.public.webhook
+            urls = [base + tail, base.rstrip("/") + tail]
+        form = _MultiParams(params)
+        return any(self._validator.validate(u, form, signature) for u in urls)
 
     def stream_ok(self, host: str, signature: str | None) -> bool:
         """The Media Streams upgrade: the stream URL, no parameters. Twilio signs the
