@@ -253,10 +253,10 @@ async def test_clear_on_the_barge_in_and_none_on_the_backchannel() -> None:
     services: list[MoshiService] = []
     # The scripted corpus agent talks where the corpus says; the mode is clocked by the
     # caller's media (ManualClock), so its decisions do not depend on this machine's load.
-    app = create_app(adapter_factory=lambda: scripted(call), prewarm=False,
-                     on_service=services.append, clock_factory=ManualClock)
+    app = app_for(call, on_service=services.append, clock_factory=ManualClock)
     async with running_app(app) as port:
-        res = await play_twilio_call(f"ws://127.0.0.1:{port}/ws", mulaw(call.caller))
+        res = await play_twilio_call(f"ws://127.0.0.1:{port}/ws", mulaw(call.caller),
+                                     auth_token=TOKEN)
     (svc,) = services
     verdicts = {o.verdict: o for o in svc.mode.overlaps}
     assert set(verdicts) == {"backchannel", "barge-in"}, svc.mode.overlaps

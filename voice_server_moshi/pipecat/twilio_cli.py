@@ -145,7 +145,7 @@ def main(argv: list[str]) -> int:
             port = int(server.servers[0].sockets[0].getsockname()[1])
             sys.stdout.write(json.dumps({
                 "event": "listening", "host": args.host, "port": port, "slots": slots,
-                "signature": not args.insecure_no_signature or token is not None,
+                "signature": token is not None,
                 "twiml": f"http://{args.host}:{port}/", "ws": f"ws://{args.host}:{port}/ws",
             }) + "\n")
             sys.stdout.flush()
