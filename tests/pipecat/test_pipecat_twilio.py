@@ -28,9 +28,10 @@ from voice_server_moshi.audio import g711
 from voice_server_moshi.corpus.agent import ScriptedAgentTransport, text_schedule
 from voice_server_moshi.corpus.assemble import CorpusCall, build_call
 from voice_server_moshi.corpus.store import bundled_clips
-from voice_server_moshi.errors import SettingsError
+from voice_server_moshi.errors import ServerBusyError, SettingsError
 from voice_server_moshi.modes.clock import ManualClock
 from voice_server_moshi.moshi.adapter import MoshiAdapter
+from voice_server_moshi.moshi.scripted import ScriptedTransport
 from voice_server_moshi.moshi.settings import MoshiSettings
 from voice_server_moshi.pipecat.service import MoshiService
 from voice_server_moshi.pipecat.twilio import create_app
@@ -173,6 +174,26 @@ async def test_a_full_house_answers_busy_and_closes_a_late_stream_1013() -> None
     assert 'moshi_twilio_rejected_busy_total{where="webhook"} 1' in metrics
     assert 'moshi_twilio_rejected_busy_total{where="stream"} 1' in metrics
     assert "<Connect>" in after.text
+
+
+class _FullEngine(ScriptedTransport):
+    """A Moshi server with no free slot (the gate let the stream in, the engine did not)."""
+
+    async def open(self, call_id: str) -> str:
+        raise ServerBusyError("server busy: no free slot")
+
+
+async def test_a_full_engine_behind_the_gate_closes_the_stream_1013_busy() -> None:
+    app = create_app(adapter_factory=lambda: MoshiAdapter(MoshiSettings(),
+                                                          transport=_FullEngine()),
+                     prewarm=False, auth_token=TOKEN)
+    async with running_app(app) as port:
+        res = await play_twilio_call(f"ws://127.0.0.1:{port}/ws", mulaw(np.zeros(8000)),
+                                     auth_token=TOKEN)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as h:
+            metrics = (await h.get("/metrics")).text
+    assert res.close_code == 1013 and res.close_reason.startswith("busy")
+    assert 'moshi_twilio_rejected_busy_total{where="stream"} 1' in metrics
 
 
 async def test_a_socket_that_is_not_twilio_is_closed_1008() -> None:

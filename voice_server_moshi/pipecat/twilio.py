@@ -47,7 +47,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from .._log import get_logger
 from ..adapter import VoiceModelAdapter, VoiceModelConfig
-from ..errors import SettingsError
+from ..errors import ServerBusyError, SettingsError
 from ..modes.clock import Clock
 from ..registry import Registry, load_registry
 from .service import MoshiService
@@ -280,6 +280,16 @@ def create_app(
                                clock=clock_factory() if clock_factory is not None else None)
         if on_service is not None:
             on_service(service)
+
+        async def refused(exc: Exception) -> None:
+            if isinstance(exc, ServerBusyError):  # the engine itself is full (a remote one)
+                counters.busy_stream += 1
+                log.warning("twilio_call_rejected_busy", door="engine", stream_sid=stream_sid,
+                            call_sid=call_sid, error=str(exc))
+                with contextlib.suppress(Exception):
+                    await ws.close(code=BUSY_CLOSE_CODE, reason="busy: the engine is full")
+
+        service.on_connect_failed = refused
         worker = PipelineWorker(
             Pipeline([transport.input(), service, transport.output()]),
             params=PipelineParams(audio_in_sample_rate=TWILIO_RATE,
