@@ -14,8 +14,10 @@ Created by the host through the registry::
     ...
     await mode.stop()                       # ends the call; on_disconnected comes last
 
-Every frame period the mode sends one caller frame to the adapter (silence when none came:
-Moshi is clocked by its input and stalls without it) and plays one agent frame out of the
+Every frame period the mode sends one caller frame to the adapter, out of the caller
+jitter buffer (:mod:`.jitter`: a late frame within its depth is used, a missing one is
+concealed, silence only when the caller's media has stopped: Moshi is clocked by its input
+and stalls without it) and plays one agent frame out of the
 playout buffer to the host (silence while the buffer is dry). Caller turns come from the
 adapter's ``speech-started``/``speech-ended``; agent turns from the played agent audio and
 Moshi's text (:mod:`.agent_activity`); overlaps are classified in :mod:`.overlap`.
@@ -58,6 +60,7 @@ from ..events import (
 from .agent_activity import AgentActivity, AgentTransition
 from .callbacks import HostCallbacks
 from .clock import Clock, ManualClock, RealClock
+from .jitter import CallerJitterBuffer
 from .levels import frame_level_dbfs, pcm_level_dbfs, silence_frame
 from .overlap import CallerTurns, OverlapDecision, TurnAction
 from .playout import PlayoutBuffer
@@ -107,14 +110,17 @@ class FullDuplexMode:
         self.agent = AgentActivity(s, self.frame_ms)
         self.callers = CallerTurns(s, self.agent)
         self.log = get_logger("voice_server_moshi.modes.full_duplex", call_id=self.config.call_id)
-        self._caller_q: deque[bytes] = deque()
+        self.jitter = CallerJitterBuffer(
+            frame_ms=self.frame_ms, encoding=fmt.encoding, sample_rate=fmt.sample_rate,
+            min_ms=s.jitter_min_ms, max_ms=s.caller_queue_max_ms,
+        )
         self._caller_partial = b""
-        self._caller_q_max = max(1, s.caller_queue_max_ms // fmt.frame_ms)
         self.t_ms = 0.0  # call time of the next tick
         self.caller_sent_ms = 0.0
         self.agent_received_ms = 0.0
         self.counters: dict[str, int] = {
-            "caller_frames": 0, "gap_fill_frames": 0, "caller_dropped_frames": 0,
+            "caller_frames": 0, "gap_fill_frames": 0, "concealed_frames": 0,
+            "caller_dropped_frames": 0,
             "agent_chunks": 0, "ignored_requests": 0, "backchannels": 0, "barge_ins": 0,
             "playout_flushes": 0, "steer_requests": 0,
         }
@@ -157,8 +163,12 @@ class FullDuplexMode:
             )
         self.log.info("mode_started", frame_ms=self.frame_ms, settings=str(self.settings))
 
-    def push_caller_audio(self, chunk: bytes) -> None:
-        """Queue caller media (whole samples, any length); sent on the call's clock."""
+    def push_caller_audio(self, chunk: bytes, media_ms: float | None = None) -> None:
+        """Caller media as it arrives; played on the call's clock through the caller
+        jitter buffer (:mod:`.jitter`). Without ``media_ms`` any whole samples, in order.
+        ``media_ms``: the chunk's media time (its RTP timestamp in ms from the stream's
+        start), when the host has it; the chunk is then whole frames (a packet), placed by
+        that time, so late, lost, reordered and duplicated packets are told apart."""
         if self._ended:
             return
         fmt = self.config.audio
@@ -166,15 +176,22 @@ class FullDuplexMode:
             raise ValueError(
                 f"caller chunk of {len(chunk)} bytes is not whole {fmt.encoding} samples"
             )
+        now_ms = self.clock.now() * 1000.0
+        if media_ms is not None:
+            if len(chunk) % self._frame_bytes:
+                raise ValueError(
+                    f"a timestamped caller chunk must be whole {fmt.frame_ms} ms frames "
+                    f"({self._frame_bytes} bytes each), got {len(chunk)} bytes"
+                )
+            for k, i in enumerate(range(0, len(chunk), self._frame_bytes)):
+                self.jitter.push(bytes(chunk[i : i + self._frame_bytes]), now_ms,
+                                 media_ms + k * self.frame_ms)
+            return
         data = self._caller_partial + bytes(chunk)
         n = len(data) // self._frame_bytes * self._frame_bytes
         for i in range(0, n, self._frame_bytes):
-            self._caller_q.append(data[i : i + self._frame_bytes])
+            self.jitter.push(data[i : i + self._frame_bytes], now_ms)
         self._caller_partial = data[n:]
-        while len(self._caller_q) > self._caller_q_max:
-            # Media came faster than the clock: keep latency bounded, drop the oldest.
-            self._caller_q.popleft()
-            self.counters["caller_dropped_frames"] += 1
 
     async def tick(self) -> None:
         """One frame period: send a caller frame, play an agent frame, update turns."""
@@ -182,12 +199,12 @@ class FullDuplexMode:
             if self._ended:
                 return
             t = self.t_ms
-            if self._caller_q:
-                frame = self._caller_q.popleft()
-                self.counters["caller_frames"] += 1
-            else:
-                frame = self._silence
-                self.counters["gap_fill_frames"] += 1
+            frame, _kind = self.jitter.pop()
+            js = self.jitter.stats
+            self.counters["caller_frames"] = js.media_frames
+            self.counters["gap_fill_frames"] = js.gap_fill_frames
+            self.counters["concealed_frames"] = js.concealed_frames
+            self.counters["caller_dropped_frames"] = js.overflow_dropped
             self.callers.caller_level(frame_level_dbfs(frame, self.config.audio.encoding), t)
             try:
                 await self.adapter.send_audio(frame)
@@ -302,6 +319,7 @@ class FullDuplexMode:
         return {
             **self.counters,
             "call_ms": self.t_ms,
+            "caller_media": self.jitter.stats.as_dict(self.frame_ms),
             "playout": {
                 "prebuffer_ms": self.playout.prebuffer * self.frame_ms,
                 "mean_depth_ms": p.mean_depth_frames * self.frame_ms,

@@ -1,0 +1,226 @@
+"""The caller-side jitter buffer: caller frames placed by media time, played on the call's clock.
+
+Phone media does not arrive on time (RTP through carriers: 20-60 ms of jitter, 1-3 % loss,
+the odd reordered or duplicated packet; a busy host's own loop is late too). The mode
+sends Moshi one caller frame per tick whatever happens (Moshi is clocked by its input), so
+what it sends when the frame is not there decides whether a late word survives. The policy
+(docs/adr/0140-caller-media-policy.md):
+
+* Frames carry an index: ``media_ms / frame_ms`` when the host knows the media time (RTP
+  timestamp, Twilio's ``timestamp``), else the next in arrival order.
+* Each tick plays the frame at the play index. A frame that arrived late but before its
+  turn is simply used: that is what the depth is for.
+* The frame is missing at its turn:
+  - later frames are already here: it is lost (or reordered past the depth): concealed
+    (:class:`~voice_server_moshi.audio.plc.Concealer`, G.711 Appendix I) and skipped;
+  - nothing later is here: the stream is late (jitter, a host stall): concealed and *held*,
+    the play index waits for it, so the late frame is played when it comes and no caller
+    audio is lost. Each hold adds a frame of delay: the buffer has grown by one frame.
+  - Concealment fades to silence after 60 ms (the appendix); silence after that is a
+    ``gap_fill`` (the caller's media has stopped, not jittered).
+* Delay is won back only where it cannot be heard: when more frames are buffered than the
+  jitter seen lately needs (``target``), one *quiet* frame is dropped per tick until it
+  fits. Whatever the level, the buffer never holds more than ``max_ms``: beyond it the
+  oldest frames go (what ``caller_queue_max_ms`` always did).
+* A frame that arrives after its turn was played or skipped, or twice, is dropped and
+  counted.
+
+The target is the spread of the frames' transit times over the last ``window_ms`` (how much
+later than the earliest a frame can arrive), clamped to ``[min_ms, max_ms]``. Growth needs
+no estimate (a late frame holds); the estimate only stops the buffer from shrinking below
+what the line's jitter needs, so one late frame does not cause a hold, a shrink, another
+hold, again and again.
+
+Pure and I/O-free: times are the call clock's milliseconds, passed in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from ..audio import g711
+from ..audio.plc import Concealer
+from .levels import pcm_level_dbfs
+
+__all__ = ["CallerJitterBuffer", "JitterStats", "PlayKind"]
+
+PlayKind = Literal["media", "concealed", "silence"]
+
+#: A frame quieter than this may be dropped to win back delay (inaudible, and no VAD
+#: calls it speech).
+QUIET_DBFS = -50.0
+#: How many recent frame indices are remembered to recognise a duplicate (10 s of 20 ms).
+_SEEN = 500
+
+
+@dataclass(slots=True)
+class JitterStats:
+    """What the buffer did, for ``mode.stats()`` and the call report."""
+
+    media_frames: int = 0  #: real caller frames played
+    concealed_frames: int = 0  #: frames made by concealment (lost or late)
+    lost_frames: int = 0  #: frames skipped as lost (a later frame was already here)
+    held_frames: int = 0  #: ticks the play index waited for a late frame
+    late_dropped: int = 0  #: frames that came after their turn
+    duplicates: int = 0  #: frames that came twice
+    reordered: int = 0  #: frames that came after a later frame, in time to play
+    shrunk_frames: int = 0  #: quiet frames dropped to win back delay
+    overflow_dropped: int = 0  #: frames dropped because the buffer was full
+    gap_fill_frames: int = 0  #: silence: no caller media, concealment over or not begun
+    depth_sum_frames: int = 0
+    depth_max_frames: int = 0
+    ticks: int = 0
+    target_frames: int = 0
+    transit_spread_ms: float = 0.0
+
+    def as_dict(self, frame_ms: float) -> dict[str, float | int]:
+        mean = self.depth_sum_frames / self.ticks if self.ticks else 0.0
+        return {
+            "media_frames": self.media_frames, "concealed_frames": self.concealed_frames,
+            "lost_frames": self.lost_frames, "held_frames": self.held_frames,
+            "late_dropped": self.late_dropped, "duplicates": self.duplicates,
+            "reordered": self.reordered, "shrunk_frames": self.shrunk_frames,
+            "overflow_dropped": self.overflow_dropped,
+            "gap_fill_frames": self.gap_fill_frames,
+            # The delay the buffer adds: frames waiting when a frame is played.
+            "mean_delay_ms": round(mean * frame_ms, 1),
+            "max_delay_ms": self.depth_max_frames * frame_ms,
+            "target_ms": self.target_frames * frame_ms,
+            "transit_spread_ms": round(self.transit_spread_ms, 1),
+        }
+
+
+class CallerJitterBuffer:
+    """One call's caller media: :meth:`push` as it arrives, :meth:`pop` once per tick."""
+
+    def __init__(self, *, frame_ms: float, encoding: str, sample_rate: int,
+                 min_ms: float = 0.0, max_ms: float = 200.0, window_ms: float = 3000.0,
+                 conceal_ms: float = 60.0) -> None:
+        if not 0 <= min_ms <= max_ms:
+            raise ValueError(f"jitter buffer bounds must be 0 <= min <= max, got "
+                             f"{min_ms} and {max_ms}")
+        self.frame_ms = frame_ms
+        self.encoding = encoding
+        self.samples = round(sample_rate * frame_ms / 1000)
+        self.min_frames = math.ceil(min_ms / frame_ms)
+        self.max_frames = max(1, int(max_ms // frame_ms))
+        self._window = max(1, int(window_ms // frame_ms))
+        self._frames: dict[int, bytes] = {}
+        self._play: int | None = None  # index of the next frame to play
+        self._next_seq = 0  # index of a frame pushed without media time
+        self._highest = -1
+        self._seen: set[int] = set()
+        self._seen_order: deque[int] = deque()
+        self._transits: deque[float] = deque(maxlen=self._window)
+        self._plc = Concealer(sample_rate, conceal_ms)
+        self._silence = g711.encode(np.zeros(self.samples, dtype=np.int16), encoding)
+        self.stats = JitterStats(target_frames=self.min_frames)
+
+    @property
+    def depth(self) -> int:
+        """Frames buffered from the play index on (the delay the buffer holds now)."""
+        if self._play is None:
+            return 0
+        return sum(1 for i in self._frames if i >= self._play)
+
+    def push(self, frame: bytes, now_ms: float, media_ms: float | None = None) -> None:
+        """One whole frame of caller media that arrived at call time ``now_ms``;
+        ``media_ms``: its media time (RTP timestamp in ms from the stream's start), if
+        known; else it follows the previous frame."""
+        index = self._next_seq if media_ms is None else round(media_ms / self.frame_ms)
+        self._next_seq = index + 1
+        if index in self._seen:
+            self.stats.duplicates += 1
+            return
+        self._remember(index)
+        if self._play is not None and index < self._play:
+            self.stats.late_dropped += 1
+            return
+        if index < self._highest:
+            self.stats.reordered += 1
+        self._highest = max(self._highest, index)
+        self._frames[index] = frame
+        self._transits.append(now_ms - index * self.frame_ms)
+        if self._play is None:
+            self._play = index
+        self._bound()
+
+    def pop(self) -> tuple[bytes, PlayKind]:
+        """The caller frame for this tick and what it is."""
+        st = self.stats
+        st.ticks += 1
+        self._update_target()
+        if self._play is None:  # no caller media yet
+            st.gap_fill_frames += 1
+            return self._silence, "silence"
+        depth = self.depth
+        st.depth_sum_frames += depth
+        st.depth_max_frames = max(st.depth_max_frames, depth)
+        frame = self._frames.pop(self._play, None)
+        if frame is not None:
+            self._advance()
+            pcm = self._plc.good(g711.decode(frame, self.encoding))
+            if depth - 1 > st.target_frames:
+                self._shrink_if_quiet(pcm)
+            st.media_frames += 1
+            return g711.encode(pcm, self.encoding), "media"
+        if self._highest > self._play:
+            st.lost_frames += 1
+            self._advance()
+        else:
+            st.held_frames += 1
+        pcm = self._plc.conceal(self.samples)
+        if not pcm.any():
+            st.gap_fill_frames += 1
+            return self._silence, "silence"
+        st.concealed_frames += 1
+        return g711.encode(pcm, self.encoding), "concealed"
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        assert self._play is not None
+        self._play += 1
+
+    def _remember(self, index: int) -> None:
+        """Indices seen lately (a duplicate is one of them); bounded."""
+        self._seen.add(index)
+        self._seen_order.append(index)
+        if len(self._seen_order) > _SEEN:
+            self._seen.discard(self._seen_order.popleft())
+
+    def _shrink_if_quiet(self, played: np.ndarray) -> None:  # type: ignore[type-arg]
+        """Drop the next frame if it and the one just played are quiet: delay the line's
+        jitter no longer needs, won back where nobody can hear it."""
+        assert self._play is not None
+        nxt = self._frames.get(self._play)
+        if nxt is None or pcm_level_dbfs(played) > QUIET_DBFS:
+            return
+        if pcm_level_dbfs(g711.decode(nxt, self.encoding)) > QUIET_DBFS:
+            return
+        del self._frames[self._play]
+        self._advance()
+        self.stats.shrunk_frames += 1
+
+    def _bound(self) -> None:
+        """Never more than ``max_frames`` waiting: the oldest go (bounded latency)."""
+        assert self._play is not None
+        while self._highest - self._play + 1 > self.max_frames:
+            if self._frames.pop(self._play, None) is not None:
+                self.stats.overflow_dropped += 1
+            else:
+                self.stats.lost_frames += 1  # a hole the bound skips over
+            self._advance()
+
+    def _update_target(self) -> None:
+        if not self._transits:
+            return
+        spread = max(self._transits) - min(self._transits)
+        self.stats.transit_spread_ms = spread
+        frames = math.ceil(spread / self.frame_ms - 1e-9)
+        self.stats.target_frames = min(self.max_frames, max(self.min_frames, frames))
