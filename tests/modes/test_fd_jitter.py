@@ -36,7 +36,7 @@ def test_in_time_frames_pass_through_with_no_delay() -> None:
     assert [kind for _, kind in out] == ["media"] * 50
     assert [f for f, _ in out] == [frame(k) for k in range(50)]
     st = jb.stats.as_dict(20.0)
-    assert st["mean_delay_ms"] == 20.0  # the frame being played, nothing waiting
+    assert st["mean_delay_ms"] == 0.0  # nothing waits behind the frame being played
     assert st["held_frames"] == st["concealed_frames"] == st["gap_fill_frames"] == 0
 
 
@@ -135,8 +135,9 @@ def test_sequential_frames_without_media_time_are_never_lost() -> None:
 
 
 def test_silence_after_conceal_limit_and_before_any_media() -> None:
-    jb = buffer()
-    assert jb.pop()[1] == "silence"  # nothing yet
+    jb = buffer(max_ms=100.0)
+    # before the first frame: up to max_ms of "wait" (nothing sent), then silence
+    assert [jb.pop()[1] for _ in range(6)] == ["wait"] * 5 + ["silence"]
     jb.push(frame(0), 20.0)
     jb.pop()
     kinds = [jb.pop()[1] for _ in range(6)]

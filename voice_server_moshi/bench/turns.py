@@ -29,6 +29,7 @@ from ..corpus.assemble import CorpusCall, standard_set
 from ..corpus.evaluate import CallScore, score_call, summarize
 from ..corpus.run import run_corpus_call
 from ..corpus.store import bundled_clips
+from ..host.impair import Impairment
 from ..modes.playout import simulate
 from ..modes.settings import FullDuplexSettings
 from ..registry import load_registry
@@ -41,12 +42,13 @@ GOALS = {
 
 
 async def score_corpus(
-    calls: list[CorpusCall], mode_settings: dict[str, Any] | None = None
+    calls: list[CorpusCall], mode_settings: dict[str, Any] | None = None,
+    impair: Impairment | None = None,
 ) -> list[CallScore]:
     registry = load_registry()
     scores = []
     for call in calls:
-        result = await run_corpus_call(call, mode_settings, registry=registry)
+        result = await run_corpus_call(call, mode_settings, registry=registry, impair=impair)
         scores.append(score_call(call, result.records))
     return scores
 
@@ -168,8 +170,38 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             args.playout, args.playout_seconds, [0, 20, 40, 60, 80, 100, 120, 160],
             url=args.url,
         )
+    if args.impair:
+        out["impaired"] = await impaired_runs(calls, snrs, Impairment.parse(args.impair),
+                                              by_snr)
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     return out
+
+
+#: What a bad line may cost (issue 25): onsets and barge-ins within 2 points, no split.
+IMPAIRED_GOAL_POINTS = 2.0
+
+
+async def impaired_runs(calls: list[CorpusCall], snrs: list[float], impair: Impairment,
+                        clean: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The same calls over ``impair``'s line, and the change from the clean line."""
+    by_snr: dict[str, dict[str, Any]] = {}
+    delta: dict[str, dict[str, Any]] = {}
+    for snr in snrs:
+        key = f"{snr:g}"
+        s = summarize(await score_corpus([c for c in calls if c.snr_db == snr], impair=impair))
+        by_snr[key] = s
+        c = clean[key]
+        onsets = 100.0 * (s["onsets_detected"] - c["onsets_detected"]) / max(1, c["onsets"])
+        bi = (None if s["barge_ins_raised_ratio"] is None
+              else 100.0 * (s["barge_ins_raised_ratio"] - c["barge_ins_raised_ratio"]))
+        delta[key] = {
+            "onsets_caught_points": round(onsets, 2),
+            "barge_ins_raised_points": None if bi is None else round(bi, 2),
+            "split_barge_ins": s["split_barge_ins"], "split_turns": s["split_turns"],
+            "met": onsets >= -IMPAIRED_GOAL_POINTS
+            and (bi is None or bi >= -IMPAIRED_GOAL_POINTS) and s["split_barge_ins"] == 0,
+        }
+    return {"impairment": impair.describe(), "by_snr_db": by_snr, "change": delta}
 
 
 def _noisy_main(args: argparse.Namespace) -> int:
@@ -201,6 +233,9 @@ def main(argv: list[str]) -> int:
                    help="instead: the caller VADs on the noisy corpus (babble, pink, brown, "
                    "street, music; noise-only and echo-only calls), ADR 0085; --calls is "
                    "then calls per kind and SNR (default 3)")
+    p.add_argument("--impair", metavar="SPEC",
+                   help="also run the calls over a bad line and report the change, e.g. "
+                   "jitter_ms=40,loss=0.02,seed=1 (names: see 'call --help')")
     p.add_argument("--vads", default="energy,silero,cascade",
                    help="with --noisy: the VADs to compare, by registered name")
     args = p.parse_args(argv)
@@ -217,6 +252,12 @@ def main(argv: list[str]) -> int:
     except ValueError:
         sys.stderr.write(f"error: --snr must be numbers separated by commas, got {args.snr!r}\n")
         return 2
+    if args.impair:
+        try:
+            Impairment.parse(args.impair)
+        except ValueError as exc:
+            sys.stderr.write(f"error: --impair: {exc}\n")
+            return 2
     if args.noisy:
         return _noisy_main(args)
     out = asyncio.run(_main(args))

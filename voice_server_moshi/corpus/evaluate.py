@@ -5,6 +5,9 @@
 * backchannel: no user turn may be raised from a labelled backchannel (goal: >= 90 %);
 * barge-in: each labelled barge-in should raise a user turn with ``barge_in=True``
   (goal: >= 95 %);
+* split: a labelled utterance or barge-in that opened more than one user turn (a late or
+  lost caller frame heard as a pause splits it in two: the second half is then scored as a
+  new turn, the barge-in decision restarted);
 * lifecycle: exactly one ``disconnected``, and no callback after it.
 """
 
@@ -35,6 +38,9 @@ class CallScore:
     barge_ins_raised: int = 0
     barge_in_decision_ms: list[float] = field(default_factory=list)
     false_turns: int = 0
+    #: labelled utterances (barge-ins included) that opened more than one user turn
+    split_turns: int = 0
+    split_barge_ins: int = 0
     disconnected: int = 0
     callbacks_after_disconnect: int = 0
 
@@ -65,6 +71,10 @@ def score_call(call: CorpusCall, records: list[Record]) -> CallScore:
                 sc.backchannels_raised += 1
             continue
         r = match(seg.start_ms)
+        inside = sum(1 for x in starts if seg.start_ms - MATCH_BEFORE_MS <= x.t_ms <= seg.end_ms)
+        if inside > 1:
+            sc.split_turns += 1
+            sc.split_barge_ins += seg.kind == "barge-in"
         if r is None:
             sc.onsets_missed += 1
         else:
@@ -110,6 +120,8 @@ def summarize(scores: list[CallScore]) -> dict[str, Any]:
             "max": _pct([d for s in scores for d in s.barge_in_decision_ms], 100),
         },
         "false_user_turns": sum(s.false_turns for s in scores),
+        "split_turns": sum(s.split_turns for s in scores),
+        "split_barge_ins": sum(s.split_barge_ins for s in scores),
         "disconnected_exactly_once": all(s.disconnected == 1 for s in scores),
         "callbacks_after_disconnected": sum(s.callbacks_after_disconnect for s in scores),
     }

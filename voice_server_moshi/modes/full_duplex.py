@@ -14,10 +14,9 @@ Created by the host through the registry::
     ...
     await mode.stop()                       # ends the call; on_disconnected comes last
 
-Every frame period the mode sends one caller frame to the adapter, out of the caller
-jitter buffer (:mod:`.jitter`: a late frame within its depth is used, a missing one is
-concealed, silence only when the caller's media has stopped: Moshi is clocked by its input
-and stalls without it) and plays one agent frame out of the
+Every frame period the mode sends one caller frame to the adapter out of the caller
+jitter buffer (:mod:`.jitter`: late frames used, missing ones concealed; Moshi is clocked by
+its input and stalls without it) and plays one agent frame out of the
 playout buffer to the host (silence while the buffer is dry). Caller turns come from the
 adapter's ``speech-started``/``speech-ended``; agent turns from the played agent audio and
 Moshi's text (:mod:`.agent_activity`); overlaps are classified in :mod:`.overlap`.
@@ -164,11 +163,10 @@ class FullDuplexMode:
         self.log.info("mode_started", frame_ms=self.frame_ms, settings=str(self.settings))
 
     def push_caller_audio(self, chunk: bytes, media_ms: float | None = None) -> None:
-        """Caller media as it arrives; played on the call's clock through the caller
-        jitter buffer (:mod:`.jitter`). Without ``media_ms`` any whole samples, in order.
-        ``media_ms``: the chunk's media time (its RTP timestamp in ms from the stream's
-        start), when the host has it; the chunk is then whole frames (a packet), placed by
-        that time, so late, lost, reordered and duplicated packets are told apart."""
+        """Caller media as it arrives, played on the call's clock through the jitter buffer
+        (:mod:`.jitter`): any whole samples in order, or with ``media_ms`` (the packet's
+        RTP time in ms from the stream's start) whole frames placed by that time, so late,
+        lost, reordered and duplicated packets are told apart."""
         if self._ended:
             return
         fmt = self.config.audio
@@ -199,19 +197,20 @@ class FullDuplexMode:
             if self._ended:
                 return
             t = self.t_ms
-            frame, _kind = self.jitter.pop()
-            js = self.jitter.stats
-            self.counters["caller_frames"] = js.media_frames
-            self.counters["gap_fill_frames"] = js.gap_fill_frames
-            self.counters["concealed_frames"] = js.concealed_frames
-            self.counters["caller_dropped_frames"] = js.overflow_dropped
-            self.callers.caller_level(frame_level_dbfs(frame, self.config.audio.encoding), t)
-            try:
-                await self.adapter.send_audio(frame)
-            except LifecycleError:
-                return  # the session ended under us; _consume reports it
-            self.caller_sent_ms += self.frame_ms
-            self._sent_walls.append((self.caller_sent_ms, time.perf_counter()))
+            frame, kind = self.jitter.pop()
+            js, c = self.jitter.stats, self.counters
+            c["caller_frames"], c["gap_fill_frames"] = js.media_frames, js.gap_fill_frames
+            c["concealed_frames"], c["caller_dropped_frames"] = (js.concealed_frames,
+                                                                  js.overflow_dropped)
+            if kind != "wait":  # the caller's stream starts with the caller's first frame
+                self.callers.caller_level(frame_level_dbfs(frame, self.config.audio.encoding),
+                                          t)
+                try:
+                    await self.adapter.send_audio(frame)
+                except LifecycleError:
+                    return  # the session ended under us; _consume reports it
+                self.caller_sent_ms += self.frame_ms
+                self._sent_walls.append((self.caller_sent_ms, time.perf_counter()))
             out, from_agent = self.playout.pop()
             pcm = g711.decode(out, self.config.audio.encoding)
             if self._ducking:
@@ -270,8 +269,7 @@ class FullDuplexMode:
     def ended(self) -> bool:
         return self._ended
 
-    # Turn-based requests. Without text/audio they are harmless no-ops (Moshi takes and
-    # yields turns by itself); with them they steer Moshi (ADR 0070).
+    # Turn-based requests: no-ops without text/audio, steering with them (ADR 0070).
 
     def create_response(self, *, text: str | None = None, audio: bytes | None = None,
                         sample_rate: int = 24000, **request: Any
@@ -323,10 +321,8 @@ class FullDuplexMode:
             "playout": {
                 "prebuffer_ms": self.playout.prebuffer * self.frame_ms,
                 "mean_depth_ms": p.mean_depth_frames * self.frame_ms,
-                "max_depth_ms": p.max_depth_frames * self.frame_ms,
-                "underruns": p.underruns,
-                "dropped_overflow_frames": p.dropped_overflow,
-                "flushed_frames": p.flushed,
+                "max_depth_ms": p.max_depth_frames * self.frame_ms, "underruns": p.underruns,
+                "dropped_overflow_frames": p.dropped_overflow, "flushed_frames": p.flushed,
             },
         }
 

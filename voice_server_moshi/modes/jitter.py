@@ -24,6 +24,11 @@ what it sends when the frame is not there decides whether a late word survives. 
   oldest frames go (what ``caller_queue_max_ms`` always did).
 * A frame that arrives after its turn was played or skipped, or twice, is dropped and
   counted.
+* Before the caller's first frame, up to ``max_ms`` of ticks are ``wait``: the mode sends
+  Moshi nothing yet, so the caller's stream (and the caller VAD's clock) starts with the
+  caller's media, not with silence the line's first jitter made (a VAD that heard digital
+  silence first takes the line's noise for speech). After that wait, silence keeps Moshi's
+  clock running for a caller who sends nothing.
 
 The target is the spread of the frames' transit times over the last ``window_ms`` (how much
 later than the earliest a frame can arrive), clamped to ``[min_ms, max_ms]``. Growth needs
@@ -49,7 +54,7 @@ from .levels import pcm_level_dbfs
 
 __all__ = ["CallerJitterBuffer", "JitterStats", "PlayKind"]
 
-PlayKind = Literal["media", "concealed", "silence"]
+PlayKind = Literal["media", "concealed", "silence", "wait"]
 
 #: A frame quieter than this may be dropped to win back delay (inaudible, and no VAD
 #: calls it speech).
@@ -72,6 +77,7 @@ class JitterStats:
     shrunk_frames: int = 0  #: quiet frames dropped to win back delay
     overflow_dropped: int = 0  #: frames dropped because the buffer was full
     gap_fill_frames: int = 0  #: silence: no caller media, concealment over or not begun
+    wait_frames: int = 0  #: ticks before the first caller frame, with nothing sent
     depth_sum_frames: int = 0
     depth_max_frames: int = 0
     ticks: int = 0
@@ -86,8 +92,7 @@ class JitterStats:
             "late_dropped": self.late_dropped, "duplicates": self.duplicates,
             "reordered": self.reordered, "shrunk_frames": self.shrunk_frames,
             "overflow_dropped": self.overflow_dropped,
-            "gap_fill_frames": self.gap_fill_frames,
-            # The delay the buffer adds: frames waiting when a frame is played.
+            "gap_fill_frames": self.gap_fill_frames, "wait_frames": self.wait_frames,
             "mean_delay_ms": round(mean * frame_ms, 1),
             "max_delay_ms": self.depth_max_frames * frame_ms,
             "target_ms": self.target_frames * frame_ms,
@@ -156,11 +161,16 @@ class CallerJitterBuffer:
         st.ticks += 1
         self._update_target()
         if self._play is None:  # no caller media yet
+            if st.ticks * self.frame_ms <= self.max_frames * self.frame_ms:
+                st.wait_frames += 1
+                return self._silence, "wait"
             st.gap_fill_frames += 1
             return self._silence, "silence"
         depth = self.depth
-        st.depth_sum_frames += depth
-        st.depth_max_frames = max(st.depth_max_frames, depth)
+        # The delay the buffer adds: frames waiting behind the one played now.
+        waiting = depth - (self._play in self._frames)
+        st.depth_sum_frames += waiting
+        st.depth_max_frames = max(st.depth_max_frames, waiting)
         frame = self._frames.pop(self._play, None)
         if frame is not None:
             self._advance()
