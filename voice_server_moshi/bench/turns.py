@@ -43,12 +43,13 @@ GOALS = {
 
 async def score_corpus(
     calls: list[CorpusCall], mode_settings: dict[str, Any] | None = None,
-    impair: Impairment | None = None,
+    impair: Impairment | None = None, vad: str = "energy",
 ) -> list[CallScore]:
     registry = load_registry()
     scores = []
     for call in calls:
-        result = await run_corpus_call(call, mode_settings, registry=registry, impair=impair)
+        result = await run_corpus_call(call, mode_settings, registry=registry, impair=impair,
+                                       vad=vad)
         scores.append(score_call(call, result.records))
     return scores
 
@@ -135,7 +136,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     by_snr: dict[str, dict[str, Any]] = {}
     for snr in snrs:
-        scores = await score_corpus([c for c in calls if c.snr_db == snr])
+        scores = await score_corpus([c for c in calls if c.snr_db == snr], vad=args.vad)
         by_snr[f"{snr:g}"] = summarize(scores)
     out: dict[str, Any] = {
         "bench": "turns",
@@ -144,6 +145,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
                    "audio_s": round(sum(c.duration_ms for c in calls) / 1000, 1)},
         "agent": "scripted (corpus/agent.py) through the real MoshiAdapter",
         "clock": "virtual",
+        "vad": args.vad,
         "settings": dataclasses.asdict(FullDuplexSettings()),
         "by_snr_db": by_snr,
         "goals": goals(by_snr),
@@ -172,7 +174,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         )
     if args.impair:
         out["impaired"] = await impaired_runs(calls, snrs, Impairment.parse(args.impair),
-                                              by_snr)
+                                              by_snr, args.vad)
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     return out
 
@@ -182,13 +184,14 @@ IMPAIRED_GOAL_POINTS = 2.0
 
 
 async def impaired_runs(calls: list[CorpusCall], snrs: list[float], impair: Impairment,
-                        clean: dict[str, dict[str, Any]]) -> dict[str, Any]:
+                        clean: dict[str, dict[str, Any]], vad: str) -> dict[str, Any]:
     """The same calls over ``impair``'s line, and the change from the clean line."""
     by_snr: dict[str, dict[str, Any]] = {}
     delta: dict[str, dict[str, Any]] = {}
     for snr in snrs:
         key = f"{snr:g}"
-        s = summarize(await score_corpus([c for c in calls if c.snr_db == snr], impair=impair))
+        s = summarize(await score_corpus([c for c in calls if c.snr_db == snr], impair=impair,
+                                         vad=vad))
         by_snr[key] = s
         c = clean[key]
         onsets = 100.0 * (s["onsets_detected"] - c["onsets_detected"]) / max(1, c["onsets"])
@@ -233,6 +236,9 @@ def main(argv: list[str]) -> int:
                    help="instead: the caller VADs on the noisy corpus (babble, pink, brown, "
                    "street, music; noise-only and echo-only calls), ADR 0085; --calls is "
                    "then calls per kind and SNR (default 3)")
+    p.add_argument("--vad", default="energy",
+                   help="the caller VAD by registered name (default energy, the goals' "
+                   "baseline; the adapter's default is cascade)")
     p.add_argument("--impair", metavar="SPEC",
                    help="also run the calls over a bad line and report the change, e.g. "
                    "jitter_ms=40,loss=0.02,seed=1 (names: see 'call --help')")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable
@@ -99,13 +100,11 @@ class FullDuplexMode:
         fmt = self.config.audio
         self.frame_ms = float(fmt.frame_ms)
         self._frame_bytes = fmt.bytes_per_frame
-        self._silence = silence_frame(fmt.encoding, fmt.samples_per_frame)
         s = self.settings
         self.playout = PlayoutBuffer(
             prebuffer_frames=-(-s.playout_prebuffer_ms // fmt.frame_ms),
             max_frames=max(1, s.playout_max_ms // fmt.frame_ms),
-            silence=self._silence,
-        )
+            silence=silence_frame(fmt.encoding, fmt.samples_per_frame))
         self.agent = AgentActivity(s, self.frame_ms)
         self.callers = CallerTurns(s, self.agent)
         self.log = get_logger("voice_server_moshi.modes.full_duplex", call_id=self.config.call_id)
@@ -151,7 +150,8 @@ class FullDuplexMode:
         if self._started:
             raise LifecycleError("full-duplex: start() called twice; one mode serves one call")
         self._started = True
-        await self.adapter.connect(self.config)
+        # The mode keeps the caller's media continuous itself (ADR 0140).
+        await self.adapter.connect(dataclasses.replace(self.config, media_clock="host"))
         self._consumer = asyncio.get_running_loop().create_task(
             self._consume(), name="full-duplex:events"
         )
@@ -225,13 +225,10 @@ class FullDuplexMode:
             self._turn_actions(self.callers.tick(self.t_ms))
 
     async def settle(self, max_lag_ms: float = 160.0, timeout_s: float = 10.0) -> bool:
-        """For ManualClock hosts: let the adapter and the model catch up with the media sent.
-
-        Yields to the event loop, then waits until the agent audio received is within
-        ``max_lag_ms`` of the caller audio sent (Moshi answers each 80 ms input frame with an
-        output frame; the adapter's framing and resampling account for up to ~82 ms, a
-        model that skips its first input frame for 80 more). This keeps virtual time honest
-        whatever the model's speed. Returns False on timeout."""
+        """For ManualClock hosts: wait until the agent audio received is within
+        ``max_lag_ms`` of the caller audio sent (Moshi answers each 80 ms frame with one;
+        framing and resampling take up to ~82 ms, a model that skips its first frame 80
+        more), so virtual time stays honest whatever the model's speed. False on timeout."""
         for _ in range(4):
             await asyncio.sleep(0)
         loop = asyncio.get_running_loop()
@@ -339,6 +336,7 @@ class FullDuplexMode:
         while not self._ended:
             # First tick one frame in: a frame of caller media takes a frame period to come.
             await self.clock.sleep_until(k * period)
+            await asyncio.sleep(0)  # after a stalled loop, let the host push what is due first
             await self.tick()
             k += 1
 

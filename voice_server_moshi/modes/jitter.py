@@ -16,8 +16,10 @@ what it sends when the frame is not there decides whether a late word survives. 
   - nothing later is here: the stream is late (jitter, a host stall): concealed and *held*,
     the play index waits for it, so the late frame is played when it comes and no caller
     audio is lost. Each hold adds a frame of delay: the buffer has grown by one frame.
-  - Concealment fades to silence after 60 ms (the appendix); silence after that is a
-    ``gap_fill`` (the caller's media has stopped, not jittered).
+  - Concealment fades out after 60 ms (the appendix). A hold that lasts longer pauses
+    the caller's stream (``wait``: nothing is sent, so no VAD hears silence in the middle
+    of a word) until it has lasted ``max_ms``; silence after that is a ``gap_fill`` (the
+    caller's media has stopped, not jittered) and keeps Moshi's clock running.
 * Delay is won back only where it cannot be heard: when more frames are buffered than the
   jitter seen lately needs (``target``), one *quiet* frame is dropped per tick until it
   fits. Whatever the level, the buffer never holds more than ``max_ms``: beyond it the
@@ -77,7 +79,7 @@ class JitterStats:
     shrunk_frames: int = 0  #: quiet frames dropped to win back delay
     overflow_dropped: int = 0  #: frames dropped because the buffer was full
     gap_fill_frames: int = 0  #: silence: no caller media, concealment over or not begun
-    wait_frames: int = 0  #: ticks before the first caller frame, with nothing sent
+    wait_frames: int = 0  #: ticks with nothing sent: before the first frame, in a long hold
     depth_sum_frames: int = 0
     depth_max_frames: int = 0
     ticks: int = 0
@@ -119,6 +121,7 @@ class CallerJitterBuffer:
         self._play: int | None = None  # index of the next frame to play
         self._next_seq = 0  # index of a frame pushed without media time
         self._highest = -1
+        self._held = 0  # ticks the current hold has lasted
         self._seen: set[int] = set()
         self._seen_order: deque[int] = deque()
         self._transits: deque[float] = deque(maxlen=self._window)
@@ -173,23 +176,31 @@ class CallerJitterBuffer:
         st.depth_max_frames = max(st.depth_max_frames, waiting)
         frame = self._frames.pop(self._play, None)
         if frame is not None:
+            self._held = 0
             self._advance()
             pcm = self._plc.good(g711.decode(frame, self.encoding))
             if depth - 1 > st.target_frames:
                 self._shrink_if_quiet(pcm)
             st.media_frames += 1
             return g711.encode(pcm, self.encoding), "media"
-        if self._highest > self._play:
+        holding = self._highest < self._play
+        if holding:
+            st.held_frames += 1
+            self._held += 1
+        else:
             st.lost_frames += 1
             self._advance()
-        else:
-            st.held_frames += 1
         pcm = self._plc.conceal(self.samples)
-        if not pcm.any():
-            st.gap_fill_frames += 1
-            return self._silence, "silence"
-        st.concealed_frames += 1
-        return g711.encode(pcm, self.encoding), "concealed"
+        if pcm.any():
+            st.concealed_frames += 1
+            return g711.encode(pcm, self.encoding), "concealed"
+        if holding and self._held <= self.max_frames:
+            # Concealment is over and the stream is still late: pause it rather than
+            # feed silence a VAD would take for the end of the caller's words.
+            st.wait_frames += 1
+            return self._silence, "wait"
+        st.gap_fill_frames += 1
+        return self._silence, "silence"
 
     # -- internals ----------------------------------------------------------------------
 
