@@ -349,8 +349,7 @@ class FullDuplexMode:
                     break
         except Exception as exc:  # the adapter's iterator broke: report, end the call
             self.log.exception("adapter_events_failed")
-            self._call(self.host.on_error, "internal", f"adapter event stream failed: {exc!r}",
-                       True)
+            self._call(self.host.on_error, "internal", f"adapter events failed: {exc!r}", True)
         finally:
             self._finish("adapter-closed")
 
@@ -397,10 +396,8 @@ class FullDuplexMode:
     def _agent_transitions(self, transitions: list[AgentTransition]) -> None:
         for tr in transitions:
             if tr.kind == "start":
-                if self.steering.mark_turn(tr.t_ms):
-                    self._call(self.host.on_agent_turn_started, tr.t_ms, steered=True)
-                else:
-                    self._call(self.host.on_agent_turn_started, tr.t_ms)
+                steered = {"steered": True} if self.steering.mark_turn(tr.t_ms) else {}
+                self._call(self.host.on_agent_turn_started, tr.t_ms, **steered)
             else:
                 # Interrupted: the caller was talking (pending overlap or turn) when the
                 # agent stopped, i.e. Moshi yielded to them.
