@@ -163,3 +163,18 @@ def test_concealer_fades_and_cross_fades_back() -> None:
 def test_bounds_are_checked(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="jitter buffer bounds"):
         buffer(**bad)
+
+
+def test_stream_time_maps_to_call_time_across_pauses() -> None:
+    jb = buffer(max_ms=100.0)
+    jb.pop()
+    jb.pop()  # two ticks of wait before the first frame: the stream starts 40 ms late
+    for k in range(3):
+        jb.push(frame(k), 40.0 + k * 20.0, k * 20.0)
+        jb.pop()
+    assert jb.call_ms(0.0) == 40.0 and jb.call_ms(50.0) == 90.0
+    kinds = [jb.pop()[1] for _ in range(6)]  # 60 ms concealed, a pause, then silence
+    assert kinds == ["concealed"] * 3 + ["wait"] * 2 + ["silence"]
+    # stream: 3 media + 3 concealed frames (120 ms), 2 waits, then silence from 120 ms on
+    assert jb.call_ms(110.0) == 150.0
+    assert jb.call_ms(120.0) == 120.0 + 80.0

@@ -45,14 +45,18 @@ class CallScore:
     callbacks_after_disconnect: int = 0
 
 
-def score_call(call: CorpusCall, records: list[Record]) -> CallScore:
+def score_call(call: CorpusCall, records: list[Record], delay_ms: float = 0.0) -> CallScore:
+    """``delay_ms``: a delay the call's path added to every onset (a jitter buffer's mean
+    delay), allowed for on top of the match window, so a slower line is scored on what its
+    VAD caught and the delay is reported as latency, not as misses."""
     cbs = [r for r in records if r.kind == "callback"]
     starts = [r for r in cbs if r.name == "user-turn-started"]
     used: set[int] = set()
     sc = CallScore(call.call_id, call.snr_db)
 
     def match(onset: float, end: float | None = None) -> Record | None:
-        hi = onset + MATCH_AFTER_MS if end is None else max(end, onset + MATCH_AFTER_MS)
+        after = MATCH_AFTER_MS + delay_ms
+        hi = onset + after if end is None else max(end, onset + after)
         best = None
         for i, r in enumerate(starts):
             if i not in used and onset - MATCH_BEFORE_MS <= r.t_ms <= hi and (

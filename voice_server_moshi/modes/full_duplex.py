@@ -362,10 +362,10 @@ class FullDuplexMode:
             self._note_response()
             self.playout.push(event.audio)
             self._audio_evt.set()
-        elif isinstance(event, SpeechStarted):
-            self._turn_actions(self.callers.speech_started(event.t_ms, now))
+        elif isinstance(event, SpeechStarted):  # stream time -> call time: see .jitter
+            self._turn_actions(self.callers.speech_started(self.jitter.call_ms(event.t_ms), now))
         elif isinstance(event, SpeechEnded):
-            self._turn_actions(self.callers.speech_ended(event.t_ms, now))
+            self._turn_actions(self.callers.speech_ended(self.jitter.call_ms(event.t_ms), now))
         elif isinstance(event, Transcript):
             if event.role == "agent":
                 self.agent.note_text(event.text, now)

@@ -43,6 +43,7 @@ Pure and I/O-free: times are the call clock's milliseconds, passed in.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -122,6 +123,10 @@ class CallerJitterBuffer:
         self._next_seq = 0  # index of a frame pushed without media time
         self._highest = -1
         self._held = 0  # ticks the current hold has lasted
+        # (frames sent before, waits so far) at each pause: maps stream time to call time.
+        self._sent = 0
+        self._waited = 0
+        self._wait_marks: deque[tuple[int, int]] = deque(maxlen=_SEEN)
         self._seen: set[int] = set()
         self._seen_order: deque[int] = deque()
         self._transits: deque[float] = deque(maxlen=self._window)
@@ -135,6 +140,12 @@ class CallerJitterBuffer:
         if self._play is None:
             return 0
         return sum(1 for i in self._frames if i >= self._play)
+
+    def call_ms(self, stream_ms: float) -> float:
+        """Call time (the mode's clock) of a point of the stream sent to the model (what
+        the adapter's events are timed in): later by the ``wait`` ticks before it."""
+        k = bisect.bisect_right(self._wait_marks, (stream_ms / self.frame_ms, math.inf)) - 1
+        return stream_ms + (self._wait_marks[k][1] * self.frame_ms if k >= 0 else 0.0)
 
     def push(self, frame: bytes, now_ms: float, media_ms: float | None = None) -> None:
         """One whole frame of caller media that arrived at call time ``now_ms``;
@@ -160,6 +171,18 @@ class CallerJitterBuffer:
 
     def pop(self) -> tuple[bytes, PlayKind]:
         """The caller frame for this tick and what it is."""
+        frame, kind = self._pop()
+        if kind == "wait":
+            self._waited += 1
+            if self._wait_marks and self._wait_marks[-1][0] == self._sent:
+                self._wait_marks[-1] = (self._sent, self._waited)
+            else:
+                self._wait_marks.append((self._sent, self._waited))
+        else:
+            self._sent += 1
+        return frame, kind
+
+    def _pop(self) -> tuple[bytes, PlayKind]:
         st = self.stats
         st.ticks += 1
         self._update_target()
