@@ -178,3 +178,16 @@ def test_stream_time_maps_to_call_time_across_pauses() -> None:
     # stream: 3 media + 3 concealed frames (120 ms), 2 waits, then silence from 120 ms on
     assert jb.call_ms(110.0) == 150.0
     assert jb.call_ms(120.0) == 120.0 + 80.0
+
+
+def test_call_time_maps_back_to_the_callers_media_time() -> None:
+    jb = buffer()
+    for k in range(5):
+        jb.push(frame(k), k * 20.0, k * 20.0)
+        jb.pop()
+    jb.pop()  # frame 5 is late: held one tick, so from here on 20 ms behind
+    for k in range(5, 10):
+        jb.push(frame(k), k * 20.0 + 30.0, k * 20.0)
+        jb.pop()
+    assert jb.media_ms(60.0) == 60.0  # before the hold: no delay
+    assert jb.media_ms(160.0) == 140.0  # frame 7 was played at tick 8

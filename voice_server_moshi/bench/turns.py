@@ -45,8 +45,8 @@ async def score_corpus(
     calls: list[CorpusCall], mode_settings: dict[str, Any] | None = None,
     impair: Impairment | None = None, vad: str = "energy", delayed: list[CallScore] | None = None,
 ) -> list[CallScore]:
-    """Each call's score; ``delayed`` (if given) gets the scores that allow for the delay
-    the caller jitter buffer measured on that call (:func:`score_call`'s ``delay_ms``)."""
+    """Each call's score; ``delayed`` (if given) gets the scores in the caller's media time
+    (:func:`score_call`'s ``to_media``: the delay the caller path added taken out)."""
     registry = load_registry()
     scores = []
     for call in calls:
@@ -54,8 +54,7 @@ async def score_corpus(
                                        vad=vad)
         scores.append(score_call(call, result.records))
         if delayed is not None:
-            delay = float(result.mode_stats["caller_media"]["mean_delay_ms"])
-            delayed.append(score_call(call, result.records, delay))
+            delayed.append(score_call(call, result.records, result.to_caller_media))
     return scores
 
 
@@ -210,9 +209,9 @@ async def impaired_runs(calls: list[CorpusCall], snrs: list[float], impair: Impa
                              and (delta[key]["barge_ins_raised_points"] or 0.0)
                              >= -IMPAIRED_GOAL_POINTS and s["split_barge_ins"] == 0)
     return {"impairment": impair.describe(), "by_snr_db": by_snr, "change": delta,
-            "scoring": "onsets matched within the usual window plus the jitter buffer's "
-            "measured mean delay on that call (the delay shows as onset latency); the "
-            "plain window's figures are under not_allowing_for_the_buffer_delay"}
+            "scoring": "user turns matched to the labels in the caller's media time (the "
+            "line's and the jitter buffer's delay taken out, as measured by the buffer); "
+            "the same in call time, delay included: not_allowing_for_the_buffer_delay"}
 
 
 def _points(s: dict[str, Any], c: dict[str, Any]) -> dict[str, float | None]:

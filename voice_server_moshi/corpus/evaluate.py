@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,18 +47,20 @@ class CallScore:
     callbacks_after_disconnect: int = 0
 
 
-def score_call(call: CorpusCall, records: list[Record], delay_ms: float = 0.0) -> CallScore:
-    """``delay_ms``: a delay the call's path added to every onset (a jitter buffer's mean
-    delay), allowed for on top of the match window, so a slower line is scored on what its
-    VAD caught and the delay is reported as latency, not as misses."""
+def score_call(call: CorpusCall, records: list[Record],
+               to_media: Callable[[float], float] | None = None) -> CallScore:
+    """``to_media``: call time -> the caller's media time (``CallResult.to_caller_media``):
+    onsets are then matched in the caller's own time, so a line's delay (jitter buffer) is
+    not scored as a miss; without it, in call time."""
     cbs = [r for r in records if r.kind == "callback"]
+    if to_media is not None:
+        cbs = [dataclasses.replace(r, t_ms=to_media(r.t_ms)) for r in cbs]
     starts = [r for r in cbs if r.name == "user-turn-started"]
     used: set[int] = set()
     sc = CallScore(call.call_id, call.snr_db)
 
     def match(onset: float, end: float | None = None) -> Record | None:
-        after = MATCH_AFTER_MS + delay_ms
-        hi = onset + after if end is None else max(end, onset + after)
+        hi = onset + MATCH_AFTER_MS if end is None else max(end, onset + MATCH_AFTER_MS)
         best = None
         for i, r in enumerate(starts):
             if i not in used and onset - MATCH_BEFORE_MS <= r.t_ms <= hi and (

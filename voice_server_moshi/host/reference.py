@@ -29,6 +29,7 @@ from .._log import get_logger
 from ..adapter import BaseAdapter, VoiceModelAdapter, VoiceModelConfig
 from ..errors import SteeringUnsupportedError
 from ..modes.clock import ManualClock, RealClock
+from ..modes.jitter import CallerJitterBuffer
 from ..modes.overlap import OverlapDecision
 from ..registry import Registry, load_registry
 from .config import HostConfig
@@ -67,6 +68,9 @@ class CallResult:
     settle_timeouts: int = 0
     response_wall_ms: list[float] = field(default_factory=list)
     arrival_ms: list[float] = field(default_factory=list)
+    #: Call time -> the caller's media time (the caller path's delay taken out), where the
+    #: mode knows it (the full-duplex mode's jitter buffer); for scoring against labels.
+    to_caller_media: Callable[[float], float] | None = None
 
     def timeline(self) -> list[dict[str, Any]]:
         """The records as JSON, in call-time order (``t_ms``; stable, so records of the
@@ -215,6 +219,8 @@ class ReferenceHost:
             cfg.call_id, recorder.records, bytes(caller_audio), bytes(recorder.agent_audio),
             mode.overlaps, mode.stats(), counters, time.perf_counter() - wall0, mode.t_ms,
             timeouts, list(mode.response_wall_ms), list(mode.arrival_ms),
+            jitter.media_ms if isinstance(jitter := getattr(mode, "jitter", None),
+                                          CallerJitterBuffer) else None,
         )
 
 

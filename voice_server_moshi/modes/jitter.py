@@ -127,6 +127,8 @@ class CallerJitterBuffer:
         self._sent = 0
         self._waited = 0
         self._wait_marks: deque[tuple[int, int]] = deque(maxlen=_SEEN)
+        # (tick, tick - media index) whenever a played frame's delay changes.
+        self._offsets: deque[tuple[int, int]] = deque(maxlen=_SEEN)
         self._seen: set[int] = set()
         self._seen_order: deque[int] = deque()
         self._transits: deque[float] = deque(maxlen=self._window)
@@ -146,6 +148,13 @@ class CallerJitterBuffer:
         the adapter's events are timed in): later by the ``wait`` ticks before it."""
         k = bisect.bisect_right(self._wait_marks, (stream_ms / self.frame_ms, math.inf)) - 1
         return stream_ms + (self._wait_marks[k][1] * self.frame_ms if k >= 0 else 0.0)
+
+    def media_ms(self, call_ms: float) -> float:
+        """The caller's media time of what was played at call time ``call_ms``: earlier by
+        the delay the line and the buffer added then (for scoring turns against the
+        caller's own audio; the last minute of changes is kept)."""
+        k = bisect.bisect_right(self._offsets, (call_ms / self.frame_ms, math.inf)) - 1
+        return call_ms - (self._offsets[k][1] * self.frame_ms if k >= 0 else 0.0)
 
     def push(self, frame: bytes, now_ms: float, media_ms: float | None = None) -> None:
         """One whole frame of caller media that arrived at call time ``now_ms``;
@@ -199,6 +208,9 @@ class CallerJitterBuffer:
         st.depth_max_frames = max(st.depth_max_frames, waiting)
         frame = self._frames.pop(self._play, None)
         if frame is not None:
+            offset = st.ticks - 1 - self._play
+            if not self._offsets or self._offsets[-1][1] != offset:
+                self._offsets.append((st.ticks - 1, offset))
             self._held = 0
             self._advance()
             pcm = self._plc.good(g711.decode(frame, self.encoding))
