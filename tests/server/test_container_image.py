@@ -91,7 +91,9 @@ def served(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
             "-v", f"{token_file}:/run/secrets/voice-server-moshi/token:ro", image)
     try:
         port = _podman("port", name, "8998").strip().rsplit(":", 1)[-1]
-        yield name, f"127.0.0.1:{port}"
+        base = f"127.0.0.1:{port}"
+        assert _wait_ready(name, base)["ready"] is True
+        yield name, base
     finally:
         _podman("rm", "-f", "-t", "5", name, check=False)
         _podman("volume", "rm", "-f", f"{name}-cache", check=False)
@@ -116,25 +118,33 @@ def _wait_ready(name: str, base: str, within_s: float = 300) -> dict[str, object
                          f"{logs[-4000:]}")
 
 
-async def test_serve_in_the_container_holds_a_call_as_a_non_root_user(
+def test_serve_answers_its_probes_wants_the_token_and_is_not_root(
     served: tuple[str, str],
 ) -> None:
     name, base = served
-    ready = _wait_ready(name, base)
-    assert ready["ready"] is True
     assert httpx.get(f"http://{base}/healthz", timeout=5).status_code == 200
-    # The token from the mounted file is required.
+    assert httpx.get(f"http://{base}/readyz", timeout=5).json()["ready"] is True
+    # The token from the mounted file is required, and it is the one that works.
     assert httpx.get(f"http://{base}/metrics", timeout=5).status_code == 401
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert httpx.get(f"http://{base}/metrics", headers=auth, timeout=5).status_code == 200
+    # Every process in the container runs as the image's user, not root.
+    procs = _podman("top", name, "user", "args").splitlines()[1:]
+    assert procs and all(line.split()[0] == "moshi" for line in procs), procs
+    assert _podman("exec", name, "id", "-u").strip() == str(IMAGE_UID)
+
+
+async def test_a_kyutai_protocol_call_through_the_container_gets_agent_audio(
+    served: tuple[str, str],
+) -> None:
+    """The host's path: the Moshi adapter on the project's remote transport."""
+    _, base = served
     adapter = MoshiAdapter(MoshiSettings(url=f"ws://{base}/api/chat", auth_token=TOKEN,
                                          connect_timeout_s=60))
     call = await CallRecorder(adapter).start()
     await call.send_realtime(speechlike(3.0))
     await call.until(lambda: call.agent_ms() >= 1000, within_s=60)
     await call.end()
-    # Every process in the container runs as the image's user, not root.
-    uids = _podman("top", name, "user", "huser", "args").splitlines()[1:]
-    assert uids and all(line.split()[0] == "moshi" for line in uids), uids
-    assert _podman("exec", name, "id", "-u").strip() == str(IMAGE_UID)
 
 
 def test_no_token_in_the_image_its_history_or_the_container_config(
@@ -148,13 +158,16 @@ def test_no_token_in_the_image_its_history_or_the_container_config(
     assert "AUTH_TOKEN" not in json.dumps(json.loads(image_config)[0]["Config"].get("Env"))
     # The token reaches serve as a file only: not in the container's env or arguments.
     assert TOKEN not in _podman("inspect", name)
-    # Every layer, byte for byte (streamed, not written to disk).
-    save = subprocess.Popen([*PODMAN, "save", "--format", "docker-archive", image],
-                            stdout=subprocess.PIPE)
-    assert save.stdout is not None
-    needle, tail, total = TOKEN.encode(), b"", 0
-    for chunk in iter(lambda: save.stdout.read(1 << 22), b""):  # type: ignore[union-attr]
-        assert needle not in tail + chunk, "the token is in an image layer"
-        tail, total = chunk[-len(needle):], total + len(chunk)
-    assert save.wait(timeout=600) == 0
-    assert total > 100 << 20  # the layers were really read
+    # Every layer as stored (overlay's per-layer diff directories: a file a later layer
+    # deletes is still here), byte for byte. `podman save | grep` reads the same bytes,
+    # 4x slower (tar and digests of 8 GB).
+    layers = _podman("image", "inspect", "--format",
+                     "{{.GraphDriver.Data.LowerDir}}:{{.GraphDriver.Data.UpperDir}}", image)
+    dirs = [d for d in layers.strip().split(":") if d]
+    assert len(dirs) >= 3 and all(Path(d).is_dir() for d in dirs), dirs
+    found = subprocess.run(["grep", "-rlF", "-D", "skip", "--no-messages", TOKEN, *dirs],
+                           capture_output=True, text=True, timeout=600)
+    assert found.returncode == 1, f"the token is in a layer: {found.stdout[:2000]}"
+    # The canary is findable where it is (the check can fail): the container's own
+    # mounted token file holds it.
+    assert TOKEN in _podman("exec", name, "cat", "/run/secrets/voice-server-moshi/token")
