@@ -7,7 +7,7 @@
 # Steps, each cached under $CACHE_DIR so a second build is fast:
 #   1. the base: BASE_IMAGE if given, else Debian bookworm made with
 #      `debootstrap --variant=minbase` (tarball cached) and `podman import`ed;
-#   2. the wheelhouse: every dependency of voice-server-moshi[$EXTRAS], resolved from
+#   2. the wheelhouse: every dependency (manylinux up to glibc 2.36, bookworm) of voice-server-moshi[$EXTRAS], resolved from
 #      pyproject.toml's ranges by the host's pip (so the host's pip cache and config are
 #      reused, and the build itself needs no PyPI), one directory per resolution input;
 #   3. `podman build` (or $CONTAINER_CLI) with the wheelhouse as the `wheels` context.
@@ -50,7 +50,7 @@ flock 9
 if [ -z "${BASE_IMAGE:-}" ]; then
     BASE_IMAGE=localhost/voice-server-moshi-base:bookworm
     tarball="$CACHE_DIR/debian-bookworm-minbase.tar"
-    if ! cli image exists "$BASE_IMAGE"; then
+    if ! cli image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
         if [ ! -s "$tarball" ]; then
             command -v debootstrap >/dev/null || {
                 echo "build-image: debootstrap is needed for the local base (apt-get install" \
@@ -59,6 +59,11 @@ if [ -z "${BASE_IMAGE:-}" ]; then
             root="$(mktemp -d "$CACHE_DIR/rootfs.XXXXXX")"
             trap 'rm -rf "$root"' EXIT
             debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian >&2
+            # minbase lists only the release; security fixes come from these two.
+            printf '%s\n' "deb http://deb.debian.org/debian bookworm main" \
+                "deb http://deb.debian.org/debian bookworm-updates main" \
+                "deb http://deb.debian.org/debian-security bookworm-security main" \
+                > "$root/etc/apt/sources.list"
             rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
             tar -C "$root" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
             rm -rf "$root"; trap - EXIT
@@ -69,11 +74,14 @@ if [ -z "${BASE_IMAGE:-}" ]; then
 fi
 
 # 2. the wheelhouse ----------------------------------------------------------------------
-# Keyed by what the resolution reads; a new key resolves afresh (within pyproject's
+# Keyed by what the resolution reads (the dependency tables, not the rest of
+# pyproject.toml); a new key resolves afresh (within pyproject's
 # ranges, so a later day may pick newer releases: the image records them in
 # /opt/venv/requirements.lock).
-key="$( { cat pyproject.toml; echo "$PY_VERSION $EXTRAS ${PIP_DOWNLOAD_ARGS:-}"; } \
-        | sha256sum | cut -c1-16)"
+deps="$("$PYTHON" -c 'import json, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))
+print(json.dumps([p["build-system"], p["project"]["dependencies"],
+                  p["project"]["optional-dependencies"]], sort_keys=True))')"
+key="$(echo "$deps $PY_VERSION $EXTRAS ${PIP_DOWNLOAD_ARGS:-}" | sha256sum | cut -c1-16)"
 wheels="$CACHE_DIR/wheels-$key"
 if [ ! -f "$wheels/.complete" ]; then
     step "wheelhouse for [$EXTRAS], python $PY_VERSION -> $wheels"
@@ -82,7 +90,7 @@ if [ ! -f "$wheels/.complete" ]; then
     "$PYTHON" -m pip wheel -q --no-deps -w "$dist" . >&2
     platforms=()
     for p in manylinux2014 manylinux_2_17 manylinux_2_24 manylinux_2_27 manylinux_2_28 \
-             manylinux_2_31 manylinux_2_34 manylinux_2_35 manylinux_2_36 manylinux_2_39; do
+             manylinux_2_31 manylinux_2_34 manylinux_2_35 manylinux_2_36; do
         platforms+=(--platform "${p}_x86_64")
     done
     # shellcheck disable=SC2086
@@ -93,6 +101,8 @@ if [ ! -f "$wheels/.complete" ]; then
     rm -f "$wheels"/voice_server_moshi-*.whl
     rm -rf "$dist"
     touch "$wheels/.complete"
+    # Older resolutions are gigabytes each; the new one replaces them.
+    find "$CACHE_DIR" -maxdepth 1 -name 'wheels-*' ! -name "wheels-$key" -exec rm -rf {} +
 fi
 digest="$(ls "$wheels" | sha256sum | cut -c1-16)"
 
