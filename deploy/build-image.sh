@@ -7,9 +7,10 @@
 # Steps, each cached under $CACHE_DIR so a second build is fast:
 #   1. the base: BASE_IMAGE if given, else Debian bookworm made with
 #      `debootstrap --variant=minbase` (tarball cached) and `podman import`ed;
-#   2. the wheelhouse: every dependency (manylinux up to glibc 2.36, bookworm) of voice-server-moshi[$EXTRAS], resolved from
-#      pyproject.toml's ranges by the host's pip (so the host's pip cache and config are
-#      reused, and the build itself needs no PyPI), one directory per resolution input;
+#   2. the wheelhouse: every dependency of voice-server-moshi[$EXTRAS] (manylinux wheels
+#      up to glibc 2.36, bookworm's), resolved from pyproject.toml's ranges by the host's
+#      pip (its index and proxy settings apply; the build itself needs no PyPI), one
+#      directory per resolution input;
 #   3. `podman build` (or $CONTAINER_CLI) with the wheelhouse as the `wheels` context.
 # Prints the image name and its size on the last two lines of stdout.
 #
