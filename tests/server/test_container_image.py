@@ -95,7 +95,8 @@ def served(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
         assert _wait_ready(name, base)["ready"] is True
         yield name, base
     finally:
-        _podman("rm", "-f", "-t", "5", name, check=False)
+        # -v: also the anonymous volume the image's VOLUME /voices made.
+        _podman("rm", "-f", "-v", "-t", "5", name, check=False)
         _podman("volume", "rm", "-f", f"{name}-cache", check=False)
 
 
