@@ -137,3 +137,51 @@ def test_the_network_policy_opens_only_serves_port_to_callers() -> None:
             else:  # the KubeRay operator: the dashboard and its agent, nothing else
                 assert labels == {"app.kubernetes.io/name": "kuberay-operator"}
                 assert sorted(p["port"] for p in rule["ports"]) == [8265, 52365]
+def _flag(args: list[str], name: str) -> str:
+    (value,) = [a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")]
+    return value
+
+
+def test_serve_deployment_and_service_are_valid_and_drain_longer_than_a_call() -> None:
+    """deploy/serve-deployment.yaml: one `serve` on a GPU, probed on /healthz and /readyz,
+    its token a Secret mounted as the file the image's command reads."""
+    kv = pytest.importorskip("kubernetes_validate")
+    docs = list(yaml.safe_load_all((DEPLOY / "serve-deployment.yaml").read_text()))
+    for doc in docs:
+        kv.validate(doc, kv.latest_version(), strict=True)
+    deployment, service = docs
+    assert (deployment["kind"], service["kind"]) == ("Deployment", "Service")
+    pod = deployment["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (c,) = pod["spec"]["containers"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    args = c["args"]
+    assert args[0] == "serve"
+    assert pod["spec"]["terminationGracePeriodSeconds"] > float(_flag(args, "max-call-s")) > 0
+    token_path = Path(_flag(args, "auth-token-file"))
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    (token,) = [n for n, v in volumes.items() if "secret" in v]
+    assert mounts[token]["mountPath"] == str(token_path.parent) and mounts[token]["readOnly"]
+    assert [i["path"] for i in volumes[token]["secret"]["items"]] == [token_path.name]
+    assert not any("AUTH_TOKEN" in e["name"] for e in c.get("env", []))
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_manifests_name_the_image_the_build_script_makes() -> None:
+    """build-image.sh names its image <registry>/voice-server-moshi:<version>; the
+    manifests pull that (from their registry)."""
+    import tomllib
+
+    version = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]["version"]
+    script = (DEPLOY / "build-image.sh").read_text()
+    assert 'IMAGE="${IMAGE:-localhost/voice-server-moshi:$version}"' in script
+    cluster = load("rayservice.yaml")["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"]]
+    pods += [g["template"] for g in cluster["workerGroupSpecs"]]
+    pods.append(next(yaml.safe_load_all((DEPLOY / "serve-deployment.yaml").read_text()))
+                ["spec"]["template"])
+    images = {c["image"] for p in pods for c in p["spec"]["containers"]}
+    assert images == {f"registry.example.com/voice-server-moshi:{version}"}
