@@ -18,8 +18,9 @@ what it sends when the frame is not there decides whether a late word survives. 
     audio is lost. Each hold adds a frame of delay: the buffer has grown by one frame.
   - Concealment fades out after 60 ms (the appendix). A hold that lasts longer pauses
     the caller's stream (``wait``: nothing is sent, so no VAD hears silence in the middle
-    of a word) until it has lasted ``max_ms``; silence after that is a ``gap_fill`` (the
-    caller's media has stopped, not jittered) and keeps Moshi's clock running.
+    of a word) for as long as the line's recent jitter (``target``) says a late frame may
+    still come; silence after that is a ``gap_fill`` (the caller's media has stopped, not
+    jittered) and keeps Moshi's clock running. A line without jitter never pauses.
 * Delay is won back only where it cannot be heard: when more frames are buffered than the
   jitter seen lately needs (``target``), one *quiet* frame is dropped per tick until it
   fits. Whatever the level, the buffer never holds more than ``max_ms``: beyond it the
@@ -133,6 +134,7 @@ class CallerJitterBuffer:
         self._seen_order: deque[int] = deque()
         self._transits: deque[float] = deque(maxlen=self._window)
         self._plc = Concealer(sample_rate, conceal_ms)
+        self._conceal_frames = math.ceil(conceal_ms / frame_ms)
         self._silence = g711.encode(np.zeros(self.samples, dtype=np.int16), encoding)
         self.stats = JitterStats(target_frames=self.min_frames)
 
@@ -229,9 +231,10 @@ class CallerJitterBuffer:
         if pcm.any():
             st.concealed_frames += 1
             return g711.encode(pcm, self.encoding), "concealed"
-        if holding and self._held <= self.max_frames:
-            # Concealment is over and the stream is still late: pause it rather than
-            # feed silence a VAD would take for the end of the caller's words.
+        if holding and self._held <= self._conceal_frames + st.target_frames:
+            # Concealment is over and the stream is still late by no more than the line's
+            # jitter: pause it rather than feed silence a VAD would take for the end of the
+            # caller's words (on a line without jitter, media that stops has stopped).
             st.wait_frames += 1
             return self._silence, "wait"
         st.gap_fill_frames += 1
