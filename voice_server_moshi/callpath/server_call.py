@@ -128,8 +128,9 @@ class ServerCall:
     async def reap(self, reap: Reap) -> None:
         """End the call for ``reap``'s reason: free its slot at once, then ``0x05`` saying
         why and the close frame (bounded: a peer that reads nothing must not hold it)."""
+        first = self.caller.closed_reason() is None and self.end(reap.reason)
         await self.link.aclose()
-        if self.caller.closed_reason() is not None or not self.end(reap.reason):
+        if not first:
             return  # already ending: keepalive, the client, the operator came first
         self.clog.info("closing the call", reason=reap.reason.value, code=reap.code,
                        message=reap.message)

@@ -6,9 +6,34 @@ load the model: bucket bounds come with each replica's snapshot)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from .relay import IngressCounters
+from ..server.limits import CloseReason
+from ..server.metrics import ServerCounters
+
+#: Endings that are a call limit (ADR 0065): ``moshi_ingress_calls_reaped_total``.
+_LIMIT_REASONS = frozenset({CloseReason.FIRST_AUDIO, CloseReason.NO_INPUT,
+                            CloseReason.MAX_CALL, CloseReason.AHEAD, CloseReason.FLOOD,
+                            CloseReason.MALFORMED, CloseReason.BAD_AUDIO})
+
+
+@dataclass
+class IngressCounters(ServerCounters):
+    """The call path's counters (:class:`ServerCounters`) plus the ingress's own."""
+
+    replica_failures: int = 0
+    routed: int = 0
+    routing_seconds_sum: float = 0.0
+
+    @property
+    def active_calls(self) -> int:
+        return self.active_connections
+
+    @property
+    def calls_reaped(self) -> int:
+        """Calls closed for a limit (timeouts, rate, audio ahead, malformed; ADR 0065)."""
+        return sum(n for r, n in self.closed.items() if r in _LIMIT_REASONS)
 
 
 def _esc(v: object) -> str:

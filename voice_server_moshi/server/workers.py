@@ -3,13 +3,14 @@
 The engine process runs the model and the data plane (:mod:`..cluster.engine_side`: PCM
 frames over a loopback WebSocket). K worker processes share the public port
 (``SO_REUSEPORT``: the kernel spreads new connections over them) and do everything else
-per call: Kyutai's protocol (the same sans-I/O ``ServerSession``), Ogg/Opus, auth. So the
+per call: the call path every front door shares (:mod:`..callpath`, ADR 0110: Kyutai's
+protocol, limits, Ogg/Opus, steering, caller transcripts), auth. So the
 per-call CPU that capped one ``serve`` process near 90 calls scales with K, and the
 engine's process keeps only a few microseconds of socket work per frame.
 
-Each worker asks the engine for a slot when a call arrives (``{"call_id": ...}`` on the
-data plane): a full engine answers ``server busy``, which the worker turns into ``0x05`` +
-close 1013, exactly like the single-process server.
+Each worker asks the engine for a slot when a call arrives (a hello with the call's id on
+the data plane, :mod:`..callpath.wire`): a full engine answers ``server busy``, which the
+worker turns into ``0x05`` + close 1013, exactly like the single-process server.
 """
 
 from __future__ import annotations
@@ -27,41 +28,20 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import websockets
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from .._log import get_logger
-from ..cluster import relay, wire
-from ..moshi.session import ServerSession, bearer_authorized
+from ..callpath.front import CallFront
+from ..callpath.remote import RemoteEngine
+from ..engine.call_sampling import CallSampling
+from ..moshi.session import bearer_authorized
 from .config import ServerConfig
+from .metrics import ServerCounters
 from .responses import json_response, response
+from .ws_caller import WsCaller
 
 log = get_logger(__name__)
-
-
-class _WsCaller:
-    """:class:`relay.CallerSocket` over a ``websockets`` server connection."""
-
-    def __init__(self, ws: ServerConnection) -> None:
-        self.ws = ws
-
-    async def receive(self) -> bytes | str | None:
-        try:
-            return await self.ws.recv()
-        except ConnectionClosed:
-            return None
-
-    async def send(self, data: bytes) -> None:
-        try:
-            await self.ws.send(data)
-        except ConnectionClosed as exc:
-            raise relay.CallerGone() from exc
-
-    async def close(self, code: int, reason: str) -> None:
-        with contextlib.suppress(Exception):
-            await self.ws.close(code, reason)
 
 
 class IngressWorker:
@@ -71,9 +51,17 @@ class IngressWorker:
         self.config = config
         self.data_url = data_url
         self.http_base = data_url.replace("ws://", "http://").removesuffix("/call")
-        self.counters = relay.IngressCounters()
+        self.counters = ServerCounters()
         self.name = f"worker-{os.getpid()}"
         self.engine_info: Mapping[str, Any] = {}
+        self.gateway = RemoteEngine(data_url)
+        self.front = CallFront(config.limits, config.max_message_bytes, config.instance_name,
+                               config.admission_wait_s, default_sampling=self._default_sampling,
+                               counters=self.counters)
+
+    def _default_sampling(self) -> CallSampling:
+        """The engine's per-call sampling defaults (read once, at start)."""
+        return CallSampling(**self.engine_info.get("default_sampling", {}))
 
     async def run(self, stop: asyncio.Event, started: Any = None) -> None:
         async with httpx.AsyncClient(trust_env=False, timeout=5) as http_client:
@@ -101,6 +89,7 @@ class IngressWorker:
         if path in ("/readyz", "/capacity"):
             cap = (await self._engine("/capacity")).json()
             cap.pop("model", None)
+            cap.pop("default_sampling", None)
             if path == "/capacity":
                 return json_response(http.HTTPStatus.OK, cap)
             ready = bool(cap["ready"]) and cap["free_slots"] > 0
@@ -127,52 +116,9 @@ class IngressWorker:
     async def _handle(self, ws: ServerConnection) -> None:
         call_id = f"srv-{uuid.uuid4().hex[:12]}"
         clog = log.bind(call_id=call_id, worker=self.name)
-        caller = _WsCaller(ws)
-        granted: dict[str, Any] = {}
-        session = ServerSession(
-            max_message_bytes=self.config.max_message_bytes,
-            query_parser=relay.sampling_params,
-            metadata_builder=lambda _s: relay.granted_metadata(
-                granted, instance_name=self.config.instance_name,
-                extra={"slots": self.engine_info.get("slots")}),
-            max_malformed_replies=self.config.limits.max_malformed)
-        self.counters.connections += 1
-        if not session.accept(ws.request.path if ws.request is not None else ""):
-            await relay.flush_quietly(caller, session)
-            return
-        try:
-            data = await websockets.connect(self.data_url, compression=None, proxy=None,
-                                            open_timeout=5, max_size=64 * 1024)
-            await data.send(json.dumps({
-                "call_id": call_id, "wait_s": self.config.admission_wait_s,
-                "sampling_query": session.params.get("sampling_query", {})}))
-            first = await data.recv()
-        except (OSError, ConnectionClosed, TimeoutError) as exc:
-            clog.warning("engine unreachable", error=str(exc))
-            session.refuse_busy("engine unreachable; try again later")
-            await relay.flush_quietly(caller, session)
-            return
-        if isinstance(first, bytes):
-            reply = wire.decode_reply(first)
-            detail = (reply.message.removeprefix("server busy: ")
-                      if isinstance(reply, wire.EngineFailure) else "engine refused the call")
-            self.counters.refused_busy += 1
-            clog.info("call refused: server busy")
-            session.refuse_busy(detail)
-            await relay.flush_quietly(caller, session)
-            await data.close()
-            return
-        granted.update(json.loads(first))  # {"ok": true, "sampling": ..., model files}
-        self.counters.active_calls += 1
-        clog.info("call started")
-        try:
-            never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            outcome = await relay.relay_call(caller, session, data, lease_end=never,
-                                             counters=self.counters, clog=clog,
-                                             limits=self.config.limits)
-            clog.info("call ended", outcome=outcome)
-        finally:
-            self.counters.active_calls -= 1
+        await self.front.serve_call(WsCaller(ws),
+                                    ws.request.path if ws.request is not None else "",
+                                    self.gateway, call_id, clog)
 
 
 def worker_main(config: ServerConfig, data_url: str, started: Any, log_level: str | None) -> None:
