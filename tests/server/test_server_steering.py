@@ -1,6 +1,7 @@
 """Steering through ``serve`` (ADR 0070, docs/protocol.md): a plain Kyutai-protocol client
 sends ``0x02`` text and hears it back in the agent's ``0x02`` stream; the adapter's remote
-transport steers too; Kyutai's own server is reported as not steerable. Say, cancel and malformed steering on every front door: tests/frontdoors."""
+transport steers too; Kyutai's own server is reported as not steerable. Say, cancel and
+malformed steering on every front door: tests/frontdoors."""
 
 from __future__ import annotations
 
