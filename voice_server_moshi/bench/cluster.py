@@ -42,8 +42,9 @@ from typing import Any
 import numpy as np
 
 from .._cli_help import command_parser
+from ..audio.moshi_frame import FRAME_SAMPLES
 
-FRAME = 1920
+FRAME = FRAME_SAMPLES
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 

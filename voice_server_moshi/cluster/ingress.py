@@ -35,6 +35,8 @@ from ..engine.call_sampling import CallSampling
 from ..errors import ServerBusyError
 from ..moshi import protocol
 from ..moshi.session import bearer_authorized
+from ..server.auth import FailureLimiter
+from ..server.endpoints import Capacity, readiness
 from ..server.limits import CallLimits, CloseReason
 from . import directory
 from .metrics import IngressCounters, render
@@ -56,6 +58,9 @@ class IngressSpec:
     instance_name: str = "voice-server-moshi"
     #: Per-call limits, as ``serve``'s (ADR 0065); the proxy owns keepalive here.
     limits: CallLimits = field(default_factory=CallLimits)
+    #: Wrong tokens allowed per address per window before 429, as ``serve``'s.
+    auth_max_failures: int = 10
+    auth_window_s: float = 60.0
 
     def __repr__(self) -> str:  # never show the token
         return (f"IngressSpec(app_name={self.app_name!r}, "
@@ -132,6 +137,7 @@ class IngressCore:
         self._directory = directory.get_directory(spec.app_name)
         self._snap: list[dict[str, Any]] = []
         self._snap_at = 0.0
+        self.auth_limiter = FailureLimiter(spec.auth_max_failures, spec.auth_window_s)
         self.front = CallFront(spec.limits, spec.max_message_bytes, spec.instance_name,
                                spec.admission_wait_s, default_sampling=self._default_sampling,
                                counters=self.counters)
@@ -158,47 +164,61 @@ class IngressCore:
     async def healthz(self) -> PlainTextResponse:
         return PlainTextResponse("ok\n")
 
-    async def readyz(self) -> JSONResponse:
-        reps = await self.replicas()
-        free = sum(int(r["free_slots"]) for r in reps if r["ready"])
-        ready = free > 0
-        reason = "ok" if ready else ("no engine replica" if not reps else "no free slot")
-        return JSONResponse({"ready": ready, "reason": reason, "free_slots": free,
-                             "replicas": len(reps)}, status_code=200 if ready else 503)
-
-    async def capacity(self) -> JSONResponse:
+    async def _capacity(self) -> Capacity:
         reps = await self.replicas()
         keys = ("replica", "pid", "node", "slots", "free_slots", "active_slots", "ready",
                 "device", "tick_p50_s", "tick_p99_s", "age_s")
-        return JSONResponse({
-            "slots": sum(int(r["slots"]) for r in reps),
-            "free_slots": sum(int(r["free_slots"]) for r in reps),
-            "active_slots": sum(int(r["active_slots"]) for r in reps),
-            "ready": any(r["ready"] for r in reps),
-            "replicas": [{k: r.get(k) for k in keys} for r in reps],
-            "ingress": {"name": self.name, "active_calls": self.counters.active_calls,
-                        "routed": self.counters.routed,
-                        "routing_seconds_sum": self.counters.routing_seconds_sum},
-        })
+        return Capacity(
+            sum(int(r["slots"]) for r in reps), sum(int(r["free_slots"]) for r in reps),
+            any(r["ready"] for r in reps), "no engine replica ready",
+            extra={"replicas": [{k: r.get(k) for k in keys} for r in reps],
+                   "ingress": {"name": self.name, "active_calls": self.counters.active_calls,
+                               "routed": self.counters.routed,
+                               "routing_seconds_sum": self.counters.routing_seconds_sum}})
+
+    async def readyz(self) -> JSONResponse:
+        status, body = readiness(await self._capacity())
+        return JSONResponse(body, status_code=status)
+
+    async def capacity(self) -> JSONResponse:
+        return JSONResponse((await self._capacity()).as_json())
 
     async def metrics(self, request: Request) -> Response:
-        if not self._authorized(request.headers, str(request.url.query)):
-            return PlainTextResponse("unauthorized\n", status_code=401)
+        verdict = self._auth(request.headers, str(request.url.query), request.client)
+        if verdict is not None:
+            return PlainTextResponse(
+                "too many failed attempts\n" if verdict else "unauthorized\n",
+                status_code=429 if verdict else 401,
+                headers={"Retry-After": str(verdict)} if verdict else None)
         text = render(await self.replicas(), self.counters, self.name)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
-    def _authorized(self, headers: Any, query: str) -> bool:
-        return bearer_authorized(self.spec.auth_token, headers, f"/?{query}")
+    def _auth(self, headers: Any, query: str, client: Any) -> int | None:
+        """None: go on; 0: a wrong or missing token; > 0: this address failed too often,
+        retry after that many seconds (``serve``'s limit on guessing, :mod:`..server.auth`)."""
+        token = self.spec.auth_token
+        if token is None:
+            return None
+        verdict = self.auth_limiter.check(
+            client.host if client is not None else "unknown", time.monotonic(),
+            lambda: bearer_authorized(token, headers, f"/?{query}"))
+        if verdict is not None:
+            if verdict > 0:
+                self.counters.auth_throttled += 1
+            else:
+                self.counters.auth_failures += 1
+        return verdict
 
     # -- /api/chat ------------------------------------------------------------------------
 
     async def chat(self, ws: WebSocket) -> None:
         call_id = f"clu-{uuid.uuid4().hex[:12]}"
         clog = log.bind(call_id=call_id, ingress=self.name)
-        if not self._authorized(ws.headers, ws.url.query):
-            self.counters.auth_failures += 1
-            clog.warning("unauthorized /api/chat request")
-            await ws.close(1008, "missing or wrong bearer token")
+        verdict = self._auth(ws.headers, ws.url.query, ws.client)
+        if verdict is not None:
+            clog.warning("unauthorized /api/chat request", throttled=bool(verdict))
+            await ws.close(1008, "too many failed attempts" if verdict
+                           else "missing or wrong bearer token")
             return
         await ws.accept()
         await self.replicas()  # fresh defaults for the query check

@@ -1,18 +1,13 @@
 """The batched Moshi server: Kyutai's ``/api/chat`` protocol over one engine, many calls.
 
-Built on ``websockets`` (a core dependency; ADR 0031). Plain HTTP endpoints are answered
-in ``process_request`` before any WebSocket upgrade:
-
-* ``GET /healthz``: 200 while the process serves;
-* ``GET /readyz``: 200 when the engine is warmed up, its tick thread alive, and a slot
-  free, else 503;
-* ``GET /capacity``: JSON ``{"slots", "free_slots", "active_slots", "ready"}``;
-* ``GET /metrics``: Prometheus text format (:mod:`.metrics`).
+Built on ``websockets`` (a core dependency; ADR 0031). Plain HTTP endpoints
+(``/healthz``, ``/readyz``, ``/capacity``, ``/metrics``, the same on every front door) are
+answered in ``process_request`` before any WebSocket upgrade (:mod:`.endpoints`).
 
 ``/api/chat`` follows Kyutai's Rust servers: a 9-byte handshake (``0x00`` + two u32 LE
 zeros), a ``0x04`` metadata JSON, then ``0x01`` Ogg/Opus audio and ``0x02`` text both
 ways; a client's ``0x02`` text means "say this", and ``0x40``-``0x42`` carry the rest of
-steering (:mod:`.steering`, docs/protocol.md, ADR 0070); per-call sampling comes from
+steering (docs/protocol.md, ADR 0070); per-call sampling comes from
 Kyutai's query parameters (ADR 0080). A call that finds every slot taken gets a ``0x05``
 error and a close (1013, "try again later"), never a silent wait. Optional bearer-token
 auth guards ``/api/chat`` and ``/metrics``; an address with too many wrong tokens gets 429
@@ -38,15 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http
-import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.http11 import Request, Response
 
 from .._log import get_logger
 from ..callpath.front import CallFront
@@ -58,15 +48,12 @@ from ..moshi.session import (
     CLOSE_BUSY,
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
-    bearer_authorized,
 )
-from .auth import FailureLimiter, address_of, throttled_response
 from .config import ServerConfig
+from .endpoints import Capacity, HttpFront
 from .limits import CloseReason
 from .logsafe import SafeLogger, install_redaction
-from .metrics import CONTENT_TYPE, ServerCollector, ServerCounters, new_registry, render
-from .responses import bytes_response, json_response, response
-from .static import StaticFiles
+from .metrics import ServerCollector, ServerCounters, new_registry, render
 from .ws_caller import WsCaller
 
 __all__ = [
@@ -89,9 +76,6 @@ class BatchedServer:
         #: call id -> the call in progress, for :meth:`close_call`.
         self._calls: dict[str, ServerCall] = {}
         self._closing = False
-        self._static = StaticFiles(self.config.static_dir) if self.config.static_dir else None
-        self.auth_limiter = FailureLimiter(self.config.auth_max_failures,
-                                           self.config.auth_window_s)
         self._registry = new_registry(ServerCollector(engine.metrics, self.counters,
                                                       engine.tick_thread_alive))
         cfg = self.config
@@ -102,6 +86,10 @@ class BatchedServer:
                                cfg.admission_wait_s,
                                default_sampling=lambda: engine.default_sampling,
                                counters=self.counters)
+        #: /healthz, /readyz, /capacity, /metrics, auth, the static client (ADR 0110).
+        self.http = HttpFront(cfg, self.counters, capacity=self.capacity,
+                              metrics=self.metrics_text)
+        self.auth_limiter = self.http.limiter
 
     @property
     def port(self) -> int:
@@ -113,27 +101,15 @@ class BatchedServer:
 
     async def start(self) -> None:
         install_redaction()
-        lim = self.config.limits
-        self._server = await serve(
-            self._handle,
-            self.config.host,
-            self.config.port,
-            process_request=self._process_request,
-            compression=None,  # Opus does not compress; deflate would only cost CPU
-            max_size=self.config.max_message_bytes,
-            max_queue=32,
-            ping_interval=lim.ping_interval_s,
-            ping_timeout=lim.ping_timeout_s,
-            close_timeout=lim.close_timeout_s,
-            server_header="voice-server-moshi",
-            logger=logging.getLogger("websockets.server"),  # redacted: install_redaction
-        )
+        self._server = await serve(self._handle, self.config.host, self.config.port,
+                                   process_request=self.http.process_request,
+                                   **self.config.websocket_options())
         log.info("server listening", host=self.config.host, port=self.port,
                  slots=self.engine.slots, auth=self.config.auth_token is not None)
 
     async def close(self) -> None:
         """Stop accepting, close every call with 1001 and wait for handlers to finish."""
-        self._closing = True
+        self._closing = self.http.closing = True
         if self._server is None:
             return
         for call in list(self._calls.values()):
@@ -174,65 +150,15 @@ class BatchedServer:
 
     # -- HTTP ----------------------------------------------------------------------------
 
-    def _auth_refusal(self, connection: ServerConnection, request: Request,
-                      path: str) -> Response | None:
-        """None when the request may go on; else 401, or 429 for an address that failed
-        too often (checked first: a throttled guess is not even compared)."""
-        if self.config.auth_token is None:
-            return None
-        addr = address_of(connection.remote_address)
-        verdict = self.auth_limiter.check(
-            addr, time.monotonic(),
-            lambda: bearer_authorized(self.config.auth_token, request.headers, request.path))
-        if verdict is None:
-            return None
-        if verdict > 0:
-            self.counters.auth_throttled += 1
-            return throttled_response(verdict)
-        self.counters.auth_failures += 1
-        log.warning("unauthorized request", path=path, remote=addr)
-        return response(http.HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token\n",
-                        "text/plain")
+    async def capacity(self) -> Capacity:
+        engine = self.engine
+        alive = engine.tick_thread_alive()
+        return Capacity(engine.slots, engine.free_slots(), engine.ready and alive,
+                        "warming up" if not engine.ready
+                        else "engine tick thread is not running")
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = urlsplit(request.path).path
-        if path == "/healthz":
-            return response(http.HTTPStatus.OK, "ok\n", "text/plain")
-        if path == "/readyz":
-            free = self.engine.free_slots()
-            alive = self.engine.tick_thread_alive()
-            ready = self.engine.ready and alive and free > 0 and not self._closing
-            reason = ("ok" if ready else "closing" if self._closing
-                      else "warming up" if not self.engine.ready
-                      else "engine tick thread is not running" if not alive
-                      else "no free slot")
-            status = http.HTTPStatus.OK if ready else http.HTTPStatus.SERVICE_UNAVAILABLE
-            return json_response(status, {"ready": ready, "reason": reason, "free_slots": free})
-        if path == "/capacity":
-            free = self.engine.free_slots()
-            return json_response(http.HTTPStatus.OK, {
-                "slots": self.engine.slots, "free_slots": free,
-                "active_slots": self.engine.slots - free, "ready": self.engine.ready,
-            })
-        if path in ("/metrics", "/api/chat"):
-            refusal = self._auth_refusal(connection, request, path)
-            if refusal is not None:
-                return refusal
-        if path == "/metrics":
-            return response(http.HTTPStatus.OK, render(self._registry), CONTENT_TYPE)
-        if path == "/api/chat":
-            if self._closing:
-                return response(http.HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n",
-                                 "text/plain")
-            return None  # go on with the WebSocket upgrade
-        if self._static is not None and request.headers.get("Upgrade") is None:
-            found = self._static.lookup(path)
-            if found is not None:
-                return bytes_response(http.HTTPStatus.OK, found.body, found.content_type,
-                                      cache="no-cache")
-        return response(http.HTTPStatus.NOT_FOUND,
-                         "not found: try /api/chat, /healthz, /readyz, /capacity, /metrics\n",
-                         "text/plain")
+    async def metrics_text(self) -> str:
+        return render(self._registry)
 
     # -- /api/chat -----------------------------------------------------------------------
 

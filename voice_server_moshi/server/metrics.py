@@ -23,7 +23,8 @@ from prometheus_client.registry import Collector
 
 from ..engine.metrics import TICK_BUCKETS_S, EngineMetrics
 
-__all__ = ["CONTENT_TYPE", "ServerCollector", "ServerCounters", "render_metrics"]
+__all__ = ["CONTENT_TYPE", "ServerCollector", "ServerCounters", "render_metrics",
+           "server_families"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -96,7 +97,7 @@ def _engine_families(m: EngineMetrics) -> Iterator[Metric]:
                     m.process_rss_bytes)
 
 
-def _server_families(c: ServerCounters, tick_thread_alive: bool | None) -> Iterator[Metric]:
+def server_families(c: ServerCounters, tick_thread_alive: bool | None) -> Iterator[Metric]:
     yield CounterMetricFamily("moshi_server_connections", "WebSocket calls accepted.",
                               value=c.connections)
     yield GaugeMetricFamily("moshi_server_active_connections", "Calls in progress.",
@@ -142,7 +143,7 @@ class ServerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from _engine_families(self._engine_metrics())
-        yield from _server_families(self._counters,
+        yield from server_families(self._counters,
                                     None if self._alive is None else self._alive())
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http
 import json
 import multiprocessing
 import os
@@ -25,20 +24,18 @@ import signal
 import uuid
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.http11 import Request, Response
 
 from .._log import get_logger
 from ..callpath.front import CallFront
 from ..callpath.remote import RemoteEngine
 from ..engine.call_sampling import CallSampling
-from ..moshi.session import bearer_authorized
 from .config import ServerConfig
+from .endpoints import Capacity, HttpFront
+from .logsafe import install_redaction
 from .metrics import ServerCounters
-from .responses import json_response, response
 from .ws_caller import WsCaller
 
 log = get_logger(__name__)
@@ -55,6 +52,9 @@ class IngressWorker:
         self.name = f"worker-{os.getpid()}"
         self.engine_info: Mapping[str, Any] = {}
         self.gateway = RemoteEngine(data_url)
+        #: /healthz, /readyz, /capacity, /metrics, auth, the static client (ADR 0110).
+        self.http = HttpFront(config, self.counters, capacity=self.capacity,
+                              metrics=self.metrics_text)
         self.front = CallFront(config.limits, config.max_message_bytes, config.instance_name,
                                config.admission_wait_s, default_sampling=self._default_sampling,
                                counters=self.counters)
@@ -64,54 +64,25 @@ class IngressWorker:
         return CallSampling(**self.engine_info.get("default_sampling", {}))
 
     async def run(self, stop: asyncio.Event, started: Any = None) -> None:
+        install_redaction()
         async with httpx.AsyncClient(trust_env=False, timeout=5) as http_client:
             self._http = http_client
             self.engine_info = (await http_client.get(self.http_base + "/capacity")).json()
             async with serve(self._handle, self.config.host, self.config.port,
-                             reuse_port=True, process_request=self._process_request,
-                             compression=None, max_size=self.config.max_message_bytes,
-                             max_queue=32, ping_interval=10, ping_timeout=20,
-                             server_header="voice-server-moshi") as server:
+                             reuse_port=True, process_request=self.http.process_request,
+                             **self.config.websocket_options()) as server:
                 log.info("ingress worker listening", worker=self.name, port=self.config.port)
                 if started is not None:
                     started.put(os.getpid())
                 await stop.wait()
                 server.close(close_connections=True)
 
-    async def _engine(self, path: str) -> httpx.Response:
-        return await self._http.get(self.http_base + path)
+    async def capacity(self) -> Capacity:
+        cap = (await self._http.get(self.http_base + "/capacity")).json()
+        return Capacity(int(cap["slots"]), int(cap["free_slots"]), bool(cap["ready"]))
 
-    async def _process_request(self, conn: ServerConnection,
-                               request: Request) -> Response | None:
-        path = urlsplit(request.path).path
-        if path == "/healthz":
-            return response(http.HTTPStatus.OK, "ok\n", "text/plain")
-        if path in ("/readyz", "/capacity"):
-            cap = (await self._engine("/capacity")).json()
-            cap.pop("model", None)
-            cap.pop("default_sampling", None)
-            if path == "/capacity":
-                return json_response(http.HTTPStatus.OK, cap)
-            ready = bool(cap["ready"]) and cap["free_slots"] > 0
-            reason = "ok" if ready else "no free slot" if cap["ready"] else "warming up"
-            return json_response(http.HTTPStatus.OK if ready else
-                                 http.HTTPStatus.SERVICE_UNAVAILABLE,
-                                 {"ready": ready, "reason": reason,
-                                  "free_slots": cap["free_slots"]})
-        if not bearer_authorized(self.config.auth_token, request.headers, request.path):
-            if path == "/api/chat":
-                self.counters.auth_failures += 1
-            return response(http.HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token\n",
-                            "text/plain")
-        if path == "/metrics":
-            text = (await self._engine("/metrics")).text
-            return response(http.HTTPStatus.OK, text, "text/plain; version=0.0.4")
-        if path == "/api/chat":
-            return None
-        return response(http.HTTPStatus.NOT_FOUND,
-                        "not found: try /api/chat, /healthz, /readyz, /capacity, /metrics\n",
-                        "text/plain")
-
+    async def metrics_text(self) -> str:
+        return (await self._http.get(self.http_base + "/metrics")).text
 
     async def _handle(self, ws: ServerConnection) -> None:
         call_id = f"srv-{uuid.uuid4().hex[:12]}"
