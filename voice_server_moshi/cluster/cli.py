@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_limit_flags(p, keepalive=False)
     p.add_argument("--greedy", action="store_true", help="greedy decoding (for tests)")
     p.add_argument("--instance-name", default="voice-server-moshi")
+    p.add_argument("--static", default=None, metavar="DIR",
+                   help="serve a built web client (e.g. Kyutai's client/dist) at / beside the "
+                   "API (default: none)")
     p.add_argument("--drain-timeout-s", type=float, default=3600.0,
                    help="how long a replica being removed waits for its calls to end")
     p.add_argument("--health-check-period-s", type=float, default=2.0)
@@ -153,7 +156,7 @@ def main(argv: list[str]) -> int:
                                 admission_wait_s=args.admission_wait_s,
                                 route_timeout_s=args.route_timeout_s,
                                 max_message_bytes=args.max_message_bytes,
-                                instance_name=args.instance_name,
+                                instance_name=args.instance_name, static_dir=args.static,
                                 limits=limits_from_args(args)),
             replicas=args.replicas, min_replicas=args.min_replicas,
             max_replicas=args.max_replicas, target_calls=args.target_calls,
@@ -161,6 +164,10 @@ def main(argv: list[str]) -> int:
             health_check_period_s=args.health_check_period_s)
         if args.slots < 1:
             raise ValueError(f"slots must be >= 1, got {args.slots}")
+        if args.static:
+            from ..server.static import StaticFiles
+
+            StaticFiles(args.static)  # fail before Ray starts: no dir, no index.html
     except (ValueError, TypeError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

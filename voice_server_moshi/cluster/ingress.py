@@ -36,8 +36,9 @@ from ..errors import ServerBusyError
 from ..moshi import protocol
 from ..moshi.session import bearer_authorized
 from ..server.auth import FailureLimiter
-from ..server.endpoints import Capacity, readiness
+from ..server.endpoints import NOT_FOUND, Capacity, readiness
 from ..server.limits import CallLimits, CloseReason
+from ..server.static import StaticFiles
 from . import directory
 from .metrics import IngressCounters, render
 
@@ -61,6 +62,8 @@ class IngressSpec:
     #: Wrong tokens allowed per address per window before 429, as ``serve``'s.
     auth_max_failures: int = 10
     auth_window_s: float = 60.0
+    #: A built web client served at ``/`` beside the API, as ``serve --static``.
+    static_dir: str | None = None
 
     def __repr__(self) -> str:  # never show the token
         return (f"IngressSpec(app_name={self.app_name!r}, "
@@ -121,6 +124,7 @@ def build_asgi() -> FastAPI:
     app.add_api_route("/capacity", core.capacity, methods=["GET"])
     app.add_api_route("/metrics", core.metrics, methods=["GET"])
     app.add_api_websocket_route("/api/chat", core.chat)
+    app.add_api_route("/{path:path}", core.static, methods=["GET"])
     return app
 
 
@@ -137,6 +141,7 @@ class IngressCore:
         self._directory = directory.get_directory(spec.app_name)
         self._snap: list[dict[str, Any]] = []
         self._snap_at = 0.0
+        self._static = StaticFiles(spec.static_dir) if spec.static_dir else None
         self.auth_limiter = FailureLimiter(spec.auth_max_failures, spec.auth_window_s)
         self.front = CallFront(spec.limits, spec.max_message_bytes, spec.instance_name,
                                spec.admission_wait_s, default_sampling=self._default_sampling,
@@ -160,6 +165,14 @@ class IngressCore:
         return self._snap
 
     # -- HTTP -----------------------------------------------------------------------------
+
+    async def static(self, path: str) -> Response:
+        """The static web client (``--static``), else 404, as ``serve``."""
+        found = self._static.lookup("/" + path) if self._static is not None else None
+        if found is None:
+            return PlainTextResponse(NOT_FOUND, status_code=404)
+        return Response(found.body, media_type=found.content_type,
+                        headers={"Cache-Control": "no-cache"})
 
     async def healthz(self) -> PlainTextResponse:
         return PlainTextResponse("ok\n")
