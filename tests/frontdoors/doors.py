@@ -31,6 +31,7 @@ FRAME = 1920
 COMMON = ["--port", "0", "--checkpoint", "dev", "--device", "cpu", "--greedy",
           "--stt", "dev", "--queue-frames", "100", "--trim-after-ms", "0",
           "--first-audio-timeout-s", "3"]
+STATIC_PAGE = "<!doctype html><title>a web client</title>"
 DOORS: dict[str, list[str]] = {
     "serve": ["serve", "--slots", "2"],
     "serve --ingress-workers 2": ["serve", "--slots", "2", "--ingress-workers", "2"],
@@ -56,9 +57,13 @@ class Door:
 def running(name: str, log_dir: Path, start_limit_s: float = 300) -> Iterator[Door]:
     """Run door ``name`` until the block ends, then stop it as Ctrl-C does (exit 0)."""
     log_path = log_dir / "stderr.log"
+    static = log_dir / "static"  # a web client beside the API (--static)
+    static.mkdir()
+    (static / "index.html").write_text(STATIC_PAGE)
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "voice_server_moshi.cli", *DOORS[name], *COMMON],
+            [sys.executable, "-m", "voice_server_moshi.cli", *DOORS[name], *COMMON,
+             "--static", str(static)],
             env=dict(os.environ, HF_HUB_OFFLINE="1"), stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=log_file, text=True)
         line: list[str] = []

@@ -25,7 +25,7 @@ import sphn
 
 from voice_server_moshi.corpus.store import bundled_clip_dir
 
-from .doors import DOORS, Client, Door, clip_frames, running, tone
+from .doors import DOORS, STATIC_PAGE, Client, Door, clip_frames, running, tone
 
 pytestmark = pytest.mark.slow
 
@@ -61,6 +61,9 @@ async def test_http_endpoints_and_metadata(door: Door) -> None:
         assert ready.status_code == 200 and ready.json()["ready"] is True
         metrics = await http.get("/metrics")
         assert metrics.status_code == 200 and "moshi_engine_" in metrics.text
+        page = await http.get("/")
+        assert page.status_code == 200 and page.text == STATIC_PAGE
+        assert (await http.get("/nothing-here")).status_code == 404
     c = Client(door.url)
     await c.connect()
     assert c.first == b"\x00" + bytes(8)

@@ -70,9 +70,8 @@ class LocalCall:
                       kind="text" if isinstance(req, SayText) else "audio")
         return SteerAnswer(req.request_id, "queued")
 
-    async def events(self) -> AsyncIterator[CallEvent]:
-        async for ev in self.call.events():
-            yield ev
+    def events(self) -> AsyncIterator[CallEvent]:
+        return self.call.events()  # the engine's own queue, no extra generator per frame
 
     async def aclose(self) -> None:
         self.call.close()
