@@ -40,6 +40,7 @@ __all__ = [
     "BaseAdapter",
     "Capabilities",
     "EventCallback",
+    "SteerableAdapter",
     "VoiceModelAdapter",
     "VoiceModelConfig",
 ]
@@ -76,6 +77,28 @@ class VoiceModelAdapter(Protocol):
     def on(self, name: str, callback: EventCallback) -> Callable[[], None]: ...
 
     async def disconnect(self) -> None: ...
+
+
+@runtime_checkable
+class SteerableAdapter(VoiceModelAdapter, Protocol):
+    """An adapter a host can steer (ADR 0070): make the agent say a text or an audio, and
+    cancel that. Every :class:`BaseAdapter` has these methods; whether this session can
+    use them is ``capabilities.steering`` (they raise :class:`SteeringUnsupportedError`
+    when it is False), so check both, as the full-duplex mode does."""
+
+    async def say_text(self, text: str) -> str:
+        """Make the agent say ``text``; returns the request id its ``steering`` events
+        carry."""
+        ...
+
+    async def say_audio(self, audio: bytes, text: str = "", *, sample_rate: int = 24000) -> str:
+        """Make the agent say ``audio`` (16-bit LE mono PCM at ``sample_rate``) whose words
+        are ``text``; returns the request id."""
+        ...
+
+    async def cancel_say(self, flush: bool = True) -> None:
+        """Stop the request being said; ``flush`` also drops the queued ones."""
+        ...
 
 
 class BaseAdapter(ABC):

@@ -88,7 +88,7 @@ async def playout_measure(agent: str, seconds: float, prebuffers: list[int],
         result = await run_corpus_call(call, clock="realtime", tail_ms=0.0)
     else:
         from ..audio import g711
-        from ..call.wavio import to_int16
+        from ..audio.wavio import to_int16
 
         cfg = HostConfig()
         if agent == "remote":

@@ -18,13 +18,13 @@ from typing import Any
 
 from .._cli_help import command_parser
 from ..adapter import VoiceModelAdapter
+from ..audio.wavio import WavError, write_wav_pcm16
 from ..errors import ConnectError, SettingsError
 from ..host.config import HostConfig, load_config
 from ..host.reference import CallState, ClockKind, ReferenceHost
 from ..moshi.settings import MoshiSettings
 from ..settings import parse_settings
 from .caller import decode_call_audio, load_caller
-from .wavio import WavError, write_wav_pcm16
 
 DEV_NOTICE = (
     "note: no Moshi weights configured, using the generated dev checkpoint: it babbles "

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 
 from ..audio.resample import Resampler
+from ..audio.wavio import write_wav_pcm16
 from ..formats import AudioFormat
 from ..host.reference import CallResult
 from ..moshi.transport import MOSHI_FRAME_MS, MOSHI_SAMPLE_RATE
 from .caller import decode_call_audio
-from .wavio import write_wav_pcm16
 
 
 def _pct(values: list[float], q: float) -> float | None:

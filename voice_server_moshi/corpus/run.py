@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..audio import g711
-from ..call.wavio import to_int16
+from ..audio.wavio import to_int16
 from ..host.config import HostConfig
 from ..host.reference import CallResult, ClockKind, ReferenceHost
 from ..moshi.adapter import MoshiAdapter

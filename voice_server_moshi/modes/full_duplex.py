@@ -119,7 +119,7 @@ class FullDuplexMode:
             "playout_flushes": 0, "steer_requests": 0,
         }
         self.steering = SteeringMarks(
-            host, on_error=lambda msg: self._call("on_error", "steering_failed", msg, False))
+            host, on_error=lambda msg: self._call(host.on_error, "steering_failed", msg, False))
         self._ducking = False
         self._started = False
         self._ended = False
@@ -201,7 +201,7 @@ class FullDuplexMode:
                 gain = 10 ** (-self.settings.duck_db / 20)
                 pcm = np.clip(pcm * gain, -32768, 32767).astype(np.int16)
                 out = g711.encode(pcm, self.config.audio.encoding)
-            self._call("on_agent_audio", out, t)
+            self._call(self.host.on_agent_audio, out, t)
             self._agent_transitions(self.agent.process(pcm_level_dbfs(pcm), t, from_agent))
             self.t_ms = t + self.frame_ms
             if isinstance(self.clock, ManualClock):
@@ -284,13 +284,14 @@ class FullDuplexMode:
         the model's next step, queued requests are dropped and (``flush_playout``) the
         agent audio already buffered for the caller is dropped too. Otherwise a no-op:
         Moshi yields by itself when talked over (barge_in_policy duck/flush)."""
-        if not self.steering.can_steer(self.adapter):
+        adapter = self.adapter
+        if not self.steering.can_steer(adapter):
             self._ignored("cancel_response", request)
             return None
         if flush_playout:
             self.counters["playout_flushes"] += 1
             self.playout.flush()
-        return self.steering.cancel(self.adapter)
+        return self.steering.cancel(adapter)
 
     @property
     def overlaps(self) -> list[OverlapDecision]:
@@ -336,7 +337,8 @@ class FullDuplexMode:
                     break
         except Exception as exc:  # the adapter's iterator broke: report, end the call
             self.log.exception("adapter_events_failed")
-            self._call("on_error", "internal", f"adapter event stream failed: {exc!r}", True)
+            self._call(self.host.on_error, "internal", f"adapter event stream failed: {exc!r}",
+                       True)
         finally:
             self._finish("adapter-closed")
 
@@ -356,16 +358,16 @@ class FullDuplexMode:
         elif isinstance(event, Transcript):
             if event.role == "agent":
                 self.agent.note_text(event.text, now)
-            self._call("on_transcript", event.role, event.text, event.final, now)
+            self._call(self.host.on_transcript, event.role, event.text, event.final, now)
         elif isinstance(event, Interruption):
             n = self.playout.flush()
             self.log.info("provider_interruption", flushed_frames=n)
         elif isinstance(event, Steering):
             self.steering.on_event(event, now)
-            if self.steering.notify:
-                self._call("on_agent_steering", event.request_id, event.status, now)
+            if self.steering.notify is not None:
+                self._call(self.steering.notify, event.request_id, event.status, now)
         elif isinstance(event, Error):
-            self._call("on_error", event.code, event.message, event.fatal)
+            self._call(self.host.on_error, event.code, event.message, event.fatal)
         elif isinstance(event, Connected):
             self.log.debug("adapter_connected", session_id=event.session_id)
         elif isinstance(event, Disconnected):
@@ -384,14 +386,14 @@ class FullDuplexMode:
         for tr in transitions:
             if tr.kind == "start":
                 if self.steering.mark_turn(tr.t_ms):
-                    self._call("on_agent_turn_started", tr.t_ms, steered=True)
+                    self._call(self.host.on_agent_turn_started, tr.t_ms, steered=True)
                 else:
-                    self._call("on_agent_turn_started", tr.t_ms)
+                    self._call(self.host.on_agent_turn_started, tr.t_ms)
             else:
                 # Interrupted: the caller was talking (pending overlap or turn) when the
                 # agent stopped, i.e. Moshi yielded to them.
                 interrupted = self.callers.state != "idle" and self.callers.onset_ms < tr.t_ms
-                self._call("on_agent_turn_ended", tr.t_ms, interrupted)
+                self._call(self.host.on_agent_turn_ended, tr.t_ms, interrupted)
 
     def _turn_actions(self, actions: list[TurnAction]) -> None:
         for a in actions:
@@ -399,10 +401,10 @@ class FullDuplexMode:
                 if a.barge_in:
                     self.counters["barge_ins"] += 1
                     self._apply_barge_in_policy()
-                self._call("on_user_turn_started", a.t_ms, a.barge_in)
+                self._call(self.host.on_user_turn_started, a.t_ms, a.barge_in)
             else:
                 self._ducking = False
-                self._call("on_user_turn_ended", a.t_ms)
+                self._call(self.host.on_user_turn_ended, a.t_ms)
         self.counters["backchannels"] = self.callers.verdicts["backchannel"]
 
     def _apply_barge_in_policy(self) -> None:
@@ -420,7 +422,7 @@ class FullDuplexMode:
         # Close open turns first so the host sees them end before the call does.
         self._agent_transitions(self.agent.close(self.t_ms))
         self._turn_actions(self.callers.close(self.t_ms))
-        self._call("on_disconnected", reason, self.t_ms)
+        self._call(self.host.on_disconnected, reason, self.t_ms)
         self._ended = True
         self._ended_evt.set()
         self._audio_evt.set()
@@ -428,11 +430,11 @@ class FullDuplexMode:
             k: v for k, v in self.counters.items() if isinstance(v, int)
         })
 
-    def _call(self, name: str, *args: Any, **kwargs: Any) -> None:
+    def _call(self, fn: Callable[..., None], *args: object, **kwargs: object) -> None:
+        """Call one of the host's callbacks; one that raises is logged, the call goes on."""
         if self._ended:
             return  # nothing after on_disconnected
-        fn: Callable[..., Any] = getattr(self.host, name)
         try:
             fn(*args, **kwargs)
         except Exception:
-            self.log.exception("host_callback_failed", callback=name)
+            self.log.exception("host_callback_failed", callback=fn.__name__)

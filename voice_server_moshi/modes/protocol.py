@@ -8,6 +8,7 @@ which checks the result against this protocol, so a host needs no ``getattr``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -52,14 +53,17 @@ class Mode(Protocol):
     def ended(self) -> bool:
         """True once the call has ended."""
 
-    def create_response(self, **request: Any) -> None:
-        """A turn-based host asks for a reply."""
+    def create_response(self, **request: Any) -> asyncio.Task[str] | None:
+        """A turn-based host asks for a reply. A mode that can steer the model (the
+        full-duplex mode with ``text=`` or ``audio=`` and a steerable adapter) returns the
+        task whose result is the request id; otherwise None (the model replies by itself)."""
 
     def commit_turn(self, **request: Any) -> None:
         """A turn-based host commits the caller's turn."""
 
-    def cancel_response(self, **request: Any) -> None:
-        """A turn-based host cancels the reply."""
+    def cancel_response(self, **request: Any) -> asyncio.Task[str] | None:
+        """A turn-based host cancels the reply: the task of the steering cancel when there
+        is something to cancel, else None."""
 
     @property
     def overlaps(self) -> list[OverlapDecision]:
