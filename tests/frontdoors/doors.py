@@ -22,7 +22,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from voice_server_moshi.audio.resample import Resampler
-from voice_server_moshi.call.wavio import read_wav
+from voice_server_moshi.audio.wavio import read_wav
 
 FRAME = 1920
 #: Every door: the dev checkpoint and STT on CPU, greedy by default, two slots in all,

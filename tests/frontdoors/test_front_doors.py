@@ -23,7 +23,7 @@ pytest.importorskip("moshi")
 
 import sphn
 
-from voice_server_moshi.corpus.store import bundled_clip_dir
+from voice_server_moshi.bundled import bundled_clip_dir
 
 from .doors import DOORS, STATIC_PAGE, Client, Door, clip_frames, running, tone
 
