@@ -112,10 +112,11 @@ async def test_say_text_cancel_and_say_audio(door: Door) -> None:
 
 async def test_caller_transcripts(door: Door) -> None:
     await idle(door)
+    frames = clip_frames(bundled_clip_dir() / "u2.wav")  # before the first-audio clock runs
     c = Client(door.url)
     await c.connect()
     assert c.ws is not None
-    await c.talk(clip_frames(bundled_clip_dir() / "u2.wav"))
+    await c.talk(frames)
     await c.ws.send(b"\x52")  # the caller's audio has ended: last words, then 0x53
     await c.until(lambda: bool(c.of(0x53)))
     await c.close()
