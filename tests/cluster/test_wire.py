@@ -103,3 +103,16 @@ def test_serve_and_the_shared_cluster_parts_never_import_ray() -> None:
             "bad = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_front_doors_call_path_never_imports_torch() -> None:
+    """An ingress worker or the cluster's ingress runs calls without loading a model."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import voice_server_moshi.server.workers, voice_server_moshi.callpath.remote\n"
+            "import voice_server_moshi.callpath.front, voice_server_moshi.cluster.metrics\n"
+            "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+            "assert not bad, bad[:3]\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -17,9 +17,9 @@ from ..errors import ServerBusyError
 from ..moshi import caller_protocol
 from ..moshi.session import QueryError, ServerSession
 from ..moshi.session.steering import ServerSteering
+from ..server.counters import ServerCounters
 from ..server.limits import CallLimits, CloseReason
 from ..server.metadata import call_metadata
-from ..server.metrics import ServerCounters
 from .kinds import CallParams, EngineGateway, Grant
 from .server_call import CallerGone, CallerSocket, ServerCall
 

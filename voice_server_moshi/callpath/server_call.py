@@ -44,8 +44,8 @@ from ..moshi.session.steering import (
     SayTextRequested,
     ServerSteering,
 )
+from ..server.counters import ServerCounters
 from ..server.limits import CallGuard, CallLimits, CloseReason, Reap
-from ..server.metrics import ServerCounters
 from ..server.reaper import first_timeout
 from .kinds import (
     CallClosed,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
@@ -28,8 +29,8 @@ from .._log import get_logger
 from ..moshi.session import bearer_authorized
 from .auth import FailureLimiter, address_of, throttled_response
 from .config import ServerConfig
+from .counters import ServerCounters
 from .logsafe import SafeLogger
-from .metrics import CONTENT_TYPE, ServerCounters
 from .responses import bytes_response, json_response, response
 from .static import StaticFiles
 

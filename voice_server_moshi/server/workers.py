@@ -33,9 +33,9 @@ from ..callpath.front import CallFront
 from ..callpath.remote import RemoteEngine
 from ..engine.call_sampling import CallSampling
 from .config import ServerConfig
+from .counters import ServerCounters
 from .endpoints import Capacity, HttpFront
 from .logsafe import install_redaction
-from .metrics import ServerCounters
 from .ws_caller import WsCaller
 
 log = get_logger(__name__)
