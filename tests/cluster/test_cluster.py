@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -28,6 +27,7 @@ import sphn
 from websockets.exceptions import ConnectionClosed
 
 from ..frontdoors import doors
+from .cluster_proc import cluster_process
 
 pytestmark = pytest.mark.slow
 
@@ -98,40 +98,17 @@ class Client(doors.Client):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
     log_path = tmp_path_factory.mktemp("cluster") / "stderr.log"
-    log_file = open(log_path, "w")  # noqa: SIM115 (closed in the finally below)
     # Deep input queues and no backlog trimming: on a loaded 2-core machine (a replica
     # being replaced loads its model beside the survivor) the engine may run behind real
     # time, and a dropped or trimmed input frame would read as a lost output frame. The
     # trimming policy has its own tests (tests/engine, tests/server).
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "voice_server_moshi.cli", "cluster", "--replicas", "2",
-         "--slots", "2", "--checkpoint", "dev", "--device", "cpu", "--port", "0",
-         "--greedy", "--queue-frames", "100", "--trim-after-ms", "0",
-         "--health-check-period-s", "1"],
-        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, text=True,
-    )
-    line: list[str] = []
-    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()))  # type: ignore[union-attr]
-    reader.start()
-    reader.join(timeout=300)
-    try:
-        if not line or not line[0]:
-            pytest.fail("cluster did not print its listening line within 300 s; stderr:\n"
-                        + log_path.read_text()[-3000:])
-        info = json.loads(line[0])
-        assert info["event"] == "listening" and info["replicas"] == 2
+    with cluster_process(["--replicas", "2", "--slots", "2", "--checkpoint", "dev",
+                          "--device", "cpu", "--port", "0", "--greedy", "--queue-frames",
+                          "100", "--trim-after-ms", "0", "--health-check-period-s", "1"],
+                         log_path) as (info, proc):
+        assert info["replicas"] == 2
         yield Cluster(int(info["port"]), str(info["ray_address"]), proc)
-    finally:
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C does: a clean stop
-        try:
-            assert proc.wait(timeout=60) == 0
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        finally:
-            log_file.close()
 
 
 def read_line_in_daemon(proc: subprocess.Popen[str]) -> asyncio.Future[str]:

@@ -1,6 +1,8 @@
 """The production manifests under deploy/, validated offline against the schemas their
-packages ship: Ray Serve's own config schema (pydantic) and Kubernetes' Pod schema
-(kubernetes-validate) for the RayService's pod templates."""
+packages ship: Ray Serve's own config schema (pydantic), Kubernetes' Pod schema
+(kubernetes-validate) for the RayService's pod templates and its NetworkPolicy schema for
+deploy/networkpolicy.yaml; and what they open: Ray's token auth on, Ray's ports for the
+cluster's own pods only, callers to Serve's port only."""
 
 from __future__ import annotations
 
@@ -87,3 +89,51 @@ def test_replica_counts_scale_in_place_and_a_redeploy_rolls_only_the_engines() -
     built = serve_build(build_app(base), name="t", make_deployment_handle=lambda d, a: None)
     versions = {d.name: d.version for d in built.deployments}
     assert versions == {"MoshiEngine": engine_v, "MoshiIngress": ingress_v}
+
+
+def pod_templates(svc: dict[str, Any]) -> list[dict[str, Any]]:
+    cluster = svc["spec"]["rayClusterConfig"]
+    return [cluster["headGroupSpec"]["template"],
+            *(g["template"] for g in cluster["workerGroupSpecs"])]
+
+
+def test_ray_token_auth_is_on_with_the_token_from_a_secret() -> None:
+    svc = load("rayservice.yaml")
+    cluster = svc["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"]["mode"] == "token"
+    assert cluster["authOptions"]["secretName"]
+    major, minor, _ = (int(x) for x in cluster["rayVersion"].split("."))
+    assert (major, minor) >= (2, 52)  # Ray's token authentication
+    for t in pod_templates(svc):
+        for c in t["spec"]["containers"]:
+            env = {e["name"]: e for e in c.get("env", [])}
+            # Nothing overrides what KubeRay sets from the Secret, and no token is inline.
+            assert "RAY_AUTH_MODE" not in env and "RAY_AUTH_TOKEN" not in env
+            assert all("value" not in e for n, e in env.items() if "TOKEN" in n)
+
+
+def test_the_network_policy_opens_only_serves_port_to_callers() -> None:
+    kv = pytest.importorskip("kubernetes_validate")
+    policy = load("networkpolicy.yaml")
+    kv.validate(policy, kv.latest_version(), strict=True)
+    assert (policy["apiVersion"], policy["kind"]) == ("networking.k8s.io/v1", "NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    ours = spec["podSelector"]["matchLabels"]
+    svc = load("rayservice.yaml")
+    for t in pod_templates(svc):  # it selects every pod of the cluster
+        assert ours.items() <= t["metadata"]["labels"].items()
+    serve_port = load("serve-config.yaml")["http_options"]["port"]
+    open_rules = [r for r in spec["ingress"] if "from" not in r]
+    assert [r["ports"] for r in open_rules] == [[{"protocol": "TCP", "port": serve_port}]]
+    for rule in spec["ingress"]:
+        if "from" not in rule:
+            continue
+        for peer in rule["from"]:
+            assert "ipBlock" not in peer
+            labels = peer["podSelector"]["matchLabels"]
+            if labels == ours:  # the cluster's own pods: every port (Ray between nodes)
+                assert "ports" not in rule and "namespaceSelector" not in peer
+            else:  # the KubeRay operator: the dashboard and its agent, nothing else
+                assert labels == {"app.kubernetes.io/name": "kuberay-operator"}
+                assert sorted(p["port"] for p in rule["ports"]) == [8265, 52365]

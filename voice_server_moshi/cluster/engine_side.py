@@ -65,13 +65,20 @@ def _name_os_thread(name: str) -> None:
 
 
 class EngineDataServer:
-    """Serves ``engine``'s slots to ingresses. :meth:`start` binds ``host`` (port 0: any)."""
+    """Serves ``engine``'s slots to ingresses. :meth:`start` binds ``host`` (port 0: any).
+
+    ``direct_reservations``: a connection may reserve a slot itself (``{"call_id": ...}``,
+    for ``serve --ingress-workers``, whose data plane is its own process's loopback).
+    Off by default: a cluster replica's data plane then takes only the one-time ticket of
+    a lease that Serve routed to it, so reaching its port is not enough to take a slot.
+    """
 
     def __init__(self, engine: Engine, host: str, *, port: int = 0,
-                 max_queued_outputs: int = 150) -> None:
+                 max_queued_outputs: int = 150, direct_reservations: bool = False) -> None:
         self.engine = engine
         self.gateway = LocalEngine(engine, max_queued_outputs=max_queued_outputs)
         self.host = host
+        self.direct_reservations = direct_reservations
         self._port = port
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="engine-data", daemon=True)
@@ -223,6 +230,8 @@ class EngineDataServer:
         try:
             hello = wire.decode_hello(await asyncio.wait_for(conn.recv(), ATTACH_TIMEOUT_S))
             if hello.call_id is not None:
+                if not self.direct_reservations:
+                    raise wire.WireError("this data plane takes a lease's ticket only")
                 ticket, _ = await self.reserve(hello.call_id, hello.wait_s, hello.params)
             else:
                 ticket = str(hello.ticket)
@@ -231,10 +240,12 @@ class EngineDataServer:
             await self._refuse(conn, f"server busy: {exc}", 1013, "server busy")
             return
         except (ValueError, TimeoutError, ConnectionClosed) as exc:  # WireError, SamplingError
+            self.counters.protocol_errors += 1
             await self._refuse(conn, f"bad hello: {exc}", 1008, "bad hello")
             return
         res = self._reservations.get(ticket)
         if res is None or res.attached:
+            self.counters.protocol_errors += 1
             await self._refuse(conn, "unknown or used ticket", 1008, "unknown or used ticket")
             return
         res.attached, res.conn = True, conn

@@ -34,8 +34,7 @@ from ..callpath.server_call import CallerGone, ServerCall
 from ..engine.call_sampling import CallSampling
 from ..errors import ServerBusyError
 from ..moshi import protocol
-from ..moshi.session import bearer_authorized
-from ..server.auth import FailureLimiter
+from ..server.auth import DoorAuth, Refusal
 from ..server.endpoints import NOT_FOUND, Capacity, readiness
 from ..server.limits import CallLimits, CloseReason
 from ..server.static import StaticFiles
@@ -59,9 +58,6 @@ class IngressSpec:
     instance_name: str = "voice-server-moshi"
     #: Per-call limits, as ``serve``'s (ADR 0065); the proxy owns keepalive here.
     limits: CallLimits = field(default_factory=CallLimits)
-    #: Wrong tokens allowed per address per window before 429, as ``serve``'s.
-    auth_max_failures: int = 10
-    auth_window_s: float = 60.0
     #: A built web client served at ``/`` beside the API, as ``serve --static``.
     static_dir: str | None = None
 
@@ -137,12 +133,13 @@ class IngressCore:
         self.engine = engine
         self.spec = spec
         self.counters = IngressCounters()
+        # Per ingress replica: each throttles the guesses it sees (ADR 0101).
+        self.auth = DoorAuth(spec.auth_token)
         self.name = f"ingress-{os.getpid()}"
         self._directory = directory.get_directory(spec.app_name)
         self._snap: list[dict[str, Any]] = []
         self._snap_at = 0.0
         self._static = StaticFiles(spec.static_dir) if spec.static_dir else None
-        self.auth_limiter = FailureLimiter(spec.auth_max_failures, spec.auth_window_s)
         self.front = CallFront(spec.limits, spec.max_message_bytes, spec.instance_name,
                                spec.admission_wait_s, default_sampling=self._default_sampling,
                                counters=self.counters)
@@ -197,41 +194,33 @@ class IngressCore:
         return JSONResponse((await self._capacity()).as_json())
 
     async def metrics(self, request: Request) -> Response:
-        verdict = self._auth(request.headers, str(request.url.query), request.client)
-        if verdict is not None:
-            return PlainTextResponse(
-                "too many failed attempts\n" if verdict else "unauthorized\n",
-                status_code=429 if verdict else 401,
-                headers={"Retry-After": str(verdict)} if verdict else None)
+        refusal = await self._refusal(request.client, request.headers, str(request.url.query))
+        if refusal is not None:
+            headers = ({"Retry-After": str(refusal.retry_after)}
+                       if refusal.retry_after is not None else None)
+            return PlainTextResponse(refusal.text, status_code=refusal.status, headers=headers)
         text = render(await self.replicas(), self.counters, self.name)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
-    def _auth(self, headers: Any, query: str, client: Any) -> int | None:
-        """None: go on; 0: a wrong or missing token; > 0: this address failed too often,
-        retry after that many seconds (``serve``'s limit on guessing, :mod:`..server.auth`)."""
-        token = self.spec.auth_token
-        if token is None:
-            return None
-        verdict = self.auth_limiter.check(
-            client.host if client is not None else "unknown", time.monotonic(),
-            lambda: bearer_authorized(token, headers, f"/?{query}"))
-        if verdict is not None:
-            if verdict > 0:
-                self.counters.auth_throttled += 1
-            else:
-                self.counters.auth_failures += 1
-        return verdict
+    async def _refusal(self, client: Any, headers: Any, query: str) -> Refusal | None:
+        refusal = await self.auth.refusal(client.host if client else "-", headers,
+                                          f"/?{query}")
+        if refusal is not None and refusal.retry_after is not None:
+            self.counters.auth_throttled += 1
+        elif refusal is not None:
+            self.counters.auth_failures += 1
+        return refusal
 
     # -- /api/chat ------------------------------------------------------------------------
 
     async def chat(self, ws: WebSocket) -> None:
         call_id = f"clu-{uuid.uuid4().hex[:12]}"
         clog = log.bind(call_id=call_id, ingress=self.name)
-        verdict = self._auth(ws.headers, ws.url.query, ws.client)
-        if verdict is not None:
-            clog.warning("unauthorized /api/chat request", throttled=bool(verdict))
-            await ws.close(1008, "too many failed attempts" if verdict
-                           else "missing or wrong bearer token")
+        refusal = await self._refusal(ws.client, ws.headers, ws.url.query)
+        if refusal is not None:
+            if refusal.retry_after is None:
+                clog.warning("unauthorized /api/chat request")
+            await ws.close(1008, refusal.text.strip())
             return
         await ws.accept()
         await self.replicas()  # fresh defaults for the query check

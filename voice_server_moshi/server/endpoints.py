@@ -15,7 +15,6 @@ wrong tokens, the endpoints, an optional static web client, 404 for the rest.
 from __future__ import annotations
 
 import http
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,8 +25,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from .._log import get_logger
-from ..moshi.session import bearer_authorized
-from .auth import FailureLimiter, address_of, throttled_response
+from .auth import DoorAuth, FailureLimiter, address_of, throttled_response
 from .config import ServerConfig
 from .counters import ServerCounters
 from .logsafe import SafeLogger
@@ -81,28 +79,24 @@ class HttpFront:
         self.metrics = metrics
         self.closing = False
         self.limiter = FailureLimiter(config.auth_max_failures, config.auth_window_s)
+        #: One token check and guess throttle per process (ADR 0101).
+        self.auth = DoorAuth(config.auth_token, self.limiter)
         self.static = StaticFiles(config.static_dir) if config.static_dir else None
 
-    def _auth_refusal(self, connection: ServerConnection, request: Request,
-                      path: str) -> Response | None:
-        """None when the request may go on; else 401, or 429 for an address that failed
-        too often (checked first: a throttled guess is not even compared)."""
-        token = self.config.auth_token
-        if token is None:
-            return None
+    async def _auth_refusal(self, connection: ServerConnection, request: Request,
+                            path: str) -> Response | None:
+        """None when the request may go on (the right token always may); else 401, or 429
+        (held a moment) for a wrong token from an address that guesses too often."""
         addr = address_of(connection.remote_address)
-        verdict = self.limiter.check(addr, time.monotonic(),
-                                     lambda: bearer_authorized(token, request.headers,
-                                                               request.path))
-        if verdict is None:
+        refusal = await self.auth.refusal(addr, request.headers, request.path)
+        if refusal is None:
             return None
-        if verdict > 0:
+        if refusal.retry_after is not None:
             self.counters.auth_throttled += 1
-            return throttled_response(verdict)
+            return throttled_response(refusal.retry_after)
         self.counters.auth_failures += 1
         log.warning("unauthorized request", path=path, remote=addr)
-        return response(http.HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token\n",
-                        "text/plain")
+        return response(http.HTTPStatus.UNAUTHORIZED, refusal.text, "text/plain")
 
     async def process_request(self, connection: ServerConnection,
                               request: Request) -> Response | None:
@@ -116,7 +110,7 @@ class HttpFront:
             status, body = readiness(cap, closing=self.closing)
             return json_response(http.HTTPStatus(status), body)
         if path in ("/metrics", "/api/chat"):
-            refusal = self._auth_refusal(connection, request, path)
+            refusal = await self._auth_refusal(connection, request, path)
             if refusal is not None:
                 return refusal
         if path == "/metrics":

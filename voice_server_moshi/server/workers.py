@@ -159,7 +159,8 @@ def serve_split(engine: Any, config: ServerConfig, workers: int) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     engine.start()
-    data = EngineDataServer(engine, "127.0.0.1", max_queued_outputs=cfg.max_queued_outputs)
+    data = EngineDataServer(engine, "127.0.0.1", max_queued_outputs=cfg.max_queued_outputs,
+                            direct_reservations=True)
     procs: list[multiprocessing.process.BaseProcess] = []
     try:
         data.start()
