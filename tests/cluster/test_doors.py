@@ -157,9 +157,15 @@ async def test_a_data_plane_takes_no_connection_without_a_leases_ticket(
     cap = await asyncio.to_thread(cluster.capacity)
     (rep,) = cap["replicas"]  # type: ignore[misc]
     (port,) = await asyncio.to_thread(data_plane_ports, int(rep["pid"]))
-    for first in ({"call_id": "walked-in", "wait_s": 0}, {"ticket": "forged"}, "not json"):
+    # The data plane's hellos (docs/protocol.md, version 1): each refused with a 0x15 that
+    # says why, then close 1008.
+    for first, says in (({"v": 1, "call_id": "walked-in", "wait_s": 0}, "ticket only"),
+                        ({"v": 1, "ticket": "forged"}, "unknown or used ticket"),
+                        ({"call_id": "no-version"}, "version"), ("not json", "not JSON")):
         async with websockets.connect(f"ws://127.0.0.1:{port}/call", proxy=None) as ws:
             await ws.send(first if isinstance(first, str) else json.dumps(first))
+            error = await asyncio.wait_for(ws.recv(), 10)
+            assert isinstance(error, bytes) and error[:1] == b"\x15" and says in error.decode()
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), 10)
             assert ws.close_code == 1008, (first, ws.close_reason)

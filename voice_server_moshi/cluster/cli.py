@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slots", type=int, default=4, help="concurrent calls per replica")
     p.add_argument("--checkpoint", default="dev",
                    help=f"'dev', a local dir, or a HF repo such as {DEFAULT_HF_REPO}")
+    p.add_argument("--stt", default=None,
+                   help="caller transcripts (docs/protocol.md 0x50-0x53) from a Kyutai STT "
+                   "batched beside Moshi in every replica: 'dev', a local dir, or a HF repo; "
+                   "default none")
     p.add_argument("--device", default="cpu", help="cpu, cuda (one GPU per replica)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--context", type=int, default=None)
@@ -68,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_limit_flags(p, keepalive=False)
     p.add_argument("--greedy", action="store_true", help="greedy decoding (for tests)")
     p.add_argument("--instance-name", default="voice-server-moshi")
+    p.add_argument("--static", default=None, metavar="DIR",
+                   help="serve a built web client (e.g. Kyutai's client/dist) at / beside the "
+                   "API (default: none)")
     p.add_argument("--drain-timeout-s", type=float, default=3600.0,
                    help="how long a replica being removed waits for its calls to end")
     p.add_argument("--health-check-period-s", type=float, default=2.0)
@@ -157,28 +164,22 @@ def main(argv: list[str]) -> int:
         import ray
         from ray import serve
 
+        from ..engine.spec import EngineSpec
         from .app import APP_NAME, ClusterConfig, build_app
         from .directory import get_directory, kill_directory
-        from .engine_replica import EngineSpec
         from .ingress import IngressSpec
     except ImportError as exc:
         sys.stderr.write("error: 'cluster' needs the cluster extra "
                          f"(pip install 'voice-server-moshi[cluster]'): {exc}\n")
         return 2
     try:
-        fill = (None if args.fill_after_ms is None
-                else max(0, math.ceil(args.fill_after_ms / 80.0)))
         cfg = ClusterConfig(
-            engine=EngineSpec(checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
-                              context=args.context, slots=args.slots,
-                              queue_frames=args.queue_frames, fill_after_ticks=fill,
-                              trim_after_ms=args.trim_after_ms,
-                              greedy=args.greedy),
+            engine=EngineSpec.from_args(args),
             ingress=IngressSpec(app_name=APP_NAME, auth_token=token,
                                 admission_wait_s=args.admission_wait_s,
                                 route_timeout_s=args.route_timeout_s,
                                 max_message_bytes=args.max_message_bytes,
-                                instance_name=args.instance_name,
+                                instance_name=args.instance_name, static_dir=args.static,
                                 limits=limits_from_args(args)),
             replicas=args.replicas, min_replicas=args.min_replicas,
             max_replicas=args.max_replicas, target_calls=args.target_calls,
@@ -186,6 +187,10 @@ def main(argv: list[str]) -> int:
             health_check_period_s=args.health_check_period_s)
         if args.slots < 1:
             raise ValueError(f"slots must be >= 1, got {args.slots}")
+        if args.static:
+            from ..server.static import StaticFiles
+
+            StaticFiles(args.static)  # fail before Ray starts: no dir, no index.html
     except (ValueError, TypeError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
