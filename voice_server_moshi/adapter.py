@@ -59,6 +59,11 @@ class VoiceModelConfig:
     call_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     audio: AudioFormat = field(default_factory=AudioFormat)
     metadata: Mapping[str, str] = field(default_factory=dict)
+    #: Who keeps the caller's media continuous (ADR 0140): ``"adapter"`` (the default: an
+    #: adapter whose model is clocked by its input fills a stalled caller with silence) or
+    #: ``"host"`` (the host sends one frame per frame period and conceals gaps itself, as
+    #: the full-duplex mode's jitter buffer does; the adapter then never fills).
+    media_clock: Literal["adapter", "host"] = "adapter"
 
 
 @runtime_checkable

@@ -34,8 +34,10 @@ class Mode(Protocol):
     async def start(self) -> None:
         """Connect the adapter and start the call clock."""
 
-    def push_caller_audio(self, chunk: bytes) -> None:
-        """Queue caller media in the call's format (whole samples, any length)."""
+    def push_caller_audio(self, chunk: bytes, media_ms: float | None = None) -> None:
+        """Caller media in the call's format as it arrives: whole samples, any length; or,
+        with ``media_ms`` (the packet's media time, e.g. from its RTP timestamp), whole
+        frames placed by that time in the caller jitter buffer."""
 
     async def tick(self) -> None:
         """One frame period (hosts on a virtual clock call it; a real clock calls it)."""

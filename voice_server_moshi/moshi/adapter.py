@@ -181,7 +181,8 @@ class MoshiAdapter(BaseAdapter):
         self._t0 = asyncio.get_running_loop().time()
         self._spawn(self._receive_loop(self.transport), "receive")
         self._spawn(self._sender_loop(self.transport), "sender")
-        if self.settings.stall_fill_ms is not None:
+        # One filler per call (ADR 0140): a host with its own media clock conceals gaps.
+        if self.settings.stall_fill_ms is not None and config.media_clock == "adapter":
             self._spawn(self._pacing_loop(), "pacing")
         return session_id
 
