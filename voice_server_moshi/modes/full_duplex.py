@@ -405,6 +405,11 @@ class FullDuplexMode:
                 self._call("on_user_turn_ended", a.t_ms)
         self.counters["backchannels"] = self.callers.verdicts["backchannel"]
 
+    def apply_barge_in_policy(self) -> None:
+        """Do to the playout what a barge-in does (``barge_in_policy``: none, duck until the
+        caller's turn ends, or flush): for a host that interrupts the agent itself."""
+        self._apply_barge_in_policy()
+
     def _apply_barge_in_policy(self) -> None:
         policy = self.settings.barge_in_policy
         if policy == "flush":
