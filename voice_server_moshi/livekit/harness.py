@@ -51,8 +51,8 @@ class CallerInput(io.AudioInput):
         if self._ready is not None:
             await self._ready.wait()
         if self._heard is not None:
-            while self.sent_ms - self._heard() > self.lead_ms:
-                await asyncio.sleep(0.002)  # noqa: ASYNC110 (polls the model's progress)
+            while self.sent_ms - self._heard() > self.lead_ms:  # noqa: ASYNC110
+                await asyncio.sleep(0.002)  # polls the model's progress: it sets no event
         else:
             now = time.perf_counter()
             self._t0 = now if self._t0 is None else self._t0
@@ -119,8 +119,9 @@ class RecordingOutput(io.AudioOutput):
 class TextLog(io.TextOutput):
     """Keeps the agent text the framework forwards (Moshi's words), per segment."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         super().__init__(label="voice-server-moshi.text", next_in_chain=None)
+        self.clock = clock  # stamps each piece (tests pass the call's clock)
         self.pieces: list[tuple[float, str]] = []
 
     @property
@@ -128,7 +129,7 @@ class TextLog(io.TextOutput):
         return "".join(p for _, p in self.pieces)
 
     async def capture_text(self, text: str) -> None:
-        self.pieces.append((time.perf_counter(), text))
+        self.pieces.append((self.clock(), text))
 
     def flush(self) -> None:
-        self.pieces.append((time.perf_counter(), "\n"))
+        self.pieces.append((self.clock(), "\n"))
