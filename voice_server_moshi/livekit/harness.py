@@ -35,6 +35,8 @@ class CallerInput(io.AudioInput):
         self._pos = 0
         self._t0: float | None = None
         self.done = asyncio.Event()
+        #: perf_counter when each frame was handed to the framework (benchmarks).
+        self.sent_wall: list[float] = []
 
     @property
     def duration_ms(self) -> float:
@@ -61,6 +63,7 @@ class CallerInput(io.AudioInput):
                 await asyncio.sleep(delay)
         chunk = self._pcm[self._pos:self._pos + self._n]
         self._pos += len(chunk)
+        self.sent_wall.append(time.perf_counter())
         return rtc.AudioFrame(chunk, self.rate, 1, len(chunk) // 2)
 
 

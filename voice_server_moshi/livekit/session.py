@@ -105,6 +105,7 @@ class MoshiRealtimeSession(llm.RealtimeSession[Any]):
         self.record_timing = False
         self.agent_out_wall: list[float] = []
         self.agent_out_fed_ms: list[float] = []
+        self.feed.record_timing = False  # set with record_timing by benchmarks
         self._feeder: asyncio.Task[None] | None = None
         self._starter = self._spawn(self._start(), "moshi-start")
 
