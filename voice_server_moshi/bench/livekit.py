@@ -26,15 +26,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from .._cli_help import command_parser
 from ..adapter import VoiceModelAdapter
-from ..corpus.agent import ScriptedAgentTransport, text_schedule
-from ..corpus.assemble import CorpusCall, build_call
-from ..corpus.store import bundled_clips
-from ..moshi.adapter import MoshiAdapter
-from ..moshi.settings import MoshiSettings
+from .call_agent import bench_call
 from .pipecat import _cpus, _in_to_out, _load, _pairs, _reference, _stats
 
 
@@ -63,10 +57,9 @@ async def _agent_session(pcm: bytes, factory: Callable[[], VoiceModelAdapter]
     out_wall = [f.wall for f in out.frames]
     added_in = _pairs(src.sent_wall, rt.feed.in_wall)
     added_out = _pairs(rt.agent_out_wall, out_wall)
-    consumed = [int(ms // 20) for ms in rt.agent_out_fed_ms]
+    consumed = rt.agent_out_consumed
     return {"frames_in_to_out": _stats(_in_to_out(src.sent_wall, out_wall, consumed)),
-            "added": _stats([a + b for a, b in zip(added_in[-len(added_out):], added_out,
-                                                   strict=False)]),
+            "added": _stats([a + b for a, b in zip(added_in, added_out, strict=False)]),
             "added_in": _stats(added_in), "added_out": _stats(added_out),
             "forwarded_ms": round(out.played_ms), "dropped_ms": round(rt.dropped_ms),
             "cpu_s_per_call_s": round(cpu / (src.duration_ms / 1000.0), 4),
@@ -84,15 +77,7 @@ def main(argv: list[str]) -> int:
     except ImportError as exc:
         sys.stderr.write(f"error: needs the livekit extra: {exc}\n")
         return 2
-    call: CorpusCall = build_call(bundled_clips(), args.seed, 20.0, exchanges=2)
-    caller = call.caller[: int(8000 * args.seconds)]
-    pcm = (np.clip(caller, -1, 1) * 32767).astype(np.int16).tobytes()
-
-    def factory() -> VoiceModelAdapter:
-        if args.agent == "dev":
-            return MoshiAdapter(MoshiSettings(checkpoint="dev"))
-        return MoshiAdapter(MoshiSettings(), transport=ScriptedAgentTransport(
-            call.agent, 8000, text_schedule(call.agent_segments)))
+    pcm, call_s, factory = bench_call(args.seed, args.seconds, args.agent)
 
     async def run() -> dict[str, Any]:
         warm = pcm[: 8000 * 2 * 2]  # first-use costs paid once, by neither path
@@ -110,7 +95,7 @@ def main(argv: list[str]) -> int:
                                         4),
     }
     result = {
-        "bench": "livekit", "agent": args.agent, "call_s": round(len(caller) / 8000, 2),
+        "bench": "livekit", "agent": args.agent, "call_s": round(call_s, 2),
         "seed": args.seed, "livekit_agents": getattr(lk, "__version__", "?"),
         "machine": {"python": platform.python_version(), "cpus": _cpus(),
                     "load_avg_1m": round(_load(), 2), "shared": True},

@@ -104,7 +104,7 @@ class MoshiRealtimeSession(llm.RealtimeSession[Any]):
         #: Set True before the call starts to record when each agent frame was handed on.
         self.record_timing = False
         self.agent_out_wall: list[float] = []
-        self.agent_out_fed_ms: list[float] = []
+        self.agent_out_consumed: list[int] = []  # caller frames the mode had consumed
         self.feed.record_timing = False  # set with record_timing by benchmarks
         self._feeder: asyncio.Task[None] | None = None
         self._starter = self._spawn(self._start(), "moshi-start")
@@ -333,7 +333,7 @@ class _Host:
             return
         if s.record_timing:
             s.agent_out_wall.append(time.perf_counter())
-            s.agent_out_fed_ms.append(s.feed.fed_ms)
+            s.agent_out_consumed.append(int(s.mode.counters["caller_frames"]))
         gen.audio(rtc.AudioFrame(audio, s.rate, 1, len(audio) // 2))
 
     def on_agent_turn_started(self, t_ms: float, steered: bool = False) -> None:
