@@ -51,7 +51,10 @@ async def until(cond: Callable[[], bool]) -> None:
 
 
 async def wait_between_turns(rt: MoshiRealtimeSession, after_ms: float) -> None:
-    await until(lambda: rt.mode.t_ms >= after_ms and rt._gen is None)
+    # With "play" a generation is always open once Moshi has spoken: LiveKit queues the
+    # say behind it until the next agent turn starts.
+    await until(lambda: rt.mode.t_ms >= after_ms
+                and (rt._gen is None or rt.between_turns == "play"))
 
 
 async def agent_call(model: RealtimeModel, seconds: float, *, interrupt_say: bool) -> Run:
