@@ -13,6 +13,7 @@ import pytest
 
 pytest.importorskip("livekit.agents", reason="needs the 'livekit' extra")
 
+from livekit import rtc
 from livekit.agents import Agent, AgentSession, llm
 
 from voice_server_moshi.corpus.sample import sample_call
@@ -237,3 +238,43 @@ async def test_the_session_refuses_what_moshi_cannot_do_with_the_reason() -> Non
         await rt.say("hello")
     await rt.aclose()
     assert rt.decisions[-1].kind == "disconnected"
+
+
+async def test_the_session_driven_directly_maps_the_modes_decisions() -> None:
+    # The corpus's scripted agent on a call with a backchannel and a barge-in (the
+    # Pipecat service's call), input-clocked: the decisions do not depend on the load.
+    from voice_server_moshi.corpus.agent import ScriptedAgentTransport, text_schedule
+    from voice_server_moshi.corpus.assemble import build_call
+    from voice_server_moshi.corpus.store import bundled_clips
+
+    call = build_call(bundled_clips(), 12, 20.0, exchanges=2)
+    model = RealtimeModel(clock="input", sample_rate=8000, adapter_factory=lambda: MoshiAdapter(
+        MoshiSettings(), transport=ScriptedAgentTransport(
+            call.agent, 8000, text_schedule(call.agent_segments))))
+    assert not model.capabilities.supports_say and not model.capabilities.user_transcription
+    rt = model.session()
+    assert isinstance(rt, MoshiRealtimeSession)
+    seen: list[str] = []
+    gens: list[llm.GenerationCreatedEvent] = []
+    rt.on("input_speech_started", lambda ev: seen.append("user-started"))
+    rt.on("input_speech_stopped", lambda ev: seen.append("user-stopped"))
+    rt.on("generation_created", gens.append)
+    await asyncio.wait_for(rt.ready.wait(), 10)
+    pcm = (np.clip(call.caller, -1, 1) * 32767).astype(np.int16).tobytes()
+    for i in range(0, len(pcm), 960):  # 60 ms frames at 8 kHz: any size goes
+        rt.push_audio(rtc.AudioFrame(pcm[i:i + 960], 8000, 1, len(pcm[i:i + 960]) // 2))
+    await rt.aclose()
+    verdicts = [o.verdict for o in rt.mode.overlaps]
+    assert "backchannel" in verdicts and "barge-in" in verdicts
+    # Exactly the mode's caller turns, in order; backchannels are not among them.
+    assert seen == [d.kind for d in rt.decisions if d.kind in ("user-started", "user-stopped")]
+    # One generation per agent turn, each one message with Moshi's words.
+    turns = [d for d in rt.decisions if d.kind == "agent-started"]
+    assert len(gens) == len(turns) >= 2 and not any(g.user_initiated for g in gens)
+    texts = []
+    for g in gens:
+        async for msg in g.message_stream:
+            texts.append("".join([t async for t in msg.text_stream]))
+    assert texts[0].split()[0].strip(",.?!") == call.agent_segments[0].text.split()[0].strip(
+        ",.?!")
+    assert rt.mode.t_ms >= call.duration_ms - 20

@@ -340,8 +340,9 @@ class _Host:
         s = self.s
         s._decide("agent-started", t_ms, steered=steered)
         s._in_turn = True
-        if s._gen is None or s._gen.kind != "say":  # a say's generation carries its turn
-            s._open("turn", user_initiated=False)
+        gen = s._gen
+        if gen is None or gen.kind != "say" or gen.steering_done:
+            s._open("turn", user_initiated=False)  # a say's generation carries its turn
 
     def on_agent_turn_ended(self, t_ms: float, interrupted: bool) -> None:
         s = self.s
