@@ -61,6 +61,8 @@ async def _agent_session(pcm: bytes, factory: Callable[[], VoiceModelAdapter]
     return {"frames_in_to_out": _stats(_in_to_out(src.sent_wall, out_wall, consumed)),
             "added": _stats([a + b for a, b in zip(added_in, added_out, strict=False)]),
             "added_in": _stats(added_in), "added_out": _stats(added_out),
+            "caller_frames_dropped": rt.mode.counters["caller_dropped_frames"],
+            "gap_fill_frames": rt.mode.counters["gap_fill_frames"],
             "forwarded_ms": round(out.played_ms), "dropped_ms": round(rt.dropped_ms),
             "cpu_s_per_call_s": round(cpu / (src.duration_ms / 1000.0), 4),
             "wall_s": round(wall, 2)}
