@@ -76,8 +76,8 @@ def test_the_documented_example_is_complete() -> None:
     assert len(commands) == 2, commands
     assert "--pyargs voice_server_moshi.testing.contract.scenarios" in commands[0]
     assert "contract-report" in commands[1]
-    # The README's short example runs the suite with the same command.
-    assert _doc_example(ROOT / "README.md")[1] == commands[:1]
+    # The reference-adapters page's short example runs the suite with the same command.
+    assert _doc_example(ROOT / "docs" / "reference-adapters.md")[1] == commands[:1]
 
 
 @pytest.mark.slow
