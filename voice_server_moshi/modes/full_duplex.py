@@ -409,7 +409,7 @@ class FullDuplexMode:
             if a.kind == "started":
                 if a.barge_in:
                     self.counters["barge_ins"] += 1
-                    self._apply_barge_in_policy()
+                    self.apply_barge_in_policy()
                 self._call(self.host.on_user_turn_started, a.t_ms, a.barge_in)
             else:
                 self._ducking = False
@@ -417,11 +417,7 @@ class FullDuplexMode:
         self.counters["backchannels"] = self.callers.verdicts["backchannel"]
 
     def apply_barge_in_policy(self) -> None:
-        """Do to the playout what a barge-in does (``barge_in_policy``: none, duck until the
-        caller's turn ends, or flush): for a host that interrupts the agent itself."""
-        self._apply_barge_in_policy()
-
-    def _apply_barge_in_policy(self) -> None:
+        """What a barge-in does to the playout; public for hosts that interrupt the agent."""
         policy = self.settings.barge_in_policy
         if policy == "flush":
             n = self.playout.flush()
