@@ -27,9 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from livekit import rtc
 from livekit.agents import llm
@@ -37,18 +37,16 @@ from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import is_given
 
 from .._log import get_logger
-from ..adapter import VoiceModelConfig
+from ..adapter import VoiceModelAdapter, VoiceModelConfig
 from ..errors import SteeringUnsupportedError
 from ..events import Role
 from ..formats import AudioFormat
 from ..modes.feed import CallerFeed
+from ..registry import Registry
 from .caller_text import CallerText
 from .generation import Generation, GenerationKind
-from .model import session_capabilities
+from .options import ModelOptions, session_capabilities
 from .refusals import check_chat_ctx, check_instructions, check_tool_choice, check_tools
-
-if TYPE_CHECKING:
-    from .model import RealtimeModel
 
 __all__ = ["Decision", "MoshiRealtimeSession"]
 
@@ -69,11 +67,12 @@ class Decision:
 
 
 class MoshiRealtimeSession(llm.RealtimeSession[Any]):
-    def __init__(self, model: RealtimeModel) -> None:
+    def __init__(self, model: llm.RealtimeModel, opts: ModelOptions, registry: Registry,
+                 new_adapter: Callable[[], VoiceModelAdapter]) -> None:
         super().__init__(model)
         self._model = model
-        opts = model.options
-        self.adapter = model.new_adapter()
+        self._opts = opts
+        self.adapter = new_adapter()
         rate = opts.sample_rate
         fmt = AudioFormat(encoding="pcm16", sample_rate=rate, frame_ms=_FRAME_MS)
         cfg = (VoiceModelConfig(audio=fmt) if opts.call_id is None
@@ -81,7 +80,7 @@ class MoshiRealtimeSession(llm.RealtimeSession[Any]):
         self.call_id = cfg.call_id
         self.log = get_logger("voice_server_moshi.livekit", call_id=cfg.call_id)
         clock = opts.new_clock()
-        self.mode: Any = model.registry.create_mode(
+        self.mode: Any = registry.create_mode(
             opts.mode, opts.full_duplex, adapter=self.adapter, host=_Host(self), config=cfg,
             clock=clock)
         self.feed = CallerFeed(self.mode, rate=rate, frame_ms=_FRAME_MS, clock=clock)
@@ -126,7 +125,7 @@ class MoshiRealtimeSession(llm.RealtimeSession[Any]):
             return
         self._feeder = self._spawn(self.feed.run(), "moshi-feed")
         self.ready.set()
-        self.log.info("livekit_moshi_started", rate=self.rate, clock=self._model.options.clock,
+        self.log.info("livekit_moshi_started", rate=self.rate, clock=self._opts.clock,
                       between_turns=self.between_turns)
 
     async def aclose(self) -> None:
