@@ -17,7 +17,9 @@ from livekit import rtc
 from livekit.agents import Agent, AgentSession, llm
 
 from voice_server_moshi.corpus.sample import sample_call
+from voice_server_moshi.host.tool_example import OrderStatusAgent
 from voice_server_moshi.livekit import RealtimeModel
+from voice_server_moshi.livekit.example import answer_tool_calls
 from voice_server_moshi.livekit.harness import CallerInput, RecordingOutput, TextLog
 from voice_server_moshi.livekit.session import MoshiRealtimeSession
 from voice_server_moshi.moshi.adapter import MoshiAdapter
@@ -60,8 +62,11 @@ async def wait_between_turns(rt: MoshiRealtimeSession, after_ms: float) -> None:
                 and (rt._gen is None or rt.between_turns == "play"))
 
 
-async def agent_call(model: RealtimeModel, seconds: float, *, interrupt_say: bool) -> Run:
+async def agent_call(model: RealtimeModel, seconds: float, *, interrupt_say: bool,
+                     tools: OrderStatusAgent | None = None) -> Run:
     session: AgentSession = AgentSession(llm=model)
+    if tools is not None:  # the worked example's tool call, answered through say
+        answer_tool_calls(session, tools)
     out = RecordingOutput()
     session.output.audio = out
     await session.start(agent=Agent(instructions=""))
@@ -144,9 +149,15 @@ async def test_agent_session_on_the_embedded_dev_checkpoint(dev_checkpoint: Any)
     caps = model.capabilities
     assert caps.supports_say and caps.user_transcription and caps.turn_detection
     assert caps.supports_overlapping_speech and not caps.mutable_instructions
-    run = await agent_call(model, CALL_S, interrupt_say=True)
+    tools = OrderStatusAgent()
+    run = await agent_call(model, CALL_S, interrupt_say=True, tools=tools)
     rt = run.rt
     assert not run.of("error")
+    # The worked example: the first final caller transcript went to the tool, and what it
+    # found was said (steered) before the test's own says.
+    assert len(tools.calls) == 1 and tools.calls[0].said.startswith("I looked up order")
+    statuses = [d.detail["status"] for d in rt.decisions if d.kind == "steering"]
+    assert statuses.count("queued") == 3
     check_turn_events(run)
     check_transcripts(run)
     # One generation (one played segment) per agent turn or say; Moshi's words as text.
