@@ -11,19 +11,17 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
-from voice_server_moshi.engine.call_sampling import CallSampling  # noqa: E402
+from voice_server_moshi.engine.call_sampling import GREEDY, CallSampling  # noqa: E402
 from voice_server_moshi.engine.core import (  # noqa: E402
     FRAME_SAMPLES,
     Engine,
     EngineConfig,
-    Sampling,
     SlotEvent,
     SlotOutput,
     SttOutput,
 )
 from voice_server_moshi.engine.models import LoadedModels, load_models  # noqa: E402
 
-GREEDY = Sampling(use_sampling=False)
 FRAMES = 16
 MOVE_AT = 6
 

@@ -19,11 +19,12 @@ def equivalence(checkpoint: str, device: str, dtype: str) -> dict[str, Any]:
     """Greedy calls that join, idle and leave a running 4-slot batch at staggered times,
     against each call run alone: the largest PCM difference, whether every text and audio
     token matched, how many times a live call moved rows and the widths the batch ran at."""
-    from ..engine.core import FRAME_SAMPLES, Engine, EngineConfig, Sampling, SlotEvent
+    from ..engine.call_sampling import GREEDY
+    from ..engine.core import FRAME_SAMPLES, Engine, EngineConfig, SlotEvent
     from ..engine.core import SlotOutput as Out
     from ..engine.models import load_models
 
-    greedy = EngineConfig(slots=SLOTS, sampling=Sampling(use_sampling=False),
+    greedy = EngineConfig(slots=SLOTS, sampling=GREEDY,
                           fill_after_ticks=None)
     rng = np.random.default_rng(0)
     audio = {k: (0.2 * rng.standard_normal((n, FRAME_SAMPLES))).astype(np.float32)
@@ -58,7 +59,7 @@ def equivalence(checkpoint: str, device: str, dtype: str) -> dict[str, Any]:
     worst = 0.0
     tokens_equal = True
     for k in PLAN:
-        alone = Engine(models, EngineConfig(slots=1, sampling=Sampling(use_sampling=False)))
+        alone = Engine(models, EngineConfig(slots=1, sampling=GREEDY))
         alone.warm_up()
         mine: list[SlotEvent] = []
         s = alone.try_open(k, mine.append)

@@ -35,7 +35,7 @@ from .._threads import name_os_thread
 from .admission import SlotAdmission
 from .batch_width import BatchWidth
 from .call_sampling import CallSampling
-from .config import FRAME_SAMPLES, TICK_S, EngineConfig, Sampling
+from .config import FRAME_SAMPLES, TICK_S, EngineConfig
 from .metrics import (
     TICK_BUCKETS_S,
     EngineMeasures,
@@ -54,7 +54,7 @@ from .stt import SttBatch, make_stt_batch
 
 __all__ = [
     "FRAME_SAMPLES", "PCM", "TICK_BUCKETS_S", "TICK_S", "Engine", "EngineConfig",
-    "EngineMetrics", "Sampling", "Sink", "Slot", "SlotError", "SlotEvent", "SlotOutput",
+    "EngineMetrics", "Sink", "Slot", "SlotError", "SlotEvent", "SlotOutput",
     "SlotState", "SttOutput", "TickReport", "streaming_state_bytes",
 ]
 
@@ -105,9 +105,7 @@ class Engine(SlotAdmission, RowPacking, EngineMeasures):
 
         params: dict[str, Any] = dict(models.lm_gen_config)
         if self.config.sampling is not None:
-            s = self.config.sampling
-            params.update(use_sampling=s.use_sampling, temp=s.temp, temp_text=s.temp_text,
-                          top_k=s.top_k, top_k_text=s.top_k_text)
+            params.update(self.config.sampling.lmgen_params())
         if float(params.get("cfg_coef", 1.0)) != 1.0:
             raise ValueError("checkpoints that need classifier-free guidance are not supported")
         cond = get_condition_tensors(models.model_type, models.lm, batch_size=n, cfg_coef=1.0)

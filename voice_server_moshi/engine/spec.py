@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .config import DEFAULT_TRIM_AFTER_MS, EngineConfig, Sampling, trim_window_ticks
+from .call_sampling import GREEDY
+from .config import DEFAULT_TRIM_AFTER_MS, EngineConfig, trim_window_ticks
 
 if TYPE_CHECKING:
     from .core import Engine
@@ -55,7 +56,7 @@ class EngineSpec:
         return EngineConfig(slots=self.slots, queue_frames=self.queue_frames,
                             fill_after_ticks=self.fill_after_ticks, target_frames=target_frames,
                             trim_window_ticks=trim_window_ticks(self.trim_after_ms),
-                            sampling=Sampling(use_sampling=False) if self.greedy else None)
+                            sampling=GREEDY if self.greedy else None)
 
     def build(self, *, target_frames: int = 0) -> Engine:
         """Load the models and make the engine (not started). Needs the embedded extra."""
