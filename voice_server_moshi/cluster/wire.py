@@ -101,6 +101,9 @@ def decode_reply(data: bytes) -> Output | EngineFailure:
     start = _OUT_HEAD.size + n
     if len(data) != start + _PCM_BYTES:
         raise WireError(f"reply of {len(data)} bytes, expected {start + _PCM_BYTES}")
-    text = data[_OUT_HEAD.size:start].decode("utf-8") if n else None
+    try:
+        text = data[_OUT_HEAD.size:start].decode("utf-8") if n else None
+    except UnicodeDecodeError as exc:  # found by tests/cluster/test_wire_fuzz.py
+        raise WireError(f"reply text is not UTF-8: {exc.reason}") from None
     pcm = np.frombuffer(data, dtype="<f4", offset=start).astype(np.float32)
     return Output(step, token, text, pcm)
