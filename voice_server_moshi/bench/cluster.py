@@ -98,7 +98,10 @@ class _Call:
         self.error: str | None = None
         self.closed_at: float | None = None
 
-    async def run(self, n: int, *, hold_s: float = 0.0) -> None:
+    async def run(self, n: int, *, hold_s: float = 0.0,
+                  stop: asyncio.Event | None = None) -> None:
+        """Send ``n`` frames in real time (fewer if ``stop`` is set first), then wait for
+        the answers (up to 10 s + ``hold_s``) and close."""
         import sphn
         import websockets
 
@@ -127,7 +130,7 @@ class _Call:
         t = np.arange(FRAME) / 24000
         start = time.perf_counter()
         for k in range(n):
-            if self.closed_at is not None:
+            if self.closed_at is not None or (stop is not None and stop.is_set()):
                 break
             pcm = (0.3 * np.sin(2 * np.pi * (220 + 5 * (k % 9)) * t)).astype(np.float32)
             data = writer.append_pcm(pcm)
@@ -150,8 +153,9 @@ class _Call:
         return [(g - s) * 1000 for g, s in zip(self.got, self.sent[1:], strict=False)]
 
 
-def _start(cmd: list[str], timeout_s: float) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+def _start(cmd: list[str], timeout_s: float, *, stderr: Any = subprocess.DEVNULL,
+           ) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr,
                             stdin=subprocess.PIPE, text=True,
                             env=dict(os.environ, HF_HUB_OFFLINE="1"))
     line: list[str] = []
