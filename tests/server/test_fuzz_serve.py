@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
-from voice_server_moshi.bench import fuzz  # noqa: E402
+from voice_server_moshi.bench import fuzz
 
 
 @pytest.mark.slow
