@@ -36,7 +36,7 @@ from typing import Any
 
 from .._cli_help import command_parser
 from .cluster import _Call, _pct
-from .served import Served, fit, write_json
+from .served import Served, add_common_flags, fit, write_json
 
 FRAME_S = 0.08
 
@@ -187,11 +187,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--connections", type=int, default=3, help="concurrent fuzzing connections")
     p.add_argument("--slots", type=int, default=4, help="serve --slots (the canary takes one)")
-    p.add_argument("--seed", type=int, default=1)
     p.add_argument("--baseline-s", type=float, default=8.0, help="canary alone, for its lag")
-    p.add_argument("--checkpoint", default="dev")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", help="also write the JSON here (benchmarks/results/fuzz.json)")
+    add_common_flags(p, "benchmarks/results/fuzz.json")
     args = p.parse_args(argv)
     write_json(run(args), args.out)
     return 0

@@ -5,6 +5,7 @@ and ``/capacity``, scan its log for unhandled errors, and fit a line through sam
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -19,8 +20,16 @@ import numpy as np
 from ..engine.metrics import TICK_BUCKETS_S
 from .cluster import _start, _stop
 
-__all__ = ["Served", "fit", "metric_values", "process_stats", "scan_log", "tick_quantile",
-           "write_json"]
+__all__ = [
+    "Served",
+    "add_common_flags",
+    "fit",
+    "metric_values",
+    "process_stats",
+    "scan_log",
+    "tick_quantile",
+    "write_json",
+]
 
 #: What counts as an unhandled error in serve's log: a traceback, or a line logged at
 #: error level or above (serve logs a call's expected endings at info or warning).
@@ -128,6 +137,14 @@ class Served:
         _stop(self.proc)
         self._log.close()
         return {"exit_code": self.proc.returncode, "log": scan_log(self.log_path)}
+
+
+def add_common_flags(p: argparse.ArgumentParser, out_example: str) -> None:
+    """The flags ``bench fuzz`` and ``bench soak`` share."""
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--checkpoint", default="dev")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help=f"also write the JSON here ({out_example})")
 
 
 def write_json(result: dict[str, Any], out: str | None) -> None:

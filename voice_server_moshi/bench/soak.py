@@ -32,7 +32,7 @@ from typing import Any
 from .._cli_help import command_parser
 from .cluster import _Call, _pct
 from .fuzz import FRAME_S, _cpus, _drops, canary_figures
-from .served import Served, fit, tick_quantile, write_json
+from .served import Served, add_common_flags, fit, tick_quantile, write_json
 
 PROBE_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
@@ -200,10 +200,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--sample-s", type=float, default=5.0)
     p.add_argument("--probe-s", type=float, default=8.0, help="length of each capacity step")
     p.add_argument("--max-calls", type=int, default=16, help="largest capacity step tried")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--checkpoint", default="dev")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", help="also write the JSON here (benchmarks/results/soak.json)")
+    add_common_flags(p, "benchmarks/results/soak.json")
     args = p.parse_args(argv)
     write_json(run(args), args.out)
     return 0
