@@ -59,7 +59,8 @@ def metric_values(text: str) -> dict[str, float]:
 
 def tick_quantile(before: dict[str, float], after: dict[str, float], q: float) -> float | None:
     """The ``q`` quantile of engine ticks between two ``/metrics`` pages, in ms: the upper
-    edge of the histogram bucket it falls in (None: no tick, or beyond the last bucket)."""
+    edge of the histogram bucket it falls in; beyond the last bucket (1 s), twice that
+    edge, read "over 1 s"; None when no tick ran."""
     def counts(m: dict[str, float]) -> list[float]:
         return [m.get(f'moshi_engine_tick_seconds_bucket{{le="{le}"}}', 0.0)
                 for le in TICK_BUCKETS_S]
@@ -71,7 +72,7 @@ def tick_quantile(before: dict[str, float], after: dict[str, float], q: float) -
     for le, a, b in zip(TICK_BUCKETS_S, counts(after), counts(before), strict=True):
         if a - b >= q * total:
             return le * 1000
-    return None
+    return TICK_BUCKETS_S[-1] * 2000
 
 
 def fit(xs: list[float], ys: list[float]) -> dict[str, float | None]:

@@ -11,8 +11,9 @@
    and last an exponential time (mean ``--mean-call-s``, 4 s to 3x the mean), so on
    average ``load * capacity`` calls are up (Little's law), on ``serve --slots capacity``.
 3. Every ``--sample-s``: serve's resident memory, open file descriptors, threads, free
-   slots, tick p99 (its ``/metrics`` histogram over the window), and the calls' lag p50/p99
-   and output gaps over the window.
+   slots, tick p99 (its ``/metrics`` histogram over the window: a bucket's upper edge,
+   2000 for over 1 s), and the calls' lag p50/p99 (calls that lost no frame since they
+   started: lag by frame index means nothing after a drop) and worst output gap.
 
 Reports linear fits over the samples after the first minute (warm-up): memory in MB per
 minute and lag in ms per minute, with ``drift`` true where the fitted rise over the run
@@ -76,6 +77,8 @@ class Soak:
         self.calls: list[_Call] = []
         self.stop = asyncio.Event()
         self.started = 0
+        #: When a sample saw engine frames dropped (any call's).
+        self.drop_times: list[float] = []
 
     async def arrivals(self, until: float) -> None:
         tasks = []
@@ -91,6 +94,8 @@ class Soak:
         await asyncio.gather(*tasks)
 
     def window(self, t0: float, t1: float) -> dict[str, Any]:
+        """The calls' figures between ``t0`` and ``t1``. Lag by frame index holds only for
+        a call no frame of which may have been dropped: none since it started."""
         lags: list[float] = []
         gaps: list[float] = []
         active = 0
@@ -99,9 +104,10 @@ class Soak:
                 active += 1
             f = canary_figures(c, t0, t1)
             if f["frames_answered"] > 1:
-                lags += [lag for lag, t in zip(c.latencies_ms(), c.got, strict=False)
-                         if t0 <= t <= t1]
                 gaps.append(f["output_gap_ms"]["p99"])
+                if not any(c.sent[0] <= t <= t1 for t in self.drop_times):
+                    lags += [lag for lag, t in zip(c.latencies_ms(), c.got, strict=False)
+                             if t0 <= t <= t1]
         return {"calls_up": active, "lag_ms_p50": _pct(lags, 50), "lag_ms_p99": _pct(lags, 99),
                 "output_gap_ms_p99_worst_call": max(gaps) if gaps else None}
 
@@ -114,15 +120,14 @@ class Soak:
             now = time.perf_counter()
             m = await asyncio.to_thread(self.served.metrics)
             cap = await asyncio.to_thread(self.served.capacity)
-            sample = {"minute": round((now - t_start) / 60, 3),
-                      **await asyncio.to_thread(self.served.stats),
-                      "free_slots": cap["free_slots"],
-                      "tick_ms_p99": tick_quantile(last, m, 0.99),
-                      "dropped_frames": _drops(m) - _drops(last), **self.window(t_last, now)}
-            if sample["dropped_frames"]:
-                # Lag by frame index means nothing once frames are dropped: not sampled.
-                sample["lag_ms_p50"] = sample["lag_ms_p99"] = None
-            out.append(sample)
+            dropped = _drops(m) - _drops(last)
+            if dropped:
+                self.drop_times.append(now)
+            out.append({"minute": round((now - t_start) / 60, 3),
+                        **await asyncio.to_thread(self.served.stats),
+                        "free_slots": cap["free_slots"],
+                        "tick_ms_p99": tick_quantile(last, m, 0.99),
+                        "dropped_frames": dropped, **self.window(t_last, now)})
             last, t_last = m, now
         return out
 
