@@ -48,7 +48,8 @@ JSON_BODIES = st.sampled_from([
     b'{"v": 1, "call_id": "a", "params": [1], "grant": "x"}', b'{"step": "1", "token": []}'])
 JSON_MESSAGES = st.builds(lambda k, body: bytes((k,)) + body, st.integers(0, 0x20), JSON_BODIES)
 
-ANY_BYTES = st.one_of(JSON_MESSAGES, st.binary(max_size=64), _near(wire.KIND_FRAME, wire.FRAME_SAMPLES * 4),
+ANY_BYTES = st.one_of(JSON_MESSAGES, st.binary(max_size=64),
+                      _near(wire.KIND_FRAME, wire.FRAME_SAMPLES * 4),
                       _near(wire.KIND_OUTPUT, 11 + wire.FRAME_SAMPLES * 4),
                       _near(wire.KIND_ERROR, 10), _outputs())
 
