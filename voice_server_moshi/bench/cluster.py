@@ -98,10 +98,10 @@ class _Call:
         self.error: str | None = None
         self.closed_at: float | None = None
 
-    async def run(self, n: int, *, hold_s: float = 0.0,
-                  stop: asyncio.Event | None = None) -> None:
+    async def run(self, n: int, *, hold_s: float = 0.0, stop: asyncio.Event | None = None,
+                  answer_wait_s: float = 10.0) -> None:
         """Send ``n`` frames in real time (fewer if ``stop`` is set first), then wait for
-        the answers (up to 10 s + ``hold_s``) and close."""
+        the answers (up to ``answer_wait_s`` + ``hold_s``) and close."""
         import sphn
         import websockets
 
@@ -141,7 +141,7 @@ class _Call:
                 break
             # Paced on an absolute clock, like a phone line.
             await asyncio.sleep(max(0.0, start + (k + 1) * 0.08 - time.perf_counter()))
-        deadline = time.perf_counter() + 10 + hold_s
+        deadline = time.perf_counter() + answer_wait_s + hold_s
         while (len(self.got) < len(self.sent) - 1  # noqa: ASYNC110 (a bounded poll)
                and time.perf_counter() < deadline and self.closed_at is None):
             await asyncio.sleep(0.05)
