@@ -17,7 +17,8 @@
 
 Reports linear fits over the samples after the first minute (warm-up): memory in MB per
 minute and lag in ms per minute, with ``drift`` true where the fitted rise over the run
-is over 20 MB (and 2 %) for memory or 40 ms for lag. Prints JSON; ``--out`` writes it.
+is over 20 MB (and 2 %) for memory or 40 ms for lag (null: fewer than 10 samples, e.g. lag
+on a host too busy for any call to go without a dropped frame). Prints JSON; ``--out`` writes it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from .fuzz import FRAME_S, _cpus, _drops, canary_figures
 from .served import Served, add_common_flags, fit, tick_quantile, write_json
 
 PROBE_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+#: Fewer samples than this after the warm-up minute: no verdict on drift (null).
+MIN_SAMPLES = 10
 
 
 async def _probe(served: Served, n: int, seconds: float) -> dict[str, Any]:
@@ -142,8 +145,10 @@ def drift(samples: list[dict[str, Any]], key: str, threshold: float,
     f = fit([s["minute"] for s in warm], [float(s[key]) for s in warm])
     level = max((float(s[key]) for s in warm), default=0.0)
     rise = f["rise"]
+    if rise is None or len(warm) < MIN_SAMPLES:
+        return {**f, "per": "minute", "samples": len(warm), "drift": None}
     return {**f, "per": "minute", "samples": len(warm),
-            "drift": None if rise is None else bool(rise > max(threshold, relative * level))}
+            "drift": bool(rise > max(threshold, relative * level))}
 
 
 def run(args: Any) -> dict[str, Any]:
