@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command installs everything a checkout needs: a virtual environment in .venv with the
 # package, its embedded engine (moshi, torch) and the dev tools, plus the Debian tools the
-# synthetic call corpus is made with (espeak-ng, sox) when they are missing and apt is usable.
+# synthetic call corpus is made with (espeak-ng, sox) and the container image is built with
+# (podman, runc, debootstrap) when they are missing and apt is usable.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -11,13 +12,21 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     exit 1
 fi
 
-if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then
+# Debian tools: espeak-ng and sox make the synthetic call corpus; podman, runc and
+# debootstrap build and run the container image (deploy/build-image.sh, its test).
+need=()
+command -v espeak-ng >/dev/null || need+=(espeak-ng)
+command -v sox >/dev/null || need+=(sox)
+for tool in podman runc debootstrap; do command -v "$tool" >/dev/null || need+=("$tool"); done
+if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "install.sh: installing espeak-ng and sox (corpus generator)" >&2
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null
+        echo "install.sh: installing ${need[*]} (corpus generator, container image)" >&2
+        apt-get update -qq \
+            && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
     else
-        echo "install.sh: espeak-ng/sox not found; 'voice-server-moshi make-corpus' needs them" \
-             "(apt-get install espeak-ng sox). Everything else works without." >&2
+        echo "install.sh: ${need[*]} not found: 'voice-server-moshi make-corpus' needs" \
+             "espeak-ng and sox, deploy/build-image.sh podman, runc and debootstrap" \
+             "(apt-get install ...). Everything else works without." >&2
     fi
 fi
 

@@ -4,13 +4,15 @@ The public contract lives in small modules: :mod:`~voice_server_moshi.events`,
 :mod:`~voice_server_moshi.adapter`, :mod:`~voice_server_moshi.hookspecs`,
 :mod:`~voice_server_moshi.registry` and the extension points
 (:mod:`~voice_server_moshi.vads`, :mod:`~voice_server_moshi.modes.protocol`). What a host
-handles, the events an adapter emits and the errors it raises, is exported here too (as
-httpx exports its exceptions), so ``from voice_server_moshi import ConnectError`` works.
+handles, the events an adapter emits and the errors it raises, steering included
+(:class:`SteerableAdapter`, the :class:`Steering` event and its errors), is exported here
+too (as httpx exports its exceptions), so ``from voice_server_moshi import ConnectError``
+works.
 """
 
 from __future__ import annotations
 
-from .adapter import BaseAdapter, VoiceModelAdapter, VoiceModelConfig
+from .adapter import BaseAdapter, SteerableAdapter, VoiceModelAdapter, VoiceModelConfig
 from .capabilities import Capabilities
 from .errors import (
     ConnectError,
@@ -18,6 +20,8 @@ from .errors import (
     LifecycleError,
     ServerBusyError,
     SettingsError,
+    SteeringRequestError,
+    SteeringUnsupportedError,
     UnknownNameError,
     VoiceServerMoshiError,
 )
@@ -31,10 +35,11 @@ from .events import (
     Role,
     SpeechEnded,
     SpeechStarted,
+    Steering,
     Transcript,
 )
 from .formats import AudioFormat
-from .modes.callbacks import HostCallbacks
+from .modes.callbacks import HostCallbacks, SteeringCallbacks
 from .modes.protocol import Mode
 from .registry import Registry, load_registry
 from .vads import Vad, VadConfig, VadFactory, VadTransition
@@ -62,6 +67,11 @@ __all__ = [
     "SettingsError",
     "SpeechEnded",
     "SpeechStarted",
+    "SteerableAdapter",
+    "Steering",
+    "SteeringCallbacks",
+    "SteeringRequestError",
+    "SteeringUnsupportedError",
     "Transcript",
     "UnknownNameError",
     "Vad",

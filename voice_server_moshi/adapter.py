@@ -40,6 +40,7 @@ __all__ = [
     "BaseAdapter",
     "Capabilities",
     "EventCallback",
+    "SteerableAdapter",
     "VoiceModelAdapter",
     "VoiceModelConfig",
 ]
@@ -58,6 +59,11 @@ class VoiceModelConfig:
     call_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     audio: AudioFormat = field(default_factory=AudioFormat)
     metadata: Mapping[str, str] = field(default_factory=dict)
+    #: Who keeps the caller's media continuous (ADR 0140): ``"adapter"`` (the default: an
+    #: adapter whose model is clocked by its input fills a stalled caller with silence) or
+    #: ``"host"`` (the host sends one frame per frame period and conceals gaps itself, as
+    #: the full-duplex mode's jitter buffer does; the adapter then never fills).
+    media_clock: Literal["adapter", "host"] = "adapter"
 
 
 @runtime_checkable
@@ -76,6 +82,28 @@ class VoiceModelAdapter(Protocol):
     def on(self, name: str, callback: EventCallback) -> Callable[[], None]: ...
 
     async def disconnect(self) -> None: ...
+
+
+@runtime_checkable
+class SteerableAdapter(VoiceModelAdapter, Protocol):
+    """An adapter a host can steer (ADR 0070): make the agent say a text or an audio, and
+    cancel that. Every :class:`BaseAdapter` has these methods; whether this session can
+    use them is ``capabilities.steering`` (they raise :class:`SteeringUnsupportedError`
+    when it is False), so check both, as the full-duplex mode does."""
+
+    async def say_text(self, text: str) -> str:
+        """Make the agent say ``text``; returns the request id its ``steering`` events
+        carry."""
+        ...
+
+    async def say_audio(self, audio: bytes, text: str = "", *, sample_rate: int = 24000) -> str:
+        """Make the agent say ``audio`` (16-bit LE mono PCM at ``sample_rate``) whose words
+        are ``text``; returns the request id."""
+        ...
+
+    async def cancel_say(self, flush: bool = True) -> None:
+        """Stop the request being said; ``flush`` also drops the queued ones."""
+        ...
 
 
 class BaseAdapter(ABC):

@@ -54,21 +54,24 @@ def voice_server_register_modes(register: Register) -> None:
 
 @hookspec
 def voice_server_register_vads(register: Register) -> None:
-    """Register caller VADs: ``register(name, factory, description="...")``.
+    """Register caller VADs: ``register(name, factory, settings=Cls, description="...")``.
 
     ``factory(config)`` gets a :class:`~voice_server_moshi.vads.VadConfig` and returns a new
     :class:`~voice_server_moshi.vads.Vad` for one call. Hosts select one by name
-    (``vad = "name"`` in the ``[moshi]`` section); this package registers ``"energy"``.
+    (``vad = "name"`` in the ``[moshi]`` section); this package registers ``"energy"``,
+    ``"cascade"`` and ``"silero"``. With ``settings=Cls`` it is ``factory(config,
+    settings)``, ``settings`` parsed from the host's ``vad_settings`` table in ``[moshi]``.
     """
 
 
 @hookspec
 def voice_server_register_moshi_transports(register: Register) -> None:
-    """Register Moshi transports: ``register(name, factory, description="...")``.
+    """Register Moshi transports: ``register(name, factory, settings=Cls, description=...)``.
 
     ``factory(settings)`` gets the adapter's
     :class:`~voice_server_moshi.moshi.settings.MoshiSettings` and returns a new
     :class:`~voice_server_moshi.moshi.transport.MoshiTransport` for one call. Hosts select
     one by name (``transport = "name"`` in ``[moshi]``); this package registers ``"remote"``
-    and ``"embedded"``.
+    and ``"embedded"``. With ``settings=Cls`` it is ``factory(settings, own)``, ``own``
+    parsed from the host's ``transport_settings`` table in ``[moshi]``.
     """

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 #: The registry whose ``create_*`` is running: components made by a registry look up the
-#: other components they name (a Moshi adapter's ``vad = "name"``) in that same registry.
+#: other components they name (a Moshi adapter's ``vad = "name"``) in that same registry
+#: (:func:`active_registry`).
 _CURRENT: ContextVar[Registry | None] = ContextVar("voice_server_registry", default=None)
 
 
@@ -99,18 +100,18 @@ class Registry:
         return register
 
     @staticmethod
-    def _settings(reg: Registration, kind: str, raw: Mapping[str, Any] | Any | None) -> Any:
+    def _settings(reg: Registration, kind: str, raw: Mapping[str, Any] | Any | None,
+                  section: str | None = None) -> Any:
+        section = section or f"{kind} {reg.name!r}"
         if reg.settings is None:
             if raw:
-                raise SettingsError(f"{kind} {reg.name!r}", ["takes no settings"])
+                raise SettingsError(section, [f"{kind} {reg.name!r} takes no settings"])
             return None
         if isinstance(raw, reg.settings):
             return raw
         if raw is not None and not isinstance(raw, Mapping):
-            raise SettingsError(
-                f"{kind} {reg.name!r}", [f"settings must be a mapping, got {type(raw).__name__}"]
-            )
-        return parse_settings(reg.settings, raw, section=f"{kind} {reg.name!r}")
+            raise SettingsError(section, [f"settings must be a mapping, got {type(raw).__name__}"])
+        return parse_settings(reg.settings, raw, section=section)
 
     def create_adapter(
         self, name: str, settings: Mapping[str, Any] | object | None = None
@@ -146,25 +147,31 @@ class Registry:
         return mode
 
     def _named(self, table: dict[str, Registration], what: str, key: str, name: str,
-               section: str) -> Callable[..., Any]:
+               section: str) -> Registration:
         reg = table.get(name)
         if reg is None:
             known = ", ".join(sorted(table)) or "(none)"
             raise SettingsError(section, [f"{key}: no {what} named {name!r}; registered: {known}"])
-        return reg.factory
+        return reg
 
-    def vad_factory(self, name: str, *, section: str = "moshi") -> VadFactory:
-        """The factory of the caller VAD ``name``; a :class:`SettingsError` of ``section``
-        naming the registered VADs when there is none."""
-        factory: VadFactory = self._named(self.vads, "VAD", "vad", name, section)
+    def vad_factory(self, name: str, settings: Mapping[str, Any] | object | None = None, *,
+                    section: str = "moshi") -> VadFactory:
+        """The factory of the caller VAD ``name``, its ``settings`` (the host's
+        ``vad_settings``) parsed into the class it registered and bound in; a
+        :class:`SettingsError` of ``section`` naming the registered VADs when there is
+        none, or listing what is wrong with the settings."""
+        reg = self._named(self.vads, "VAD", "vad", name, section)
+        parsed = self._settings(reg, "VAD", settings, f"{section}.vad_settings")
+        factory: VadFactory = reg.factory if reg.settings is None else _bind(reg, parsed)
         return factory
 
-    def transport_factory(self, name: str, *, section: str = "moshi") -> TransportFactory:
-        """The factory of the Moshi transport ``name``; a :class:`SettingsError` of
-        ``section`` naming the registered transports when there is none."""
-        factory: TransportFactory = self._named(
-            self.moshi_transports, "transport", "transport", name, section
-        )
+    def transport_factory(self, name: str, settings: Mapping[str, Any] | object | None = None,
+                          *, section: str = "moshi") -> TransportFactory:
+        """The factory of the Moshi transport ``name``, its ``settings`` (the host's
+        ``transport_settings``) parsed and bound in as for :meth:`vad_factory`."""
+        reg = self._named(self.moshi_transports, "transport", "transport", name, section)
+        parsed = self._settings(reg, "transport", settings, f"{section}.transport_settings")
+        factory: TransportFactory = reg.factory if reg.settings is None else _bind(reg, parsed)
         return factory
 
     @contextmanager
@@ -179,6 +186,16 @@ class Registry:
     def check_pending(self) -> None:
         """Raise if a loaded plugin implements a hook this project does not specify."""
         self.pm.check_pending()
+
+
+def _bind(reg: Registration, settings: Any) -> Callable[[Any], Any]:
+    """A one-argument factory: ``reg.factory(arg, settings)`` (a VAD's config or a
+    transport's Moshi settings first, its own settings second)."""
+    def factory(arg: Any) -> Any:
+        return reg.factory(arg, settings)
+
+    factory.__qualname__ = factory.__name__ = f"{reg.name}<settings>"
+    return factory
 
 
 def blocked_plugins(env: Mapping[str, str] | None = None) -> list[str]:
@@ -221,6 +238,12 @@ def load_registry(
 def default_registry() -> Registry:
     """The registry of the installed plugins (entry points), loaded once per process."""
     return load_registry()
+
+
+def active_registry() -> Registry | None:
+    """The registry whose ``create_*`` is running now (see :meth:`Registry.active`), or
+    None outside one: the names a component's settings give resolve there."""
+    return _CURRENT.get()
 
 
 def current_registry() -> Registry:

@@ -1,7 +1,8 @@
 """Typed, validated settings: dataclasses parsed from a host's config section.
 
 A settings class is a frozen dataclass. Field types may be ``bool``, ``int``, ``float``,
-``str``, ``Literal[...]`` and ``X | None``; ``field(metadata={"min": ..., "max": ...,
+``str``, ``Literal[...]``, ``X | None`` and ``Mapping[str, Any]`` (a table, handed on as
+given: another component's settings, parsed by it); ``field(metadata={"min": ..., "max": ...,
 "help": "..."})`` adds bounds and documentation. :func:`parse_settings` reports every
 problem at once, naming the key, what was expected and what was given.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections import abc
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
@@ -29,6 +31,8 @@ def _describe(tp: Any) -> str:
         return " | ".join(_describe(a) for a in get_args(tp))
     if tp is type(None):
         return "null"
+    if origin in (dict, abc.Mapping):
+        return "table"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -55,6 +59,9 @@ def _coerce(tp: Any, value: Any) -> tuple[bool, Any]:
         return False, value
     if tp is str:
         return isinstance(value, str), value
+    if origin in (dict, abc.Mapping):
+        ok = isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
+        return ok, dict(value) if ok else value
     if origin in (tuple, list) and isinstance(value, list | tuple):
         (item_tp, *_) = get_args(tp) or (Any,)
         out = []
@@ -130,5 +137,7 @@ def redacted(settings: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(settings):
         v = getattr(settings, f.name)
+        if isinstance(v, Mapping):  # another component's table: its secrets too
+            v = {k: "<redacted>" if (is_secret(str(k)) and x) else x for k, x in v.items()}
         out[f.name] = "<redacted>" if (is_secret(f.name) and v) else v
     return out

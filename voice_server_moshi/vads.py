@@ -11,7 +11,10 @@ register adapters and modes::
 
 and a host picks one with ``vad = "my-vad"`` in its ``[moshi]`` section. ``make_my_vad``
 is a :data:`VadFactory`: called once per call with a :class:`VadConfig`, it returns a fresh
-:class:`Vad` that holds that call's state (never share one between calls).
+:class:`Vad` that holds that call's state (never share one between calls). A VAD registered
+with ``settings=MyVadSettings`` (a settings dataclass, :mod:`voice_server_moshi.settings`)
+is called as ``make_my_vad(config, settings)``, its settings parsed from the host's
+``vad_settings`` table in ``[moshi]``.
 
 A VAD consumes the caller's own audio, int16 mono at the call's PCM rate
 (``VadConfig.sample_rate``: 8 kHz for G.711 calls), in chunks of any length, and returns
@@ -34,7 +37,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .audio.vad import EnergyVad, VadTransition
-from .registry import _CURRENT, default_registry
 
 __all__ = [
     "AgentAudioSink",
@@ -43,7 +45,6 @@ __all__ = [
     "VadFactory",
     "VadTransition",
     "energy_vad",
-    "resolve_vad",
 ]
 
 
@@ -86,13 +87,3 @@ VadFactory = Callable[[VadConfig], Vad]
 def energy_vad(config: VadConfig) -> Vad:
     """The ``"energy"`` VAD: frame energy over an adaptive noise floor (ADR 0011)."""
     return EnergyVad(config.sample_rate, config.threshold_db, config.hangover_ms)
-
-
-def resolve_vad(name: str, *, section: str = "moshi") -> VadFactory:
-    """The VAD factory registered as ``name`` in the registry creating the component now
-    (else the installed plugins'); a :class:`~voice_server_moshi.errors.SettingsError`
-    listing the registered names when there is none."""
-    registry = _CURRENT.get()
-    if registry is None and name == "energy":
-        return energy_vad  # this package's own: no need to load every plugin for it
-    return (registry or default_registry()).vad_factory(name, section=section)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voice_server_moshi.call.wavio import read_wav, write_wav_pcm16
+from voice_server_moshi.audio.wavio import read_wav, write_wav_pcm16
 from voice_server_moshi.cli import main as cli_main
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from voice_server_moshi.call.wavio import write_wav_pcm16
+from voice_server_moshi.audio.wavio import write_wav_pcm16
 from voice_server_moshi.corpus.sample import sample_call
 
 

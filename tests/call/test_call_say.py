@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from voice_server_moshi.audio.wavio import write_wav_pcm16
 from voice_server_moshi.call.plot import steered_spans
-from voice_server_moshi.call.wavio import write_wav_pcm16
 from voice_server_moshi.cli import main as cli_main
 from voice_server_moshi.host.recorder import Record
 

@@ -11,9 +11,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
-from voice_server_moshi.call.wavio import read_wav, write_wav_pcm16
+from voice_server_moshi.audio.wavio import read_wav, write_wav_pcm16
+from voice_server_moshi.bundled import bundled_clip_dir
 from voice_server_moshi.cli import main as cli_main
-from voice_server_moshi.corpus.store import bundled_clip_dir
 from voice_server_moshi.engine.devstt import DELAY_FRAMES
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from voice_server_moshi.audio import g711
+from voice_server_moshi.audio.wavio import WavError, read_wav, write_wav_g711, write_wav_pcm16
 from voice_server_moshi.call.caller import load_caller
-from voice_server_moshi.call.wavio import WavError, read_wav, write_wav_g711, write_wav_pcm16
 from voice_server_moshi.formats import AudioFormat
 
 TONE = (0.5 * np.sin(2 * np.pi * 440 * np.arange(4410) / 44100)).astype(np.float32)

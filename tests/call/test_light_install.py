@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voice_server_moshi.call.wavio import write_wav_pcm16
+from voice_server_moshi.audio.wavio import write_wav_pcm16
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,6 +1,7 @@
 """A standing fuzz of the data plane's decoders (issue 25 item 4): whatever bytes arrive on
-the ingress <-> engine connection, the decoder gives a well-formed item or its own
-:class:`WireError`, never another exception, and what it encodes it decodes back.
+a front door <-> engine connection (``callpath.wire``), the decoder gives a well-formed
+item or its own :class:`WireError`, never another exception, and what it encodes it
+decodes back.
 
 :func:`decode_data_plane` is the one adapter to the decoder under test; point it at the
 new data plane's decoder when the call path changes, the properties stay."""
@@ -11,7 +12,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voice_server_moshi.cluster import wire
+from voice_server_moshi.callpath import wire
+from voice_server_moshi.callpath.kinds import CancelSay, SayText, SteerAnswer
+from voice_server_moshi.engine.slot import SlotError, SlotOutput
 
 #: The decoder's own refusal (what the receiving loops catch).
 DecodeError = wire.WireError
@@ -19,24 +22,13 @@ DecodeError = wire.WireError
 
 def decode_data_plane(raw: bytes, *, from_engine: bool) -> object:
     """One data-plane message as the receiving side decodes it."""
-    return wire.decode_reply(raw) if from_engine else wire.decode_frame(raw)
+    return wire.decode_event(raw) if from_engine else wire.decode_request(raw)
 
 
 def _near(kind: int, size: int) -> st.SearchStrategy[bytes]:
     """Messages of ``kind`` around the right ``size``: the decoder's edges."""
     return st.builds(lambda n, fill: bytes((kind,)) + (fill * (n // len(fill) + 1))[:n],
                      st.integers(max(0, size - 3), size + 3), st.binary(min_size=1, max_size=8))
-
-
-def _outputs() -> st.SearchStrategy[bytes]:
-    """A real 0x11 header with a text field of any bytes (UTF-8 or not), then PCM."""
-    return st.builds(
-        lambda step, tok, text, pcm_len: (
-            bytes((wire.KIND_OUTPUT,)) + step.to_bytes(4, "little")
-            + tok.to_bytes(4, "little", signed=True) + len(text).to_bytes(2, "little") + text
-            + bytes(pcm_len)),
-        st.integers(0, 2**32 - 1), st.integers(-2**31, 2**31 - 1),
-        st.binary(max_size=40), st.sampled_from([wire.FRAME_SAMPLES * 4, 0, 7, 7680 + 4]))
 
 
 #: JSON-carrying kinds (a newer data plane's requests and events) meet JSON that breaks
@@ -48,10 +40,22 @@ JSON_BODIES = st.sampled_from([
     b'{"v": 1, "call_id": "a", "params": [1], "grant": "x"}', b'{"step": "1", "token": []}'])
 JSON_MESSAGES = st.builds(lambda k, body: bytes((k,)) + body, st.integers(0, 0x20), JSON_BODIES)
 
+def _outputs() -> st.SearchStrategy[bytes]:
+    """A real 0x11 header with text and steering-mark fields of any bytes, then PCM."""
+    return st.builds(
+        lambda step, tok, text, marks, pcm_len: (
+            bytes((wire.OUTPUT,)) + step.to_bytes(4, "little")
+            + tok.to_bytes(4, "little", signed=True) + len(text).to_bytes(2, "little")
+            + len(marks).to_bytes(2, "little") + text + marks + bytes(pcm_len)),
+        st.integers(0, 2**32 - 1), st.integers(-2**31, 2**31 - 1), st.binary(max_size=40),
+        st.one_of(st.just(b""), JSON_BODIES, st.just(b'[["say-1", "started"]]')),
+        st.sampled_from([wire.FRAME_SAMPLES * 4, 0, 7, 7680 + 4]))
+
+
 ANY_BYTES = st.one_of(JSON_MESSAGES, st.binary(max_size=64),
-                      _near(wire.KIND_FRAME, wire.FRAME_SAMPLES * 4),
-                      _near(wire.KIND_OUTPUT, 11 + wire.FRAME_SAMPLES * 4),
-                      _near(wire.KIND_ERROR, 10), _outputs())
+                      _near(wire.FRAME, wire.FRAME_SAMPLES * 4),
+                      _near(wire.OUTPUT, 13 + wire.FRAME_SAMPLES * 4),
+                      _near(wire.ERROR, 10), _outputs())
 
 
 @settings(max_examples=1500, deadline=None)
@@ -82,21 +86,39 @@ FRAMES = st.integers(0, 2**32 - 1).map(
 def test_what_the_data_plane_encodes_it_decodes_back(pcm: np.ndarray, step: int, token: int,
                                                      text: str | None) -> None:
     assert np.array_equal(decode_data_plane(wire.encode_frame(pcm), from_engine=False), pcm)
-    out = decode_data_plane(wire.encode_output(step, token, text, pcm), from_engine=True)
-    assert isinstance(out, wire.Output)
+    out = decode_data_plane(wire.encode_event(SlotOutput(step=step, pcm=pcm, text_token=token,
+                                                         text=text or None)), from_engine=True)
+    assert isinstance(out, SlotOutput)
     assert (out.step, out.text_token, out.text) == (step, token, text or None)
     assert np.array_equal(out.pcm, pcm)
-    failure = decode_data_plane(wire.encode_error(text or "x"), from_engine=True)
-    assert isinstance(failure, wire.EngineFailure) and failure.message == (text or "x")
+    for req in (SayText("say-1", text or "x"), CancelSay(flush=bool(step % 2))):
+        assert decode_data_plane(wire.encode_request(req), from_engine=False) == req
+    for ev in (SlotError(text or "x"), SteerAnswer("say-2", "failed", text or "")):
+        assert decode_data_plane(wire.encode_event(ev), from_engine=True) == ev
 
 
-def test_a_reply_whose_text_is_not_utf8_is_a_wire_error() -> None:
-    # Found by the fuzz above: it raised UnicodeDecodeError, which the ingress's downlink
-    # does not expect from the decoder.
-    head = bytes((wire.KIND_OUTPUT,)) + bytes(8) + (1).to_bytes(2, "little") + b"\x80"
-    try:
-        decode_data_plane(head + bytes(wire.FRAME_SAMPLES * 4), from_engine=True)
-    except DecodeError as exc:
-        assert "not UTF-8" in str(exc)
-    else:
-        raise AssertionError("decoded a reply whose text is not UTF-8")
+# Found by the fuzz: each escaped as RecursionError, ValueError, OverflowError or
+# AttributeError, which the data plane's receiving loops do not catch.
+FOUND = [
+    (b"\x02" + b"[" * 100_000, False),                           # nesting past the limit
+    (b"\x02" + b"1" * 5000, False),                               # a 5 000-digit integer
+    (b"\x12" + b'{"step": 1e400, "token": 1}', True),             # inf where an int goes
+    (b"\x12" + b"[" * 100_000, True),
+    (bytes((wire.OUTPUT,)) + bytes(8) + (1).to_bytes(2, "little") + (0).to_bytes(2, "little")
+     + b"\x80" + bytes(wire.FRAME_SAMPLES * 4), True),            # text not UTF-8
+]
+
+
+def test_what_the_fuzz_found_is_refused_with_a_wire_error() -> None:
+    for raw, from_engine in FOUND:
+        try:
+            decode_data_plane(raw, from_engine=from_engine)
+        except DecodeError:
+            continue
+        raise AssertionError(f"decoded {raw[:20]!r}")
+    for hello in ('{"v": 1, "call_id": "a", "params": [1]}', "[" * 100_000):
+        try:
+            wire.decode_hello(hello)
+        except DecodeError:
+            continue
+        raise AssertionError(f"decoded hello {hello[:20]!r}")

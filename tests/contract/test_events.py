@@ -63,3 +63,15 @@ def test_audio_format_sizes() -> None:
     assert AudioFormat().bytes_per_frame == 320
     assert AudioFormat(encoding="alaw").bytes_per_frame == 160
     assert AudioFormat(sample_rate=16000, frame_ms=10).samples_per_frame == 160
+
+
+def test_steering_is_importable_from_the_package_root() -> None:
+    import voice_server_moshi as root
+    from voice_server_moshi import adapter, errors, modes
+
+    assert root.Steering is events.Steering
+    assert root.SteeringUnsupportedError is errors.SteeringUnsupportedError
+    assert root.SteeringRequestError is errors.SteeringRequestError
+    assert root.SteerableAdapter is adapter.SteerableAdapter
+    assert root.SteeringCallbacks is modes.callbacks.SteeringCallbacks
+    assert {name for name in root.__all__ if not hasattr(root, name)} == set()

@@ -1,16 +1,16 @@
-"""The package's shape (ADR 0060): no import cycle between its modules, no production
-module importing the test tools in ``voice_server_moshi.testing``, no module over 450 lines.
+"""The package's shape (ADR 0060, ADR 0115): no import cycle between its modules, no
+production module importing the test tools in ``voice_server_moshi.testing``, the engine
+importing neither the Moshi adapter nor the demo, no module over 450 lines.
 
 Read from the source with ``ast`` (nothing is imported), so it runs in the light install.
-Only module-level imports count for cycles (those run when a module is imported; imports
-inside functions and under ``if TYPE_CHECKING:`` are deferred), but every import counts
-for the ``testing`` rule.
+Every import counts, at the top of a module, inside a function or under
+``if TYPE_CHECKING:``: a circle that only a deferred import closes is still two modules
+that cannot be understood, tested or moved apart (ADR 0115).
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,82 +18,95 @@ import pytest
 import voice_server_moshi
 
 PACKAGE = "voice_server_moshi"
-ROOT = Path(voice_server_moshi.__file__).parent
 MAX_LINES = 450
 TESTING = f"{PACKAGE}.testing"
 
-
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
+Modules = dict[str, Path]
 
 
-MODULES: dict[str, Path] = {_module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
+def discover(root: Path) -> Modules:
+    """Every module of the package at ``root``, by dotted name (a package by its own)."""
+    out: Modules = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
+MODULES = discover(Path(voice_server_moshi.__file__).parent)
 
 
-def _module_level(body: list[ast.stmt]) -> Iterator[ast.Import | ast.ImportFrom]:
-    """Imports that run when the module is imported: top level, and inside top-level
-    ``if``/``try``/``with`` blocks, except ``if TYPE_CHECKING:``."""
-    for node in body:
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            yield node
-        elif isinstance(node, ast.If):
-            if not _is_type_checking(node.test):
-                yield from _module_level(node.body)
-            yield from _module_level(node.orelse)
-        elif isinstance(node, ast.Try):
-            for block in (node.body, node.orelse, node.finalbody,
-                          *(h.body for h in node.handlers)):
-                yield from _module_level(block)
-        elif isinstance(node, ast.With):
-            yield from _module_level(node.body)
+def _parents(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
-def _targets(module: str, node: ast.Import | ast.ImportFrom) -> set[str]:
-    """The package modules an import statement loads (a package's ``__init__`` included)."""
-    names: set[str] = set()
+def _targets(modules: Modules, module: str, node: ast.Import | ast.ImportFrom
+             ) -> tuple[set[str], set[str]]:
+    """(named, implied): the package modules an import statement names, and the packages
+    Python runs on the way to them (importing a.b.c runs a and a.b first)."""
+    named: set[str] = set()
     if isinstance(node, ast.Import):
-        names = {a.name for a in node.names}
+        for alias in node.names:
+            parts = alias.name.split(".")
+            # The deepest module the dotted name reaches (a.b.c may name a.b's attribute c).
+            found = [".".join(parts[:i]) for i in range(len(parts), 0, -1)
+                     if ".".join(parts[:i]) in modules]
+            named |= set(found[:1])
     else:
         if node.level:
-            is_pkg = MODULES[module].name == "__init__.py"
+            is_pkg = modules[module].name == "__init__.py"
             base = module.split(".")
             base = base[: len(base) - node.level + (1 if is_pkg else 0)]
             src = ".".join(base + ([node.module] if node.module else []))
         else:
             src = node.module or ""
-        names = {src} | {f"{src}.{a.name}" for a in node.names}
-    out: set[str] = set()
-    for name in names:
-        parts = name.split(".")
-        # Importing a.b.c runs a, a.b and a.b.c.
-        for i in range(1, len(parts) + 1):
-            candidate = ".".join(parts[:i])
-            if candidate in MODULES:
-                out.add(candidate)
-    return out
+        for alias in node.names:
+            sub = f"{src}.{alias.name}"
+            # ``from p import m`` names the submodule m; ``from p import X`` names p itself,
+            # whose __init__ must have defined X by then (re-exports close circles too).
+            named.add(sub if sub in modules else src)
+    named &= modules.keys()
+    implied = {p for n in named for p in _parents(n) if p in modules} - named
+    return named, implied
 
 
-def _imports(module: str, *, module_level_only: bool) -> set[str]:
-    tree = ast.parse(MODULES[module].read_text(), str(MODULES[module]))
-    nodes = (_module_level(tree.body) if module_level_only else
-             (n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))))
-    out: set[str] = set()
-    for node in nodes:
-        out |= _targets(module, node)
-    out.discard(module)
-    return out
+def imports(modules: Modules, module: str) -> set[str]:
+    """Every package module that ``module``'s imports run, wherever the import sits."""
+    named, implied = _edges(modules, module)
+    return named | implied
 
 
-def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+def _edges(modules: Modules, module: str) -> tuple[set[str], set[str]]:
+    tree = ast.parse(modules[module].read_text(), str(modules[module]))
+    named: set[str] = set()
+    implied: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            n, i = _targets(modules, module, node)
+            named |= n
+            implied |= i
+    named.discard(module)
+    implied.discard(module)
+    return named, implied
+
+
+def import_graph(modules: Modules) -> dict[str, set[str]]:
+    """Who imports whom. A submodule always runs its own parent packages' __init__ first;
+    that implied edge is Python's, not a design choice, and would make every package with
+    re-exports look cyclic, so it is left out, unless the module names its parent itself
+    (``from .. import X``: a name the parent's __init__ must have defined already)."""
+    graph: dict[str, set[str]] = {}
+    for m in modules:
+        named, implied = _edges(modules, m)
+        own = set(_parents(m))
+        graph[m] = named | (implied - own)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """Strongly connected components of more than one module (Tarjan)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
@@ -128,21 +141,23 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def _without_parent_edges(module: str, targets: set[str]) -> set[str]:
-    # A submodule always runs its parent packages' __init__ first; that edge is Python's,
-    # not a design choice, and would make every package with re-exports look cyclic.
-    return {t for t in targets if not module.startswith(t + ".")}
+def _importers_of(prefixes: tuple[str, ...], within: str) -> dict[str, list[str]]:
+    """Modules under ``within`` that import a module under one of ``prefixes``."""
+    def under(name: str, prefix: str) -> bool:
+        return name == prefix or name.startswith(prefix + ".")
+
+    bad = {m: sorted(t for t in imports(MODULES, m) if any(under(t, p) for p in prefixes))
+           for m in MODULES if under(m, within)}
+    return {m: t for m, t in bad.items() if t}
 
 
 def test_no_import_cycle_between_package_modules() -> None:
-    graph = {m: _without_parent_edges(m, _imports(m, module_level_only=True)) for m in MODULES}
-    assert _cycles(graph) == []
+    assert cycles(import_graph(MODULES)) == []
 
 
 def test_nothing_outside_testing_imports_testing() -> None:
     offenders = {
-        m: sorted(t for t in _imports(m, module_level_only=False)
-                  if t == TESTING or t.startswith(TESTING + "."))
+        m: sorted(t for t in imports(MODULES, m) if t == TESTING or t.startswith(TESTING + "."))
         for m in MODULES
         if not (m == TESTING or m.startswith(TESTING + "."))
     }
@@ -151,10 +166,14 @@ def test_nothing_outside_testing_imports_testing() -> None:
 
 def test_engine_does_not_import_the_moshi_adapter_package() -> None:
     # moshi/ (the adapter) imports engine/ (embedded transport); never the other way.
-    engine = [m for m in MODULES if m.startswith(f"{PACKAGE}.engine")]
-    bad = {m: sorted(t for t in _imports(m, module_level_only=False)
-                     if t.startswith(f"{PACKAGE}.moshi")) for m in engine}
-    assert {m: t for m, t in bad.items() if t} == {}
+    assert _importers_of((f"{PACKAGE}.moshi",), f"{PACKAGE}.engine") == {}
+
+
+def test_engine_does_not_import_the_demo() -> None:
+    # call/ (the demo command) and corpus/ (the test corpus) sit above the engine; the dev
+    # STT reads WAVs with audio/wavio and finds the bundled clips through bundled.py.
+    demo = (f"{PACKAGE}.call", f"{PACKAGE}.corpus")
+    assert _importers_of(demo, f"{PACKAGE}.engine") == {}
 
 
 def test_modules_are_small() -> None:
@@ -166,29 +185,65 @@ def test_modules_are_small() -> None:
 
 
 def test_the_cycle_finder_finds_cycles() -> None:
-    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    assert _cycles({"a": {"b"}, "b": set()}) == []
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def _package(tmp_path: Path, files: dict[str, str]) -> Modules:
+    root = tmp_path / "pkg"
+    for rel, code in {"__init__.py": "", **files}.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (path.parent / "__init__.py").touch()
+        path.write_text(code)
+    return discover(root)
+
+
+_TC = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    "
 
 
 @pytest.mark.parametrize(
-    ("code", "module_level", "expected"),
+    ("files", "expected"),
     [
-        ("from .engine import core", True,
-         {PACKAGE, f"{PACKAGE}.engine", f"{PACKAGE}.engine.core"}),
-        ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .engine import core",
-         True, set()),
-        ("def f():\n    from .testing import fixtures", True, set()),
-        ("def f():\n    from .testing import fixtures", False,
-         {PACKAGE, TESTING, f"{TESTING}.fixtures"}),
-        ("import voice_server_moshi.testing.moshi_server as m", True,
-         {PACKAGE, TESTING, f"{TESTING}.moshi_server"}),
+        # The three shapes issue 19 found: a TYPE_CHECKING import one way and a runtime one
+        # back, an import inside a function, and both deferred.
+        ({"a.py": "from .b import B\n", "b.py": _TC + "from .a import A\n"}, [["pkg.a", "pkg.b"]]),
+        ({"a.py": "def f():\n    from .b import g\n", "b.py": "from . import a\n"},
+         [["pkg.a", "pkg.b"]]),
+        ({"x/a.py": _TC + "from ..y.b import B\n", "y/b.py": "def f():\n    import pkg.x.a\n"},
+         [["pkg.x.a", "pkg.y.b"]]),
+        # A package whose __init__ re-exports a module that takes a name back from it.
+        ({"__init__.py": "from .a import A\n", "a.py": "def f():\n    from . import VERSION\n"},
+         [["pkg", "pkg.a"]]),
+        # Importing c.d runs c's __init__, which imports a: a circle through the package.
+        ({"a.py": "from .c.d import D\n", "c/__init__.py": "def f():\n    from ..a import A\n",
+          "c/d.py": ""}, [["pkg.a", "pkg.c"]]),
+        # Not circles: a submodule running its own package, and a one-way chain.
+        ({"__init__.py": "from .a import A\n", "a.py": "from . import b\n", "b.py": ""}, []),
+        ({"a.py": "def f():\n    from .b import g\n", "b.py": _TC + "import os\n"}, []),
     ],
 )
-def test_imports_are_read_as_python_runs_them(
-    code: str, module_level: bool, expected: set[str], tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+def test_deferred_imports_close_circles_too(
+    files: dict[str, str], expected: list[list[str]], tmp_path: Path
 ) -> None:
-    fake = f"{PACKAGE}.zz_structure_probe"
-    monkeypatch.setitem(MODULES, fake, tmp_path / "zz_structure_probe.py")
-    MODULES[fake].write_text(code + "\n")
-    assert _imports(fake, module_level_only=module_level) == expected
+    assert cycles(import_graph(_package(tmp_path, files))) == expected
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("from .engine import core", {PACKAGE, f"{PACKAGE}.engine", f"{PACKAGE}.engine.core"}),
+        ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .engine import core",
+         {PACKAGE, f"{PACKAGE}.engine", f"{PACKAGE}.engine.core"}),
+        ("def f():\n    from .testing import fixtures", {PACKAGE, TESTING, f"{TESTING}.fixtures"}),
+        ("import voice_server_moshi.testing.moshi_server as m",
+         {PACKAGE, TESTING, f"{TESTING}.moshi_server"}),
+        ("from . import Steering", {PACKAGE}),
+    ],
+)
+def test_imports_are_read_as_python_runs_them(code: str, expected: set[str],
+                                              tmp_path: Path) -> None:
+    probe = f"{PACKAGE}.zz_structure_probe"
+    modules = {**MODULES, probe: tmp_path / "zz_structure_probe.py"}
+    modules[probe].write_text(code + "\n")
+    assert imports(modules, probe) == expected

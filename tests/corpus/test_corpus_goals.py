@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from voice_server_moshi.audio.wavio import read_wav
 from voice_server_moshi.bench.turns import score_corpus
-from voice_server_moshi.call.wavio import read_wav
 from voice_server_moshi.cli import main as cli_main
 from voice_server_moshi.corpus import clips as clips_mod
 from voice_server_moshi.corpus.assemble import build_call, standard_set
@@ -106,7 +106,7 @@ def test_synthesis_reproduces_the_committed_clips(tmp_path: Path) -> None:
 def test_standard_set_matches_the_committed_labels() -> None:
     """The assembled corpus is a pure function of the clips and the seeds: guard it, so a
     change in assembly (or in numpy's generator) cannot silently move the ground truth."""
-    from voice_server_moshi.corpus.store import bundled_clip_dir
+    from voice_server_moshi.bundled import bundled_clip_dir
 
     committed = json.loads((bundled_clip_dir().parent / "labels-standard-20db.json").read_text())
     made = [c.labels() for c in standard_set(bundled_clips(), calls=12, snrs=(20.0,))]

@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
 from voice_server_moshi.audio.resample import Resampler  # noqa: E402
-from voice_server_moshi.call.wavio import read_wav  # noqa: E402
-from voice_server_moshi.corpus.store import bundled_clip_dir  # noqa: E402
+from voice_server_moshi.audio.wavio import read_wav  # noqa: E402
+from voice_server_moshi.bundled import bundled_clip_dir  # noqa: E402
 from voice_server_moshi.engine.checkpoints import (  # noqa: E402
     dev_checkpoint_dir,
     resolve_checkpoint,

@@ -9,7 +9,7 @@ import pytest
 
 from voice_server_moshi.adapter import VoiceModelConfig
 from voice_server_moshi.audio import g711
-from voice_server_moshi.call.wavio import to_int16
+from voice_server_moshi.audio.wavio import to_int16
 from voice_server_moshi.corpus.agent import ScriptedAgentTransport, text_schedule
 from voice_server_moshi.corpus.assemble import build_call
 from voice_server_moshi.corpus.store import bundled_clips

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from voice_server_moshi.adapter import BaseAdapter, VoiceModelConfig
+from voice_server_moshi.adapter import (
+    BaseAdapter,
+    EventCallback,
+    SteerableAdapter,
+    VoiceModelAdapter,
+    VoiceModelConfig,
+)
 from voice_server_moshi.audio import g711
+from voice_server_moshi.capabilities import Capabilities
 from voice_server_moshi.errors import SteeringUnsupportedError
-from voice_server_moshi.events import Steering
+from voice_server_moshi.events import Event, Steering
 from voice_server_moshi.host.config import load_config
 from voice_server_moshi.host.recorder import Recorder
 from voice_server_moshi.host.reference import CallResult, ReferenceHost
@@ -159,16 +167,22 @@ def test_steered_agent_turns_are_marked_for_hosts_that_take_the_mark() -> None:
     assert new.steered_turns == 2 and old.steered_turns == 1
 
 
-class _Steerable:
-    """An adapter stand-in that records steering calls (the mode's side only)."""
+class _Steerable(BaseAdapter):
+    """A steerable adapter that records the steering calls (the mode's side only)."""
 
     adapter_name = "fake"
+    default_capabilities = Capabilities(full_duplex=True, steering=True)
 
     def __init__(self) -> None:
-        from voice_server_moshi.capabilities import Capabilities
-
-        self.capabilities = Capabilities(full_duplex=True, steering=True)
+        super().__init__()
         self.calls: list[tuple[Any, ...]] = []
+
+    async def _open(self, config: VoiceModelConfig) -> str:
+        return "s"
+
+    async def _send_audio(self, chunk: bytes) -> None: ...
+
+    async def _close(self) -> None: ...
 
     async def say_text(self, text: str) -> str:
         self.calls.append(("text", text))
@@ -182,9 +196,39 @@ class _Steerable:
         self.calls.append(("cancel", flush))
 
 
+class _ClaimsSteering:
+    """A VoiceModelAdapter written from scratch (no BaseAdapter) whose capabilities say
+    steering but which has no say/cancel methods: not a SteerableAdapter."""
+
+    capabilities = Capabilities(full_duplex=True, steering=True)
+
+    async def connect(self, config: VoiceModelConfig) -> None: ...
+
+    async def send_audio(self, chunk: bytes) -> None: ...
+
+    def events(self) -> AsyncIterator[Event]:
+        raise NotImplementedError
+
+    def on(self, name: str, callback: EventCallback) -> Callable[[], None]:
+        return lambda: None
+
+    async def disconnect(self) -> None: ...
+
+
+def test_steering_is_the_steerable_adapter_protocol_not_a_capability_flag_alone() -> None:
+    assert isinstance(_Steerable(), SteerableAdapter)
+    assert isinstance(MoshiAdapter(MoshiSettings(checkpoint="dev")), SteerableAdapter)
+    claims = _ClaimsSteering()
+    assert isinstance(claims, VoiceModelAdapter) and not isinstance(claims, SteerableAdapter)
+    mode = FullDuplexMode(adapter=claims, host=Recorder())
+    with pytest.raises(SteeringUnsupportedError, match="the _ClaimsSteering adapter cannot"):
+        mode.create_response(text="hello")  # refused up front, not an AttributeError later
+    assert mode.cancel_response() is None
+
+
 async def test_mode_maps_create_and_cancel_response_to_the_adapter() -> None:
     fake = _Steerable()
-    mode = FullDuplexMode(adapter=fake, host=Recorder())  # type: ignore[arg-type]
+    mode = FullDuplexMode(adapter=fake, host=Recorder())
     pcm = np.zeros(2400, dtype="<i2").tobytes()
     t1 = mode.create_response(text="hi there")
     t2 = mode.create_response(audio=pcm, text="hi", sample_rate=16000)

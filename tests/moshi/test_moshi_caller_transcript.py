@@ -11,8 +11,8 @@ pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
 from voice_server_moshi.adapter import VoiceModelConfig
-from voice_server_moshi.call.wavio import read_wav
-from voice_server_moshi.corpus.store import bundled_clip_dir
+from voice_server_moshi.audio.wavio import read_wav
+from voice_server_moshi.bundled import bundled_clip_dir
 from voice_server_moshi.events import Disconnected, Event, Transcript
 from voice_server_moshi.moshi.adapter import MoshiAdapter
 from voice_server_moshi.moshi.settings import MoshiSettings

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -28,16 +27,13 @@ from hypothesis.stateful import (
 
 from voice_server_moshi.audio.ogg_meter import OggOpusMeter
 from voice_server_moshi.bench.fuzz_messages import Fuzzed, MessageMaker, opus_stream, query
-from voice_server_moshi.engine.call_sampling import (
-    CallSampling,
-    SamplingError,
-    parse_sampling_query,
-)
+from voice_server_moshi.callpath.front import CallFront
+from voice_server_moshi.callpath.kinds import Grant
+from voice_server_moshi.engine.call_sampling import CallSampling
 from voice_server_moshi.moshi import caller_protocol, protocol
 from voice_server_moshi.moshi.session import (
     CloseFrame,
     MalformedReceived,
-    QueryError,
     ServerSession,
     SessionEvent,
     SessionState,
@@ -64,20 +60,14 @@ _ORDER = list(SessionState)
 
 
 def serve_session() -> ServerSession:
-    """The adapter to ``serve``'s session (``BatchedServer.default_session``), built from
-    the public pieces without an engine: point it at the new call path's factory when
-    that lands."""
-
-    def params(q: Any) -> dict[str, Any]:
-        try:
-            return {"sampling": parse_sampling_query(q, CallSampling())}
-        except SamplingError as exc:
-            raise QueryError(str(exc)) from None
-
-    session = ServerSession(max_message_bytes=MAX_BYTES, query_parser=params,
-                            max_malformed_replies=LIMITS.max_malformed)
-    ServerSteering(session)
-    caller_protocol.install_server(session)
+    """The adapter to ``serve``'s session: the call front's own factory (every front door
+    builds its sessions there, ADR 0110), granted a call with an STT beside Moshi so the
+    caller-transcript kinds are on too."""
+    front = CallFront(limits=LIMITS, max_message_bytes=MAX_BYTES, instance_name="fuzz")
+    grant = Grant(sampling=CallSampling().as_dict(), model="dev", lm_model_file="lm",
+                  mimi_model_file="mimi", slots=4, caller_transcript=True)
+    session = front.new_session([grant], {})
+    caller_protocol.install_server(session)  # as the front does for such a grant
     return session
 
 

@@ -150,10 +150,12 @@ async def test_wrong_tokens_are_throttled_per_address_with_429(engine: Engine) -
                 await websockets.connect(url, proxy=None,
                                          additional_headers={"Authorization": "Bearer guess"})
             assert exc.value.response.status_code == 401
-        # The fourth try from that address is refused before its token is even compared.
+        # The fourth wrong try from that address is throttled, and its answer held.
+        t0 = asyncio.get_running_loop().time()
         with pytest.raises(InvalidStatus) as exc:
-            await websockets.connect(f"{url}?auth_token=s3cret", proxy=None)
+            await websockets.connect(f"{url}?auth_token=guess", proxy=None)
         assert exc.value.response.status_code == 429
+        assert asyncio.get_running_loop().time() - t0 >= srv.auth_limiter.hold_s
         assert 1 <= int(exc.value.response.headers["Retry-After"]) <= 60
         # Another address is not affected.
         transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
@@ -163,6 +165,33 @@ async def test_wrong_tokens_are_throttled_per_address_with_429(engine: Engine) -
         assert r.status_code == 200
         assert "moshi_server_auth_failures_total 3.0" in r.text
         assert "moshi_server_auth_throttled_total 1.0" in r.text
+
+
+async def test_500_wrong_tokens_do_not_lock_the_right_one_out(engine: Engine) -> None:
+    """Every call of a voice-server host comes from one address: a misconfigured worker
+    there (500 wrong tokens) must not lock the others out, and its guesses stay
+    throttled."""
+    async with running(engine, auth_token="s3cret", auth_max_failures=10,
+                       auth_window_s=60.0) as srv:
+        srv.auth_limiter.hold_s = 0.01  # the hold's own length is tested in test_limits
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{srv.port}",
+                                     trust_env=False) as http:
+            async def guess(i: int) -> int:
+                r = await http.get("/metrics", headers={"Authorization": f"Bearer guess{i}"})
+                return r.status_code
+
+            codes: list[int] = []
+            for batch in range(10):
+                codes += await asyncio.gather(*(guess(batch * 50 + i) for i in range(50)))
+            assert codes.count(401) == 10 and codes.count(429) == 490
+            call = Client(f"ws://127.0.0.1:{srv.port}/api/chat?auth_token=s3cret")
+            await call.connect()  # the right token, from the same address: served
+            assert call.first is not None and call.first[:1] == b"\x00"
+            await call.close()
+            assert (await guess(501)) == 429  # and the guesses are still throttled
+            r = await http.get("/metrics", headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 200
+        assert "moshi_server_auth_throttled_total 491.0" in r.text
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")

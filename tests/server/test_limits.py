@@ -4,6 +4,7 @@ log redaction, token files and the safetensors-only checkpoint check."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
@@ -15,7 +16,13 @@ import pytest
 import sphn
 
 from voice_server_moshi.audio.ogg_meter import OggOpusMeter, opus_packet_samples
-from voice_server_moshi.server.auth import FailureLimiter, TokenError, read_token_file
+from voice_server_moshi.server.auth import (
+    DoorAuth,
+    FailureLimiter,
+    Refusal,
+    TokenError,
+    read_token_file,
+)
 from voice_server_moshi.server.limits import (
     CLOSE_BAD_PAYLOAD,
     CLOSE_NORMAL,
@@ -138,15 +145,58 @@ def test_guard_message_budget() -> None:
 
 def test_failure_limiter_throttles_per_address_and_forgets() -> None:
     lim = FailureLimiter(max_failures=3, window_s=10, max_addresses=2)
-    for t in (0.0, 1.0, 2.0):
-        assert lim.retry_after("10.0.0.1", t) is None
-        lim.failed("10.0.0.1", t)
-    assert lim.retry_after("10.0.0.1", 3.0) == 7  # until the first failure leaves the window
-    assert lim.retry_after("10.0.0.2", 3.0) is None  # other addresses are unaffected
-    assert lim.retry_after("10.0.0.1", 10.5) is None
+    wrong, right = (lambda: False), (lambda: True)
+    assert [lim.check("10.0.0.1", t, wrong) for t in (0.0, 1.0, 2.0)] == [0, 0, 0]
+    assert lim.check("10.0.0.1", 3.0, wrong) == 7  # 429 until the first failure has left
+    assert lim.check("10.0.0.2", 3.0, wrong) == 0  # other addresses are unaffected
+    assert lim.retry_after("10.0.0.1", 13.5) is None  # the window moved on
     lim.failed("a", 0.0)
     lim.failed("b", 0.0)
     assert len(lim._failures) == 2  # bounded: the stalest address was forgotten
+    assert lim.check("a", 0.0, right) is None
+
+
+def test_the_right_token_is_never_refused_and_guesses_stay_throttled() -> None:
+    """One address (a voice-server host, a proxy) carries every call: 500 wrong tokens
+    from it must not lock the right one out, and must not buy the guesser a fresh budget
+    either."""
+    lim = FailureLimiter(max_failures=10, window_s=60)
+    verdicts = [lim.check("10.0.0.9", i * 0.01, lambda: False) for i in range(500)]
+    assert verdicts[:10] == [0] * 10 and all(v > 0 for v in verdicts[10:])
+    assert lim.throttled == 490
+    for k in range(20):  # the right token, in between and after: always in
+        assert lim.check("10.0.0.9", 5.0 + k, lambda: True) is None
+        assert lim.check("10.0.0.9", 5.0 + k, lambda: False) > 0  # guesses: still 429
+    assert lim.throttled == 510
+
+
+async def test_one_door_auth_for_every_front_door() -> None:
+    """What serve, its ingress workers and the cluster's ingress all call."""
+    door = DoorAuth("s3cret", FailureLimiter(max_failures=2, hold_s=0))
+    wrong = {"Authorization": "Bearer nope"}
+    assert await DoorAuth(None).refusal("a", wrong, "/api/chat") is None
+    assert (await door.refusal("a", wrong, "/api/chat")) == Refusal(401)
+    assert (await door.refusal("a", {}, "/api/chat?auth_token=x")) == Refusal(401)
+    third = await door.refusal("a", {"kyutai-api-key": "nope"}, "/api/chat")
+    assert third is not None and third.status == 429
+    assert third.retry_after is not None and 1 <= third.retry_after <= 60
+    for right in ({"Authorization": "Bearer s3cret"}, {"kyutai-api-key": "s3cret"}):
+        assert await door.refusal("a", right, "/api/chat") is None
+    assert await door.refusal("a", {}, "/api/chat?auth_token=s3cret") is None
+    assert await door.refusal("b", wrong, "/metrics") == Refusal(401)
+
+
+async def test_a_throttled_answer_is_held_and_held_answers_are_bounded() -> None:
+    lim = FailureLimiter(hold_s=0.2, max_held=2)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    # Two held, the third answered at once (memory and sockets per address bounded).
+    held = [asyncio.create_task(lim.hold("a")) for _ in range(2)]
+    await asyncio.sleep(0)
+    await lim.hold("a")
+    assert loop.time() - t0 < 0.15 and lim._held == {"a": 2}
+    await asyncio.gather(*held)
+    assert loop.time() - t0 >= 0.2 and lim._held == {}
 
 
 def test_redaction_of_every_form_the_token_takes() -> None:
@@ -183,12 +233,18 @@ def test_redaction_of_every_form_the_token_takes() -> None:
 
 def test_token_file(tmp_path: Path) -> None:
     f = tmp_path / "token"
-    f.write_text("  abc123  \nignored\n")
+    strong = "0123456789abcdef0123"
+    f.write_text(f"  {strong}  \nignored\n")
     os.chmod(f, 0o600)
-    assert read_token_file(f) == ("abc123", [])
+    assert read_token_file(f) == (strong, [])
     os.chmod(f, 0o644)
     token, warnings = read_token_file(f)
-    assert token == "abc123" and "readable by other users" in warnings[0]
+    assert token == strong and warnings == [w for w in warnings if "readable by other" in w]
+    assert len(warnings) == 1
+    f.write_text("abc123\n")
+    os.chmod(f, 0o600)
+    token, warnings = read_token_file(f)
+    assert token == "abc123" and len(warnings) == 1 and "shorter than 16" in warnings[0]
     f.write_text("\n")
     with pytest.raises(TokenError, match="is empty"):
         read_token_file(f)

@@ -13,8 +13,8 @@ pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
 from voice_server_moshi.adapter import VoiceModelConfig
-from voice_server_moshi.call.wavio import read_wav
-from voice_server_moshi.corpus.store import bundled_clip_dir
+from voice_server_moshi.audio.wavio import read_wav
+from voice_server_moshi.bundled import bundled_clip_dir
 from voice_server_moshi.engine.core import Engine, EngineConfig, Sampling
 from voice_server_moshi.engine.models import load_models
 from voice_server_moshi.events import Disconnected, Event, Transcript

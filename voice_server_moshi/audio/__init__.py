@@ -2,6 +2,8 @@
 
 G.711 (:mod:`.g711`), the streaming low-latency resampler (:mod:`.resample`), framers
 (:mod:`.framing`), Ogg/Opus over sphn (:mod:`.opus`) and the caller VAD (:mod:`.vad`).
+The one part that touches files is :mod:`.wavio`, WAV in and out (PCM, float, G.711),
+which the demo, the corpus and the engine's dev STT share.
 """
 
 from __future__ import annotations

@@ -15,11 +15,12 @@ import sphn
 from numpy.typing import NDArray
 
 from .framing import SampleFramer
+from .moshi_frame import FRAME_SAMPLES
 
 __all__ = ["OPUS_FRAME_SAMPLES", "OpusDecoder", "OpusEncoder"]
 
 #: What Kyutai's client sends per message: 80 ms at 24 kHz, one Moshi frame.
-OPUS_FRAME_SAMPLES: Final = 1920
+OPUS_FRAME_SAMPLES: Final = FRAME_SAMPLES
 #: Opus frame durations (2.5 to 60 ms); 80 ms is accepted by sphn as well.
 _ALLOWED_MS: Final = (2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 80.0)
 

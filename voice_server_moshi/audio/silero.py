@@ -15,12 +15,13 @@ from __future__ import annotations
 import importlib
 import threading
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from ..bundled import data_path
 
 __all__ = ["MODEL_FILE", "WINDOW", "SileroProb", "SileroUnavailableError", "silero_available"]
 
@@ -39,7 +40,7 @@ class SileroUnavailableError(RuntimeError):
 
 
 def model_path(name: str = MODEL_FILE) -> Path:
-    return Path(str(resources.files("voice_server_moshi") / "data" / "silero_vad" / name))
+    return data_path("silero_vad", name)
 
 
 def silero_available() -> bool:

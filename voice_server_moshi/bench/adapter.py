@@ -212,7 +212,8 @@ def _stage_costs(fmt: AudioFormat, seconds: float, vad_name: str) -> dict[str, f
     """CPU ms per call-second of each stage alone, in the adapter's chunk sizes."""
     from ..audio.framing import SampleFramer
     from ..audio.resample import Resampler
-    from ..vads import VadConfig, resolve_vad
+    from ..moshi.components import resolve_vad
+    from ..vads import VadConfig
 
     rate = fmt.sample_rate
     x8 = np.clip(np.rint(_speechlike(int(seconds * rate), rate, 1) * 32767),

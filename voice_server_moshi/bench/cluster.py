@@ -16,6 +16,9 @@ the same Kyutai-style clients (Ogg/Opus at 80 ms, real time). It reports:
   data-plane thread (what is left beside the model); for the cluster the ingress and
   Serve proxy processes, and ``calls_per_core`` from each;
 * ``routing_ms``: connect to handshake for a new call (p50/max);
+* ``one_call.say_ms``: the lone call sends a ``0x02`` say request a third of the way in:
+  time from sending it to its ``0x40`` "queued" answer and to "started" (the first agent
+  frame saying it reaches the client), through each front door;
 * ``failover``: a replica killed mid-call: time until its calls are closed with an error,
   and until Ray has a replacement replica serving.
 
@@ -39,8 +42,9 @@ from typing import Any
 import numpy as np
 
 from .._cli_help import command_parser
+from ..audio.moshi_frame import FRAME_SAMPLES
 
-FRAME = 1920
+FRAME = FRAME_SAMPLES
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
@@ -97,9 +101,12 @@ class _Call:
         self.connect_ms = 0.0
         self.error: str | None = None
         self.closed_at: float | None = None
+        #: When a say request went out, and when each of its 0x40 statuses came back.
+        self.said_at: float | None = None
+        self.say_marks: dict[str, float] = {}
 
-    async def run(self, n: int, *, hold_s: float = 0.0, stop: asyncio.Event | None = None,
-                  answer_wait_s: float = 10.0) -> None:
+    async def run(self, n: int, *, hold_s: float = 0.0, say_at: int | None = None,
+                  stop: asyncio.Event | None = None, answer_wait_s: float = 10.0) -> None:
         """Send ``n`` frames in real time (fewer if ``stop`` is set first), then wait for
         the answers (up to ``answer_wait_s`` + ``hold_s``) and close."""
         import sphn
@@ -121,6 +128,9 @@ class _Call:
                         self.got.append(time.perf_counter())
                     elif isinstance(m, bytes) and m[:1] == b"\x05":
                         self.error = m[1:].decode()
+                    elif isinstance(m, bytes) and m[:1] == b"\x40":
+                        self.say_marks.setdefault(json.loads(m[1:])["status"],
+                                                  time.perf_counter())
             except websockets.ConnectionClosed:
                 pass
             self.closed_at = time.perf_counter()
@@ -136,6 +146,9 @@ class _Call:
             data = writer.append_pcm(pcm)
             self.sent.append(time.perf_counter())
             try:
+                if k == say_at:
+                    self.said_at = time.perf_counter()
+                    await ws.send(b"\x02hello there")
                 await ws.send(b"\x01" + bytes(data))
             except websockets.ConnectionClosed:
                 break
@@ -147,6 +160,12 @@ class _Call:
             await asyncio.sleep(0.05)
         await ws.close()
         await rd
+
+    def say_ms(self) -> dict[str, float | None]:
+        """Say request to each of its statuses, in ms (None: never came)."""
+        return {status: (None if self.said_at is None or status not in self.say_marks
+                         else round((self.say_marks[status] - self.said_at) * 1000, 1))
+                for status in ("queued", "started", "finished")}
 
     def latencies_ms(self) -> list[float]:
         # Agent frame j comes from the tick that consumed caller frame j+1.
@@ -181,7 +200,7 @@ async def _drive(url: str, calls: int, frames: int, cpu_pids: dict[int, str | No
     """One call alone (the engine far from its limit: latency is the path's), then
     ``calls`` at once (CPU outside the model per call and frame)."""
     solo = _Call(url)
-    await solo.run(frames)
+    await solo.run(frames, say_at=frames // 3)
     lat = solo.latencies_ms()
     before = {p: _cpu_s(p, threads) for p, threads in cpu_pids.items()}
     side_before = sum(_cpu_s(p) for p in side_pids)
@@ -201,7 +220,7 @@ async def _drive(url: str, calls: int, frames: int, cpu_pids: dict[int, str | No
     return extra | {
         "one_call": {"frames_sent": len(solo.sent), "frames_received": len(solo.got),
                      "frame_latency_ms": {"p50": _pct(lat, 50), "p99": _pct(lat, 99)},
-                     "routing_ms": round(solo.connect_ms, 1)},
+                     "routing_ms": round(solo.connect_ms, 1), "say_ms": solo.say_ms()},
         "calls": calls, "frames_per_call": frames, "wall_s": round(wall, 2),
         "frames_sent": sum(len(c.sent) for c in cs), "frames_received": frames_done,
         "errors": [c.error for c in cs if c.error],

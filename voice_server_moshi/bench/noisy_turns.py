@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..audio import g711
-from ..call.wavio import to_int16
+from ..audio.wavio import to_int16
 from ..corpus.assemble import CorpusCall, standard_set
 from ..corpus.evaluate import CallScore, score_call, summarize
 from ..corpus.noise import NOISE_KINDS

@@ -29,6 +29,7 @@ from ..corpus.assemble import CorpusCall, standard_set
 from ..corpus.evaluate import CallScore, score_call, summarize
 from ..corpus.run import run_corpus_call
 from ..corpus.store import bundled_clips
+from ..host.impair import Impairment
 from ..modes.playout import simulate
 from ..modes.settings import FullDuplexSettings
 from ..registry import load_registry
@@ -41,13 +42,19 @@ GOALS = {
 
 
 async def score_corpus(
-    calls: list[CorpusCall], mode_settings: dict[str, Any] | None = None
+    calls: list[CorpusCall], mode_settings: dict[str, Any] | None = None,
+    impair: Impairment | None = None, vad: str = "energy", delayed: list[CallScore] | None = None,
 ) -> list[CallScore]:
+    """Each call's score; ``delayed`` (if given) gets the scores in the caller's media time
+    (:func:`score_call`'s ``to_media``: the delay the caller path added taken out)."""
     registry = load_registry()
     scores = []
     for call in calls:
-        result = await run_corpus_call(call, mode_settings, registry=registry)
+        result = await run_corpus_call(call, mode_settings, registry=registry, impair=impair,
+                                       vad=vad)
         scores.append(score_call(call, result.records))
+        if delayed is not None:
+            delayed.append(score_call(call, result.records, result.to_caller_media))
     return scores
 
 
@@ -88,7 +95,7 @@ async def playout_measure(agent: str, seconds: float, prebuffers: list[int],
         result = await run_corpus_call(call, clock="realtime", tail_ms=0.0)
     else:
         from ..audio import g711
-        from ..call.wavio import to_int16
+        from ..audio.wavio import to_int16
 
         cfg = HostConfig()
         if agent == "remote":
@@ -133,7 +140,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     by_snr: dict[str, dict[str, Any]] = {}
     for snr in snrs:
-        scores = await score_corpus([c for c in calls if c.snr_db == snr])
+        scores = await score_corpus([c for c in calls if c.snr_db == snr], vad=args.vad)
         by_snr[f"{snr:g}"] = summarize(scores)
     out: dict[str, Any] = {
         "bench": "turns",
@@ -142,6 +149,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
                    "audio_s": round(sum(c.duration_ms for c in calls) / 1000, 1)},
         "agent": "scripted (corpus/agent.py) through the real MoshiAdapter",
         "clock": "virtual",
+        "vad": args.vad,
         "settings": dataclasses.asdict(FullDuplexSettings()),
         "by_snr_db": by_snr,
         "goals": goals(by_snr),
@@ -168,8 +176,51 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             args.playout, args.playout_seconds, [0, 20, 40, 60, 80, 100, 120, 160],
             url=args.url,
         )
+    if args.impair:
+        out["impaired"] = await impaired_runs(calls, snrs, Impairment.parse(args.impair),
+                                              by_snr, args.vad)
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     return out
+
+
+#: What a bad line may cost (issue 25): onsets and barge-ins within 2 points, no split.
+IMPAIRED_GOAL_POINTS = 2.0
+
+
+async def impaired_runs(calls: list[CorpusCall], snrs: list[float], impair: Impairment,
+                        clean: dict[str, dict[str, Any]], vad: str) -> dict[str, Any]:
+    """The same calls over ``impair``'s line, and the change from the clean line."""
+    by_snr: dict[str, dict[str, Any]] = {}
+    delta: dict[str, dict[str, Any]] = {}
+    for snr in snrs:
+        key = f"{snr:g}"
+        delayed: list[CallScore] = []
+        raw = summarize(await score_corpus([c for c in calls if c.snr_db == snr],
+                                           impair=impair, vad=vad, delayed=delayed))
+        s = summarize(delayed)
+        by_snr[key] = {**s, "not_allowing_for_the_buffer_delay": raw}
+        c = clean[key]
+        delta[key] = {
+            **_points(s, c),
+            "split_barge_ins": s["split_barge_ins"], "split_turns": s["split_turns"],
+            "not_allowing_for_the_buffer_delay": _points(raw, c),
+        }
+        delta[key]["met"] = (delta[key]["onsets_caught_points"] >= -IMPAIRED_GOAL_POINTS
+                             and (delta[key]["barge_ins_raised_points"] or 0.0)
+                             >= -IMPAIRED_GOAL_POINTS and s["split_barge_ins"] == 0)
+    return {"impairment": impair.describe(), "by_snr_db": by_snr, "change": delta,
+            "scoring": "user turns matched to the labels in the caller's media time (the "
+            "line's and the jitter buffer's delay taken out, as measured by the buffer); "
+            "the same in call time, delay included: not_allowing_for_the_buffer_delay"}
+
+
+def _points(s: dict[str, Any], c: dict[str, Any]) -> dict[str, float | None]:
+    """Change from the clean run ``c``, in percentage points."""
+    bi = (None if s["barge_ins_raised_ratio"] is None or c["barge_ins_raised_ratio"] is None
+          else round(100.0 * (s["barge_ins_raised_ratio"] - c["barge_ins_raised_ratio"]), 2))
+    return {"onsets_caught_points": round(
+        100.0 * (s["onsets_detected"] - c["onsets_detected"]) / max(1, c["onsets"]), 2),
+        "barge_ins_raised_points": bi}
 
 
 def _noisy_main(args: argparse.Namespace) -> int:
@@ -201,6 +252,12 @@ def main(argv: list[str]) -> int:
                    help="instead: the caller VADs on the noisy corpus (babble, pink, brown, "
                    "street, music; noise-only and echo-only calls), ADR 0085; --calls is "
                    "then calls per kind and SNR (default 3)")
+    p.add_argument("--vad", default="energy",
+                   help="the caller VAD by registered name (default energy, the goals' "
+                   "baseline; the adapter's default is cascade)")
+    p.add_argument("--impair", metavar="SPEC",
+                   help="also run the calls over a bad line and report the change, e.g. "
+                   "jitter_ms=40,loss=0.02,seed=1 (names: see 'call --help')")
     p.add_argument("--vads", default="energy,silero,cascade",
                    help="with --noisy: the VADs to compare, by registered name")
     args = p.parse_args(argv)
@@ -217,6 +274,12 @@ def main(argv: list[str]) -> int:
     except ValueError:
         sys.stderr.write(f"error: --snr must be numbers separated by commas, got {args.snr!r}\n")
         return 2
+    if args.impair:
+        try:
+            Impairment.parse(args.impair)
+        except ValueError as exc:
+            sys.stderr.write(f"error: --impair: {exc}\n")
+            return 2
     if args.noisy:
         return _noisy_main(args)
     out = asyncio.run(_main(args))

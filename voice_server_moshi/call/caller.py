@@ -9,8 +9,8 @@ import numpy.typing as npt
 
 from ..audio import g711
 from ..audio.resample import SUPPORTED_RATES, Resampler
+from ..audio.wavio import WavAudio, read_wav, to_int16
 from ..formats import AudioFormat
-from .wavio import WavAudio, read_wav, to_int16
 
 
 def to_rate(x: npt.NDArray[np.float32], rate: int, target: int) -> npt.NDArray[np.float32]:

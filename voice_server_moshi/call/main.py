@@ -18,13 +18,14 @@ from typing import Any
 
 from .._cli_help import command_parser
 from ..adapter import VoiceModelAdapter
+from ..audio.wavio import WavError, write_wav_pcm16
 from ..errors import ConnectError, SettingsError
 from ..host.config import HostConfig, load_config
+from ..host.impair import Impairment
 from ..host.reference import CallState, ClockKind, ReferenceHost
 from ..moshi.settings import MoshiSettings
 from ..settings import parse_settings
 from .caller import decode_call_audio, load_caller
-from .wavio import WavError, write_wav_pcm16
 
 DEV_NOTICE = (
     "note: no Moshi weights configured, using the generated dev checkpoint: it babbles "
@@ -71,10 +72,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plot", action="store_true",
                    help="skip the PNG (it needs matplotlib: pip install "
                    "'voice-server-moshi[plot]'; without it the call runs and says so)")
+    p.add_argument("--impair", type=parse_impair, default=None, metavar="SPEC",
+                   help="a bad line on the caller's path, seeded, e.g. "
+                   "jitter_ms=40,loss=0.02,seed=1; names: jitter_ms, loss, burst (P of a "
+                   "loss after a loss), reorder, duplicate, stall_ms, stall_at_ms, "
+                   "stall_every_ms, seed (docs/real-lines.md); works with --clock realtime")
     p.add_argument("--say", action="append", default=[], metavar="MS:TEXT",
                    type=parse_say, help="at call time MS (ms), make the agent say TEXT "
                    "(steering; repeatable; embedded or our serve, not Kyutai's servers)")
     return p
+
+
+def parse_impair(value: str) -> Impairment:
+    try:
+        return Impairment.parse(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_say(value: str) -> tuple[float, str]:
@@ -236,7 +249,7 @@ def _run(args: argparse.Namespace) -> int:
     progress = _Progress()
     clock: ClockKind = args.clock
     result = asyncio.run(host.run_call(caller_bytes, clock=clock, speed=args.speed,
-                                       says=args.say,
+                                       says=args.say, impair=args.impair,
                                        tail_ms=args.tail_ms, progress=progress))
     progress.done()
     from .plot import describe, plot_call

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 
 from ..audio.resample import Resampler
+from ..audio.wavio import write_wav_pcm16
 from ..formats import AudioFormat
 from ..host.reference import CallResult
 from ..moshi.transport import MOSHI_FRAME_MS, MOSHI_SAMPLE_RATE
 from .caller import decode_call_audio
-from .wavio import write_wav_pcm16
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -65,6 +65,8 @@ NOTES = {
         "would; the full-duplex mode accepts and ignores them (Moshi takes turns by itself)",
     "mode_counters.gap_fill_frames": "call frames with no caller media in time (the tail of "
         "silence after the recording counts here), sent to the model as silence",
+    "mode_counters.caller_media": "the caller jitter buffer (ADR 0140): frames played, "
+        "concealed (lost or late), held for, dropped late or twice, and the delay it added",
     "adapter_counters": "the Moshi adapter's counters; silence_frames and late_frames are in "
         "call frames, frames_sent and frames_received in 80 ms Moshi frames",
 }
@@ -78,7 +80,8 @@ def latency_report(
     rout = Resampler(MOSHI_SAMPLE_RATE, fmt.sample_rate)
     playout = result.mode_stats["playout"]
     turns = turn_latencies(result)
-    algorithmic = rin.latency_ms + MOSHI_FRAME_MS + rout.latency_ms + playout["mean_depth_ms"]
+    algorithmic = (rin.latency_ms + MOSHI_FRAME_MS + rout.latency_ms + playout["mean_depth_ms"]
+                   + result.mode_stats["caller_media"]["mean_delay_ms"])
     return {
         "transport": transport,
         "call_ms": result.call_ms,
@@ -109,7 +112,8 @@ def latency_report(
         },
         "algorithmic_mouth_to_ear_ms": {
             "value": round(algorithmic, 1),
-            "note": "resamplers + 80 ms frame + mean playout depth; add the engine step and "
+            "note": "resamplers + 80 ms frame + mean playout depth + the caller jitter "
+                    "buffer's mean delay; add the engine step and "
                     "Moshi's own acoustic delay (80 ms for Moshi)",
         },
         "first_agent_audio_after_caller_turn_end_ms": _stats(turns["response"]),

@@ -1,9 +1,11 @@
 """``voice-server-moshi cluster``: the batched server on a local Ray cluster, one URL.
 
-Starts Ray on this machine (kept on loopback unless ``--host`` says otherwise), deploys
-the Serve application (:mod:`.app`) with ``serve``'s flags, prints one JSON line on stdout
-when every engine replica is up (``{"event": "listening", ...}``), and on Ctrl-C or
-SIGTERM deletes the application and stops Ray.
+Starts Ray on this machine, on loopback whatever ``--host`` says (only Serve's HTTP proxy,
+the callers' port, binds there: :mod:`.ray_auth`), or attaches to a Ray cluster of several
+machines (``--ray-address``, Ray's token authentication required), deploys the Serve
+application (:mod:`.app`) with ``serve``'s flags, prints one JSON line on stdout when every
+engine replica is up (``{"event": "listening", ...}``), and on Ctrl-C or SIGTERM deletes
+the application and stops Ray (or, attached, only deletes the application).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..moshi import protocol
 from ..moshi.settings import DEFAULT_HF_REPO
 from ..server.auth import AUTH_ENV
 from ..server.limit_flags import add_limit_flags, add_trim_flag, limits_from_args
+from .ray_auth import LOOPBACK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,11 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autoscaling target of calls per replica (default 3/4 of --slots)")
     p.add_argument("--ingress-replicas", type=int, default=1,
                    help="ingress replicas (Opus and the protocol run there)")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="the callers' bind address (default 127.0.0.1); Ray stays on loopback")
     p.add_argument("--port", type=int, default=8998, help="port (default 8998; 0 = any)")
     p.add_argument("--slots", type=int, default=4, help="concurrent calls per replica")
     p.add_argument("--checkpoint", default="dev",
                    help=f"'dev', a local dir, or a HF repo such as {DEFAULT_HF_REPO}")
+    p.add_argument("--stt", default=None,
+                   help="caller transcripts (docs/protocol.md 0x50-0x53) from a Kyutai STT "
+                   "batched beside Moshi in every replica: 'dev', a local dir, or a HF repo; "
+                   "default none")
     p.add_argument("--device", default="cpu", help="cpu, cuda (one GPU per replica)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--context", type=int, default=None)
@@ -64,11 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_limit_flags(p, keepalive=False)
     p.add_argument("--greedy", action="store_true", help="greedy decoding (for tests)")
     p.add_argument("--instance-name", default="voice-server-moshi")
+    p.add_argument("--static", default=None, metavar="DIR",
+                   help="serve a built web client (e.g. Kyutai's client/dist) at / beside the "
+                   "API (default: none)")
     p.add_argument("--drain-timeout-s", type=float, default=3600.0,
                    help="how long a replica being removed waits for its calls to end")
     p.add_argument("--health-check-period-s", type=float, default=2.0)
     p.add_argument("--num-cpus", type=int, default=None,
                    help="CPUs Ray may schedule on (default: enough for the replicas)")
+    p.add_argument("--ray-address", default=None,
+                   help="attach to this Ray cluster (HOST:PORT of its GCS) instead of starting "
+                        "one on loopback; needs Ray's token authentication (docs/security.md)")
+    p.add_argument("--ray-auth-token-file", default=None,
+                   help="with --ray-address: the Ray cluster's token file (or set "
+                        "RAY_AUTH_TOKEN_PATH); never the token itself")
     return p
 
 
@@ -123,6 +140,19 @@ def _console(cfg: object, stop: threading.Event, out: TextIO) -> None:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.ray_address is not None:
+        from .ray_auth import RayAuthError, ray_auth_for_attach
+
+        try:  # before Ray is imported: it reads these once
+            for warning in ray_auth_for_attach(args.ray_auth_token_file):
+                sys.stderr.write(f"warning: {warning}\n")
+        except RayAuthError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return 2
+    elif args.ray_auth_token_file is not None:
+        sys.stderr.write("error: --ray-auth-token-file goes with --ray-address (the local "
+                         "cluster's Ray stays on loopback)\n")
+        return 2
     token = args.auth_token or os.environ.get(AUTH_ENV) or None
     if args.auth_token_file:
         try:
@@ -134,28 +164,22 @@ def main(argv: list[str]) -> int:
         import ray
         from ray import serve
 
+        from ..engine.spec import EngineSpec
         from .app import APP_NAME, ClusterConfig, build_app
         from .directory import get_directory, kill_directory
-        from .engine_replica import EngineSpec
         from .ingress import IngressSpec
     except ImportError as exc:
         sys.stderr.write("error: 'cluster' needs the cluster extra "
                          f"(pip install 'voice-server-moshi[cluster]'): {exc}\n")
         return 2
     try:
-        fill = (None if args.fill_after_ms is None
-                else max(0, math.ceil(args.fill_after_ms / 80.0)))
         cfg = ClusterConfig(
-            engine=EngineSpec(checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
-                              context=args.context, slots=args.slots,
-                              queue_frames=args.queue_frames, fill_after_ticks=fill,
-                              trim_after_ms=args.trim_after_ms,
-                              greedy=args.greedy),
+            engine=EngineSpec.from_args(args),
             ingress=IngressSpec(app_name=APP_NAME, auth_token=token,
                                 admission_wait_s=args.admission_wait_s,
                                 route_timeout_s=args.route_timeout_s,
                                 max_message_bytes=args.max_message_bytes,
-                                instance_name=args.instance_name,
+                                instance_name=args.instance_name, static_dir=args.static,
                                 limits=limits_from_args(args)),
             replicas=args.replicas, min_replicas=args.min_replicas,
             max_replicas=args.max_replicas, target_calls=args.target_calls,
@@ -163,6 +187,10 @@ def main(argv: list[str]) -> int:
             health_check_period_s=args.health_check_period_s)
         if args.slots < 1:
             raise ValueError(f"slots must be >= 1, got {args.slots}")
+        if args.static:
+            from ..server.static import StaticFiles
+
+            StaticFiles(args.static)  # fail before Ray starts: no dir, no index.html
     except (ValueError, TypeError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
@@ -173,17 +201,20 @@ def main(argv: list[str]) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    # Keep Ray itself on loopback for a loopback URL: left alone it may pick the
-    # machine's own address and listen there.
-    node_ip = "127.0.0.1" if args.host in ("127.0.0.1", "localhost") else None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Ray starts workers at nice 15; an engine replica paces real-time calls and must not
     # lose the CPU to every batch job on the host.
     os.environ.setdefault("RAY_worker_niceness", "0")
-    # address="local": always a new cluster of our own, never one found on the machine.
     out = _own_stdout()
-    ray.init(address="local", _node_ip_address=node_ip, include_dashboard=False, num_cpus=num_cpus,
-             log_to_driver=False, configure_logging=False)
+    if args.ray_address is not None:
+        ray.init(address=args.ray_address, log_to_driver=False, configure_logging=False)
+    else:
+        # address="local": always a new cluster of our own, never one found on the machine.
+        # Ray's own services, workers and the replicas' data planes stay on loopback: left
+        # alone Ray picks the machine's address and listens on every interface, without
+        # authentication (ADR 0100). Only Serve's proxy binds to --host (below).
+        ray.init(address="local", _node_ip_address=LOOPBACK, include_dashboard=False,
+                 num_cpus=num_cpus, log_to_driver=False, configure_logging=False)
     try:
         serve.start(http_options={"host": args.host, "port": port},
                     logging_config={"enable_access_log": False})
@@ -214,7 +245,10 @@ def main(argv: list[str]) -> int:
         return 0
     finally:
         with contextlib.suppress(Exception):
-            serve.shutdown()
+            if args.ray_address is not None:  # a shared cluster: remove only what we added
+                serve.delete(APP_NAME)
+            else:
+                serve.shutdown()
         with contextlib.suppress(Exception):
             kill_directory(APP_NAME)
         ray.shutdown()

@@ -23,57 +23,31 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray import serve
 
 from .._log import get_logger
-from ..engine.config import DEFAULT_TRIM_AFTER_MS
+from ..callpath.kinds import CallParams
+from ..engine.spec import EngineSpec
 from . import directory
 
+__all__ = ["EngineReplica", "EngineSpec"]
+
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class EngineSpec:
-    """What one engine replica loads and how it runs (``serve``'s engine flags)."""
-
-    checkpoint: str = "dev"
-    device: str = "cpu"
-    dtype: str = "auto"
-    context: int | None = None
-    slots: int = 4
-    queue_frames: int = 4
-    fill_after_ticks: int | None = None
-    #: ``--trim-after-ms``: a standing backlog this old is trimmed; 0 never trims.
-    trim_after_ms: float = DEFAULT_TRIM_AFTER_MS
-    greedy: bool = False
-    max_queued_outputs: int = 150
-    #: Bumped to roll every replica (a redeploy) without any other change.
-    generation: int = 0
 
 
 class EngineReplica:
     """Serve deployment class (wrapped with ``serve.deployment`` in :mod:`.app`)."""
 
     def __init__(self, spec: EngineSpec, app_name: str) -> None:
-        from ..engine.config import trim_window_ticks
-        from ..engine.core import Engine, EngineConfig, Sampling
-        from ..engine.models import load_models
         from .engine_side import EngineDataServer
 
         self.spec = spec
-        models = load_models(spec.checkpoint, device=spec.device, dtype=spec.dtype,
-                             context=spec.context)
-        self.engine = Engine(models, EngineConfig(
-            slots=spec.slots, queue_frames=spec.queue_frames,
-            fill_after_ticks=spec.fill_after_ticks,
-            # Two hops (caller -> ingress -> replica) deliver frames with more jitter than
-            # serve's one: a standing queue of 2 is that jitter, not a stall (ADR 0065).
-            target_frames=2, trim_window_ticks=trim_window_ticks(spec.trim_after_ms),
-            sampling=Sampling(use_sampling=False) if spec.greedy else None))
+        # Two hops (caller -> ingress -> replica) deliver frames with more jitter than
+        # serve's one: a standing queue of 2 is that jitter, not a stall (ADR 0065).
+        self.engine = spec.build(target_frames=2)
         self.engine.start()
         try:
             self.replica = serve.get_replica_context().replica_id.unique_id
@@ -104,6 +78,7 @@ class EngineReplica:
             "tick_count": m.tick_count, "tick_sum_s": m.tick_sum_s,
             "tick_buckets": list(m.tick_buckets), "tick_bucket_bounds": list(TICK_BUCKETS_S),
             "model": self.engine.models.description,
+            "default_sampling": self.engine.default_sampling.as_dict(),
         }
 
     def _report(self) -> None:
@@ -116,18 +91,17 @@ class EngineReplica:
             self._report()
             await asyncio.sleep(directory.REPORT_PERIOD_S)
 
-    async def lease(self, call_id: str, sampling_query: dict[str, str] | None = None,
+    async def lease(self, call_id: str, params: dict[str, Any] | None = None,
                     ) -> AsyncIterator[dict[str, Any]]:
         """Hold a slot for one call: yields ``{"url", "ticket", ...}`` at once, then
         ``{"ended": stats}`` when the call's data connection ends. Cancelling the lease
-        (the ingress went away) releases the slot. ``sampling_query``: the call's Kyutai
-        sampling query parameters (checked by the ingress), over this engine's defaults."""
+        (the ingress went away) releases the slot. ``params``: the call's
+        :class:`~..callpath.kinds.CallParams` (checked by the ingress), as a dict."""
         from ..errors import ServerBusyError
 
-        sampling = self.data.sampling_for(sampling_query)
         try:
-            ticket = await asyncio.wrap_future(self.data.call_soon(
-                self.data.reserve(call_id, sampling=sampling)))
+            ticket, _ = await asyncio.wrap_future(self.data.call_soon(
+                self.data.reserve(call_id, params=CallParams.from_dict(params or {}))))
         except ServerBusyError as exc:
             # Serve's router only routes here below max_ongoing_requests, so this is a
             # race with a call that is still ending: say so, the ingress retries.
@@ -136,8 +110,7 @@ class EngineReplica:
         self.log.info("call leased", call_id=call_id)
         try:
             yield {"url": self.data.url, "ticket": ticket, "replica": self.replica,
-                   "pid": os.getpid(), "slots": self.spec.slots,
-                   **self.data.grant_info(sampling)}
+                   "pid": os.getpid(), "slots": self.spec.slots}
             stats = await asyncio.wrap_future(self.data.call_soon(self.data.wait_ended(ticket)))
             yield {"ended": stats}
         finally:

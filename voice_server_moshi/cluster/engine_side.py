@@ -2,7 +2,9 @@
 
 A lease (:mod:`.engine_replica`) reserves a slot with :meth:`EngineDataServer.reserve` and
 gets a one-time ticket; the ingress then connects to :attr:`EngineDataServer.url`, sends
-the ticket, and streams PCM frames (:mod:`.wire`). The server runs its own event loop on
+the ticket, and streams PCM frames and requests (:mod:`..callpath.wire`, version 1), which
+the in-process engine interface (:class:`~..callpath.local.LocalEngine`) applies, exactly as
+``serve`` does. The server runs its own event loop on
 its own thread so that neither Ray's replica loop nor the engine's tick thread ever waits
 on a caller's network. No Ray here: the module is plain asyncio + ``websockets``.
 """
@@ -12,27 +14,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
-import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from .._log import get_logger
-from ..engine.call_sampling import CallSampling, parse_sampling_query
-from ..engine.core import Engine, SlotError, SlotOutput
-from ..engine.session import EngineCall
+from ..callpath import wire
+from ..callpath.kinds import CallParams
+from ..callpath.local import LocalCall, LocalEngine
+from ..callpath.remote import MAX_MESSAGE_BYTES
+from ..engine.core import Engine, SlotError
 from ..errors import ServerBusyError
 from ..server.metrics import ServerCounters, render_metrics
 from ..server.responses import json_response, response
-from . import wire
 
 log = get_logger(__name__)
 
@@ -44,7 +47,7 @@ ATTACH_TIMEOUT_S = 10.0
 
 @dataclass
 class _Reservation:
-    call: EngineCall
+    call: LocalCall
     ended: asyncio.Future[dict[str, Any]]
     attached: bool = False
     conn: ServerConnection | None = None
@@ -62,14 +65,21 @@ def _name_os_thread(name: str) -> None:
 
 
 class EngineDataServer:
-    """Serves ``engine``'s slots to ingresses. :meth:`start` binds ``host`` (port 0: any)."""
+    """Serves ``engine``'s slots to ingresses. :meth:`start` binds ``host`` (port 0: any).
+
+    ``direct_reservations``: a connection may reserve a slot itself (``{"call_id": ...}``,
+    for ``serve --ingress-workers``, whose data plane is its own process's loopback).
+    Off by default: a cluster replica's data plane then takes only the one-time ticket of
+    a lease that Serve routed to it, so reaching its port is not enough to take a slot.
+    """
 
     def __init__(self, engine: Engine, host: str, *, port: int = 0,
-                 max_queued_outputs: int = 150) -> None:
+                 max_queued_outputs: int = 150, direct_reservations: bool = False) -> None:
         self.engine = engine
+        self.gateway = LocalEngine(engine, max_queued_outputs=max_queued_outputs)
         self.host = host
+        self.direct_reservations = direct_reservations
         self._port = port
-        self.max_queued_outputs = max_queued_outputs
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="engine-data", daemon=True)
         self._server: Server | None = None
@@ -91,7 +101,7 @@ class EngineDataServer:
 
     async def _start(self) -> None:
         self._server = await serve(self._handle, self.host, self._port, compression=None,
-                                   max_size=64 * 1024, ping_interval=1, ping_timeout=3,
+                                   max_size=MAX_MESSAGE_BYTES, ping_interval=1, ping_timeout=3,
                                    process_request=self._process_request)
         sock = next(iter(self._server.sockets))
         self._port = int(sock.getsockname()[1])
@@ -115,7 +125,7 @@ class EngineDataServer:
     def stop(self) -> None:
         async def _stop() -> None:
             for r in list(self._reservations.values()):
-                r.call.close()
+                await r.call.aclose()
             if self._server is not None:
                 self._server.close()
                 with contextlib.suppress(TimeoutError):
@@ -129,29 +139,17 @@ class EngineDataServer:
     # -- reservations (run on the data-plane loop via call_soon) ---------------------------
 
     async def reserve(self, call_id: str, wait_s: float = 0.0,
-                      sampling: CallSampling | None = None) -> str:
+                      params: CallParams | None = None) -> tuple[str, LocalCall]:
         """Take a free slot for ``call_id`` (waiting up to ``wait_s``) with the call's
-        ``sampling`` (None: the engine's default); raises ServerBusyError when none frees."""
-        call = EngineCall(self.engine, call_id, max_queued=self.max_queued_outputs)
-        await call.open(wait_s, sampling)
+        ``params`` over this engine's defaults; raises ServerBusyError when none frees,
+        SamplingError for sampling this engine refuses."""
+        call = await self.gateway.open(call_id, params or CallParams(), wait_s)
         ticket = secrets.token_urlsafe(16)
         res = _Reservation(call, self._loop.create_future())
         self._reservations[ticket] = res
         self._loop.call_later(ATTACH_TIMEOUT_S, self._expire, ticket)
         self._changed()
-        return ticket
-
-    def sampling_for(self, query: Mapping[str, str] | None) -> CallSampling:
-        """A call's sampling: its query parameters over this engine's defaults, seeds
-        drawn. Raises SamplingError (the front door checked them already)."""
-        return parse_sampling_query(query or {}, self.engine.default_sampling).seeded()
-
-    def grant_info(self, sampling: CallSampling) -> dict[str, Any]:
-        """What the front door needs for the call's metadata."""
-        models = self.engine.models
-        return {"sampling": sampling.as_dict(), "model": models.description,
-                "lm_model_file": models.lm_file or models.description,
-                "mimi_model_file": models.mimi_file or models.description}
+        return ticket, call
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -163,7 +161,7 @@ class EngineDataServer:
     def _expire(self, ticket: str) -> None:
         res = self._reservations.get(ticket)
         if res is not None and not res.attached:
-            res.call.log.warning("reserved slot never attached; released")
+            res.call.call.log.warning("reserved slot never attached; released")
             self._finish(ticket, "never attached")
 
     async def wait_ended(self, ticket: str) -> dict[str, Any]:
@@ -186,15 +184,15 @@ class EngineDataServer:
         res = self._reservations.pop(ticket, None)
         if res is None:
             return
-        res.call.close()
+        res.call.call.close()
         self._changed()
-        slot = res.call.slot
+        slot = res.call.call.slot
         if not res.ended.done():
             res.ended.set_result({
                 "reason": reason, "seconds": round(time.monotonic() - res.started, 3),
                 "frames_in": slot.frames_in if slot else 0,
                 "frames_out": slot.frames_out if slot else 0,
-                "dropped_outputs": res.call.dropped_outputs,
+                "dropped_outputs": res.call.call.dropped_outputs,
             })
 
     def active(self) -> int:
@@ -206,7 +204,9 @@ class EngineDataServer:
         free = self.engine.free_slots()
         return {"slots": self.engine.slots, "free_slots": free,
                 "active_slots": self.engine.slots - free, "ready": self.engine.ready,
-                "model": self.engine.models.description}
+                "model": self.engine.models.description,
+                # A front door checks a call's sampling over these (ADR 0080).
+                "default_sampling": self.engine.default_sampling.as_dict()}
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
@@ -223,69 +223,82 @@ class EngineDataServer:
     # -- data connections ------------------------------------------------------------------
 
     async def _handle(self, conn: ServerConnection) -> None:
-        """First message: ``{"ticket": t}`` (a lease reserved the slot), or ``{"call_id":
-        id, "wait_s": s}`` (reserve now, for ingresses without a lease: ``serve
-        --ingress-workers``); a full engine then answers ``0x15`` "server busy: ..." and
-        close 1013; a granted reservation is confirmed with the text ``{"ok": true}``."""
+        """First message: the hello (:mod:`..callpath.wire`): a ticket a lease reserved,
+        or a call id to reserve for now (ingresses without a lease: ``serve
+        --ingress-workers``), where a full engine answers ``0x15`` "server busy: ..." and
+        close 1013. The grant (text) confirms the call; then frames and requests."""
         try:
-            first = json.loads(await asyncio.wait_for(conn.recv(), ATTACH_TIMEOUT_S))
-            if "call_id" in first:
-                sampling = self.sampling_for(first.get("sampling_query"))
-                ticket = await self.reserve(str(first["call_id"]),
-                                            min(60.0, max(0.0, float(first.get("wait_s", 0)))),
-                                            sampling)
-                await conn.send(json.dumps({"ok": True, **self.grant_info(sampling)}))
+            hello = wire.decode_hello(await asyncio.wait_for(conn.recv(), ATTACH_TIMEOUT_S))
+            if hello.call_id is not None:
+                if not self.direct_reservations:
+                    raise wire.WireError("this data plane takes a lease's ticket only")
+                ticket, _ = await self.reserve(hello.call_id, hello.wait_s, hello.params)
             else:
-                ticket = str(first["ticket"])
+                ticket = str(hello.ticket)
         except ServerBusyError as exc:
             self.counters.refused_busy += 1
-            with contextlib.suppress(ConnectionClosed):
-                await conn.send(wire.encode_error(f"server busy: {exc}"))
-                await conn.close(1013, "server busy")
+            await self._refuse(conn, f"server busy: {exc}", 1013, "server busy")
             return
-        except (TimeoutError, ConnectionClosed, ValueError, KeyError, TypeError):
-            with contextlib.suppress(ConnectionClosed):
-                await conn.close(1008, "expected {\"ticket\": ...} or {\"call_id\": ...} first")
+        except (ValueError, TimeoutError, ConnectionClosed) as exc:  # WireError, SamplingError
+            self.counters.protocol_errors += 1
+            await self._refuse(conn, f"bad hello: {exc}", 1008, "bad hello")
             return
         res = self._reservations.get(ticket)
         if res is None or res.attached:
-            await conn.close(1008, "unknown or used ticket")
+            self.counters.protocol_errors += 1
+            await self._refuse(conn, "unknown or used ticket", 1008, "unknown or used ticket")
             return
         res.attached, res.conn = True, conn
         self.counters.connections += 1
-        sender = asyncio.create_task(self._send(conn, res.call))
         reason = "ingress closed"
+        sender: asyncio.Task[None] | None = None
         try:
-            async for raw in conn:
-                if not isinstance(raw, bytes):
-                    continue
-                try:
-                    pcm = wire.decode_frame(raw)
-                except wire.WireError as exc:
-                    reason = f"bad frame: {exc}"
-                    await conn.close(1007, "bad frame")
-                    break
-                try:
-                    res.call.send(pcm)
-                except RuntimeError:
-                    break  # the engine closed the call; the sender reports why
-            if res.call.slot is not None and res.call.slot.closed:
-                reason = "engine ended the call"
-                await asyncio.wait({sender}, timeout=2.0)
+            await conn.send(wire.encode_grant(res.call.grant))
+            sender = asyncio.create_task(self._send(conn, res.call))
+            reason = await self._receive(conn, res.call, sender)
         except ConnectionClosed:
             pass
         finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sender
+            if sender is not None:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await sender
             self._finish(ticket, reason)
 
-    async def _send(self, conn: ServerConnection, call: EngineCall) -> None:
+    async def _refuse(self, conn: ServerConnection, message: str, code: int,
+                      reason: str) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await conn.send(wire.encode_event(SlotError(message)))
+            await conn.close(code, reason)
+
+    async def _receive(self, conn: ServerConnection, call: LocalCall,
+                       sender: asyncio.Task[None]) -> str:
+        """Apply the front door's frames and requests until it goes; returns why."""
+        async for raw in conn:
+            try:
+                if not isinstance(raw, bytes):
+                    raise wire.WireError("text message after the hello")
+                item = wire.decode_request(raw)
+            except wire.WireError as exc:
+                await self._refuse(conn, f"bad data-plane message: {exc}", 1007,
+                                   "bad data-plane message")
+                return f"bad data-plane message: {exc}"
+            if isinstance(item, np.ndarray):
+                if not await call.send_frame(item):
+                    break  # the engine closed the call; the sender reports why
+            else:
+                answer = await call.request(item)
+                if answer is not None:
+                    await conn.send(wire.encode_event(answer))
+        if call.call.closed:
+            await asyncio.wait({sender}, timeout=2.0)
+            return "engine ended the call"
+        return "ingress closed"
+
+    async def _send(self, conn: ServerConnection, call: LocalCall) -> None:
         with contextlib.suppress(ConnectionClosed):
             async for ev in call.events():
+                await conn.send(wire.encode_event(ev))
                 if isinstance(ev, SlotError):
-                    await conn.send(wire.encode_error(ev.message))
                     await conn.close(1011, "engine error")
                     return
-                assert isinstance(ev, SlotOutput)
-                await conn.send(wire.encode_output(ev.step, ev.text_token, ev.text, ev.pcm))

@@ -5,32 +5,41 @@ Per call: auth, then admission (refuse at once with ``0x05`` + 1013 when the dir
 shows no free slot, else take a lease through Serve's router, which only routes to a
 replica below ``max_ongoing_requests`` = slots; a lease not granted within the routing
 limit, or ``admission_wait_s`` when longer, is cancelled and the call refused), then the
-relay (:mod:`.relay`).
+call path every front door shares (:mod:`..callpath`, ADR 0110) with a data-plane client to
+the leased replica as its engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import websockets
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ray import serve
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from .._log import get_logger
+from ..callpath import wire
+from ..callpath.front import CallFront
+from ..callpath.kinds import CallParams
+from ..callpath.remote import RemoteCall, connect_call
+from ..callpath.server_call import CallerGone, ServerCall
+from ..engine.call_sampling import CallSampling
+from ..errors import ServerBusyError
 from ..moshi import protocol
-from ..moshi.session import ServerSession, bearer_authorized
-from ..server.limits import CallLimits
-from . import directory, relay
-from .metrics import render
+from ..server.auth import DoorAuth, Refusal
+from ..server.endpoints import NOT_FOUND, Capacity, readiness
+from ..server.limits import CallLimits, CloseReason
+from ..server.static import StaticFiles
+from . import directory
+from .metrics import IngressCounters, render
 
 log = get_logger(__name__)
 
@@ -49,6 +58,8 @@ class IngressSpec:
     instance_name: str = "voice-server-moshi"
     #: Per-call limits, as ``serve``'s (ADR 0065); the proxy owns keepalive here.
     limits: CallLimits = field(default_factory=CallLimits)
+    #: A built web client served at ``/`` beside the API, as ``serve --static``.
+    static_dir: str | None = None
 
     def __repr__(self) -> str:  # never show the token
         return (f"IngressSpec(app_name={self.app_name!r}, "
@@ -56,7 +67,7 @@ class IngressSpec:
 
 
 class _StarletteCaller:
-    """:class:`relay.CallerSocket` over Starlette's WebSocket."""
+    """:class:`~..callpath.server_call.CallerSocket` over Starlette's WebSocket."""
 
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
@@ -74,16 +85,21 @@ class _StarletteCaller:
 
     async def send(self, data: bytes) -> None:
         if self.ws.application_state != WebSocketState.CONNECTED:
-            raise relay.CallerGone()
+            raise CallerGone()
         try:
             await self.ws.send_bytes(data)
         except (WebSocketDisconnect, RuntimeError) as exc:
-            raise relay.CallerGone() from exc
+            raise CallerGone() from exc
 
     async def close(self, code: int, reason: str) -> None:
         if self.ws.application_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
                 await self.ws.close(code, reason)
+
+    def closed_reason(self) -> CloseReason | None:
+        connected = (self.ws.application_state == WebSocketState.CONNECTED
+                     and self.ws.client_state == WebSocketState.CONNECTED)
+        return None if connected else CloseReason.CLIENT
 
 
 #: The ingress of this process (one replica per Ray actor process): Serve calls
@@ -104,6 +120,7 @@ def build_asgi() -> FastAPI:
     app.add_api_route("/capacity", core.capacity, methods=["GET"])
     app.add_api_route("/metrics", core.metrics, methods=["GET"])
     app.add_api_websocket_route("/api/chat", core.chat)
+    app.add_api_route("/{path:path}", core.static, methods=["GET"])
     return app
 
 
@@ -115,11 +132,24 @@ class IngressCore:
         _current = self
         self.engine = engine
         self.spec = spec
-        self.counters = relay.IngressCounters()
+        self.counters = IngressCounters()
+        # Per ingress replica: each throttles the guesses it sees (ADR 0101).
+        self.auth = DoorAuth(spec.auth_token)
         self.name = f"ingress-{os.getpid()}"
         self._directory = directory.get_directory(spec.app_name)
         self._snap: list[dict[str, Any]] = []
         self._snap_at = 0.0
+        self._static = StaticFiles(spec.static_dir) if spec.static_dir else None
+        self.front = CallFront(spec.limits, spec.max_message_bytes, spec.instance_name,
+                               spec.admission_wait_s, default_sampling=self._default_sampling,
+                               counters=self.counters)
+
+    def _default_sampling(self) -> CallSampling:
+        """The replicas' per-call sampling defaults (from their last reports)."""
+        for r in self._snap:
+            if r.get("default_sampling"):
+                return CallSampling(**r["default_sampling"])
+        return CallSampling()
 
     async def replicas(self) -> list[dict[str, Any]]:
         now = time.monotonic()
@@ -133,106 +163,106 @@ class IngressCore:
 
     # -- HTTP -----------------------------------------------------------------------------
 
+    async def static(self, path: str) -> Response:
+        """The static web client (``--static``), else 404, as ``serve``."""
+        found = self._static.lookup("/" + path) if self._static is not None else None
+        if found is None:
+            return PlainTextResponse(NOT_FOUND, status_code=404)
+        return Response(found.body, media_type=found.content_type,
+                        headers={"Cache-Control": "no-cache"})
+
     async def healthz(self) -> PlainTextResponse:
         return PlainTextResponse("ok\n")
 
-    async def readyz(self) -> JSONResponse:
-        reps = await self.replicas()
-        free = sum(int(r["free_slots"]) for r in reps if r["ready"])
-        ready = free > 0
-        reason = "ok" if ready else ("no engine replica" if not reps else "no free slot")
-        return JSONResponse({"ready": ready, "reason": reason, "free_slots": free,
-                             "replicas": len(reps)}, status_code=200 if ready else 503)
-
-    async def capacity(self) -> JSONResponse:
+    async def _capacity(self) -> Capacity:
         reps = await self.replicas()
         keys = ("replica", "pid", "node", "slots", "free_slots", "active_slots", "ready",
                 "device", "tick_p50_s", "tick_p99_s", "age_s")
-        return JSONResponse({
-            "slots": sum(int(r["slots"]) for r in reps),
-            "free_slots": sum(int(r["free_slots"]) for r in reps),
-            "active_slots": sum(int(r["active_slots"]) for r in reps),
-            "ready": any(r["ready"] for r in reps),
-            "replicas": [{k: r.get(k) for k in keys} for r in reps],
-            "ingress": {"name": self.name, "active_calls": self.counters.active_calls,
-                        "routed": self.counters.routed,
-                        "routing_seconds_sum": self.counters.routing_seconds_sum},
-        })
+        return Capacity(
+            sum(int(r["slots"]) for r in reps), sum(int(r["free_slots"]) for r in reps),
+            any(r["ready"] for r in reps), "no engine replica ready",
+            extra={"replicas": [{k: r.get(k) for k in keys} for r in reps],
+                   "ingress": {"name": self.name, "active_calls": self.counters.active_calls,
+                               "routed": self.counters.routed,
+                               "routing_seconds_sum": self.counters.routing_seconds_sum}})
+
+    async def readyz(self) -> JSONResponse:
+        status, body = readiness(await self._capacity())
+        return JSONResponse(body, status_code=status)
+
+    async def capacity(self) -> JSONResponse:
+        return JSONResponse((await self._capacity()).as_json())
 
     async def metrics(self, request: Request) -> Response:
-        if not self._authorized(request.headers, str(request.url.query)):
-            return PlainTextResponse("unauthorized\n", status_code=401)
+        refusal = await self._refusal(request.client, request.headers, str(request.url.query))
+        if refusal is not None:
+            headers = ({"Retry-After": str(refusal.retry_after)}
+                       if refusal.retry_after is not None else None)
+            return PlainTextResponse(refusal.text, status_code=refusal.status, headers=headers)
         text = render(await self.replicas(), self.counters, self.name)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
-    def _authorized(self, headers: Any, query: str) -> bool:
-        return bearer_authorized(self.spec.auth_token, headers, f"/?{query}")
+    async def _refusal(self, client: Any, headers: Any, query: str) -> Refusal | None:
+        refusal = await self.auth.refusal(client.host if client else "-", headers,
+                                          f"/?{query}")
+        if refusal is not None and refusal.retry_after is not None:
+            self.counters.auth_throttled += 1
+        elif refusal is not None:
+            self.counters.auth_failures += 1
+        return refusal
 
     # -- /api/chat ------------------------------------------------------------------------
-
-    def _metadata(self, replica: dict[str, Any]) -> dict[str, Any]:
-        return relay.granted_metadata(
-            replica, instance_name=self.spec.instance_name,
-            extra={"cluster": True, "replica": replica["replica"], "slots": replica["slots"]})
 
     async def chat(self, ws: WebSocket) -> None:
         call_id = f"clu-{uuid.uuid4().hex[:12]}"
         clog = log.bind(call_id=call_id, ingress=self.name)
-        if not self._authorized(ws.headers, ws.url.query):
-            self.counters.auth_failures += 1
-            clog.warning("unauthorized /api/chat request")
-            await ws.close(1008, "missing or wrong bearer token")
+        refusal = await self._refusal(ws.client, ws.headers, ws.url.query)
+        if refusal is not None:
+            if refusal.retry_after is None:
+                clog.warning("unauthorized /api/chat request")
+            await ws.close(1008, refusal.text.strip())
             return
         await ws.accept()
+        await self.replicas()  # fresh defaults for the query check
         caller = _StarletteCaller(ws)
-        granted_meta: dict[str, Any] = {}
-        session = ServerSession(max_message_bytes=self.spec.max_message_bytes,
-                                query_parser=relay.sampling_params,
-                                metadata_builder=lambda _s: granted_meta,
-                                max_malformed_replies=self.spec.limits.max_malformed)
-        self.counters.connections += 1
-        # Per-call parameters are checked before a slot is taken.
-        if not session.accept(dict(ws.query_params)):
-            await relay.flush_quietly(caller, session)
-            return
+        try:
+            await self.front.serve_call(caller, dict(ws.query_params), _Gateway(self, clog),
+                                        call_id, clog, track=self._track)
+        finally:
+            await caller.close(1000, "call over")  # a no-op after the session's own close
+
+    @contextlib.contextmanager
+    def _track(self, call: ServerCall) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            if isinstance(call.link, RemoteCall) and call.link.lost:
+                self.counters.replica_failures += 1
+
+    async def open(self, call_id: str, params: CallParams, clog: Any) -> RemoteCall:
+        """Admit a call on a replica: a lease, then its data connection."""
         t0 = time.perf_counter()
-        granted = await self._admit(call_id, clog, session.params.get("sampling_query"))
+        granted = await self._admit(call_id, clog, params.as_dict())
         if granted is None:
-            self.counters.refused_busy += 1
             clog.info("call refused: no free slot on any replica")
-            session.refuse_busy("every engine replica's slots are busy; try again later")
-            await relay.flush_quietly(caller, session)
-            return
+            raise ServerBusyError("every engine replica's slots are busy; try again later")
         lease, first = granted
-        granted_meta.update(self._metadata(first))
         self.counters.routed += 1
         self.counters.routing_seconds_sum += time.perf_counter() - t0
-        clog = clog.bind(replica=first["replica"])
         try:
-            data = await websockets.connect(first["url"], compression=None, proxy=None,
-                                            open_timeout=5, ping_interval=1, ping_timeout=3,
-                                            max_size=64 * 1024)
-            await data.send(json.dumps({"ticket": first["ticket"]}))
-        except Exception as exc:
+            link = await connect_call(first["url"], wire.Hello(ticket=first["ticket"]),
+                                      lease_end=_drain(lease), ping_interval=1,
+                                      extra={"cluster": True, "replica": first["replica"]})
+        except ServerBusyError as exc:
             lease.cancel()
             clog.warning("engine data plane unreachable", error=str(exc))
             self.counters.replica_failures += 1
-            session.refuse_busy("engine replica unreachable; try again")
-            await relay.flush_quietly(caller, session)
-            return
-        self.counters.active_calls += 1
-        clog.info("call started", routing_ms=round((time.perf_counter() - t0) * 1000, 1))
-        try:
-            outcome = await relay.relay_call(caller, session, data, lease_end=_drain(lease),
-                                             counters=self.counters, clog=clog,
-                                             limits=self.spec.limits)
-            clog.info("call ended", outcome=outcome)
-        finally:
-            self.counters.active_calls -= 1
-            lease.cancel()
-            await caller.close(relay_close_code(session), "call over")
+            raise ServerBusyError("engine replica unreachable; try again") from None
+        clog.info("call routed", replica=first["replica"],
+                  routing_ms=round((time.perf_counter() - t0) * 1000, 1))
+        return link
 
-    async def _admit(self, call_id: str, clog: Any, sampling_query: dict[str, str] | None,
+    async def _admit(self, call_id: str, clog: Any, params: dict[str, Any],
                      ) -> tuple[Any, dict[str, Any]] | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.spec.admission_wait_s
@@ -240,8 +270,7 @@ class IngressCore:
             reps = await self.replicas()
             if reps and any(int(r["free_slots"]) > 0 for r in reps if r["ready"]):
                 limit = max(self.spec.route_timeout_s, deadline - loop.time())
-                lease = self.engine.options(stream=True).lease.remote(call_id,
-                                                                      sampling_query)
+                lease = self.engine.options(stream=True).lease.remote(call_id, params)
                 try:
                     first = await asyncio.wait_for(lease.__anext__(), limit)
                 except TimeoutError:
@@ -257,11 +286,14 @@ class IngressCore:
             await asyncio.sleep(0.1)
 
 
-def relay_close_code(session: ServerSession) -> int:
-    """1000 for a call that ended normally; the session's own code otherwise (it has
-    already sent that close, and a second close is a no-op)."""
-    code = session.close_code
-    return 1000 if code is None else int(code)
+class _Gateway:
+    """The cluster's :class:`~..callpath.kinds.EngineGateway` for one call."""
+
+    def __init__(self, core: IngressCore, clog: Any) -> None:
+        self.core, self.clog = core, clog
+
+    async def open(self, call_id: str, params: CallParams, wait_s: float) -> RemoteCall:
+        return await self.core.open(call_id, params, self.clog)
 
 
 Ingress = serve.ingress(build_asgi)(IngressCore)

@@ -22,12 +22,12 @@ from pathlib import Path
 
 from .._cli_help import command_parser
 from ..audio import g711
-from ..call.wavio import to_int16, write_wav_g711, write_wav_pcm16
+from ..audio.wavio import to_int16, write_wav_g711, write_wav_pcm16
+from ..bundled import bundled_babble_dir, bundled_clip_dir
 from .assemble import standard_set
 from .clips import ToolMissingError, load_clips, synthesize_all
-from .noise import NOISE_KINDS, bundled_babble_dir, load_talkers, synthesize_babble
+from .noise import NOISE_KINDS, load_talkers, synthesize_babble
 from .noisy import echo_set, noise_only_set, noisy_set
-from .store import bundled_clip_dir
 
 
 def main(argv: list[str]) -> int:

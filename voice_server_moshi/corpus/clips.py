@@ -135,7 +135,7 @@ def load_clips(clip_dir: Path) -> dict[str, Clip]:
 
 
 def load_clip_wav(path: Path) -> npt.NDArray[np.float32]:
-    from ..call.wavio import read_wav
+    from ..audio.wavio import read_wav
 
     audio = read_wav(path)
     if audio.sample_rate != 8000:

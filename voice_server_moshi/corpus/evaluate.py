@@ -5,11 +5,16 @@
 * backchannel: no user turn may be raised from a labelled backchannel (goal: >= 90 %);
 * barge-in: each labelled barge-in should raise a user turn with ``barge_in=True``
   (goal: >= 95 %);
+* split: a labelled utterance or barge-in that opened more than one user turn (a late or
+  lost caller frame heard as a pause splits it in two: the second half is then scored as a
+  new turn, the barge-in decision restarted);
 * lifecycle: exactly one ``disconnected``, and no callback after it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,12 +40,21 @@ class CallScore:
     barge_ins_raised: int = 0
     barge_in_decision_ms: list[float] = field(default_factory=list)
     false_turns: int = 0
+    #: labelled utterances (barge-ins included) that opened more than one user turn
+    split_turns: int = 0
+    split_barge_ins: int = 0
     disconnected: int = 0
     callbacks_after_disconnect: int = 0
 
 
-def score_call(call: CorpusCall, records: list[Record]) -> CallScore:
+def score_call(call: CorpusCall, records: list[Record],
+               to_media: Callable[[float], float] | None = None) -> CallScore:
+    """``to_media``: call time -> the caller's media time (``CallResult.to_caller_media``):
+    onsets are then matched in the caller's own time, so a line's delay (jitter buffer) is
+    not scored as a miss; without it, in call time."""
     cbs = [r for r in records if r.kind == "callback"]
+    if to_media is not None:
+        cbs = [dataclasses.replace(r, t_ms=to_media(r.t_ms)) for r in cbs]
     starts = [r for r in cbs if r.name == "user-turn-started"]
     used: set[int] = set()
     sc = CallScore(call.call_id, call.snr_db)
@@ -65,6 +79,10 @@ def score_call(call: CorpusCall, records: list[Record]) -> CallScore:
                 sc.backchannels_raised += 1
             continue
         r = match(seg.start_ms)
+        inside = sum(1 for x in starts if seg.start_ms - MATCH_BEFORE_MS <= x.t_ms <= seg.end_ms)
+        if inside > 1:
+            sc.split_turns += 1
+            sc.split_barge_ins += seg.kind == "barge-in"
         if r is None:
             sc.onsets_missed += 1
         else:
@@ -110,6 +128,8 @@ def summarize(scores: list[CallScore]) -> dict[str, Any]:
             "max": _pct([d for s in scores for d in s.barge_in_decision_ms], 100),
         },
         "false_user_turns": sum(s.false_turns for s in scores),
+        "split_turns": sum(s.split_turns for s in scores),
+        "split_barge_ins": sum(s.split_barge_ins for s in scores),
         "disconnected_exactly_once": all(s.disconnected == 1 for s in scores),
         "callbacks_after_disconnected": sum(s.callbacks_after_disconnect for s in scores),
     }

@@ -21,13 +21,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from ..bundled import bundled_babble_dir
 from .clips import ClipSpec, load_clip_wav, synthesize
 
 RATE = 8000
@@ -186,8 +186,6 @@ def synthesize_babble(out_dir: Path) -> None:
         json.dumps([asdict(s) for s in BABBLE], indent=1) + "\n", encoding="utf-8")
 
 
-def bundled_babble_dir() -> Path:
-    return Path(str(resources.files("voice_server_moshi") / "data" / "corpus" / "babble"))
 
 
 def load_talkers(d: Path) -> list[F32]:

@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..audio import g711
-from ..call.wavio import to_int16
+from ..audio.wavio import to_int16
 from ..host.config import HostConfig
+from ..host.impair import Impairment
 from ..host.reference import CallResult, ClockKind, ReferenceHost
 from ..moshi.adapter import MoshiAdapter
 from ..moshi.settings import MoshiSettings
@@ -26,9 +27,11 @@ async def run_corpus_call(
     tail_ms: float = 1000.0,
     agent: ScriptedAgentTransport | None = None,
     vad: str = "energy",
+    impair: Impairment | None = None,
 ) -> CallResult:
     """One corpus call: caller track as 8 kHz µ-law, the call's agent script as Moshi;
-    ``vad`` names the caller VAD (``[moshi] vad``)."""
+    ``vad`` names the caller VAD (``[moshi] vad``); ``impair``: a bad line on the caller's
+    path (:mod:`~voice_server_moshi.host.impair`)."""
     cfg = HostConfig(mode_settings=dict(mode_settings or {}))
     moshi = MoshiSettings(vad=vad)
     transport = agent or ScriptedAgentTransport(
@@ -41,5 +44,6 @@ async def run_corpus_call(
     )
     caller = g711.encode(to_int16(call.caller), cfg.audio.encoding)
     return await host.run_call(
-        caller, clock=clock, speed=speed, tail_ms=tail_ms, call_id=call.call_id
+        caller, clock=clock, speed=speed, tail_ms=tail_ms, call_id=call.call_id,
+        impair=impair,
     )

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from importlib import resources
-from pathlib import Path
 
+from ..bundled import bundled_clip_dir
 from .clips import Clip, load_clips
 
-
-def bundled_clip_dir() -> Path:
-    return Path(str(resources.files("voice_server_moshi") / "data" / "corpus" / "clips"))
+__all__ = ["bundled_clips"]
 
 
 @lru_cache(maxsize=1)

@@ -21,8 +21,9 @@ from .steering import SteeringSpec
 
 
 class SlotAdmission:
-    """The slot table half of :class:`~voice_server_moshi.engine.core.Engine`; the engine
-    sets these attributes up in its ``__init__``."""
+    """The slot table half of :class:`~voice_server_moshi.engine.core.Engine` (the engine
+    sets these attributes up in its ``__init__``), and what each :class:`Slot` is given of
+    its engine (:class:`~.slot.SlotTable`)."""
 
     config: EngineConfig
     _lock: threading.Lock
@@ -39,6 +40,26 @@ class SlotAdmission:
     #: What a call that brings no sampling of its own gets (seeds drawn per call).
     default_sampling: CallSampling
     _trimmed: int
+
+    # -- what a slot needs of its engine (slot.SlotTable) -----------------------------
+
+    @property
+    def lock(self) -> threading.Lock:
+        """The lock over the slot table, every slot's queue and the totals."""
+        return self._lock
+
+    def wake(self) -> None:
+        """Wake an idle tick thread: a frame has arrived."""
+        self._wake.set()
+
+    def count_overrun(self) -> None:
+        self._overruns += 1
+
+    def count_underrun(self) -> None:
+        self._underruns += 1
+
+    def count_trimmed(self, frames: int) -> None:
+        self._trimmed += frames
 
     def try_open(self, call_id: str, sink: Sink,
                  sampling: CallSampling | None = None) -> Slot:

@@ -6,9 +6,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-#: Samples in one 80 ms frame at 24 kHz, Mimi's frame.
-FRAME_SAMPLES = 1920
-TICK_S = 0.08
+from ..audio.moshi_frame import FRAME_S, FRAME_SAMPLES
+
+__all__ = ["DEFAULT_TRIM_AFTER_MS", "FRAME_SAMPLES", "TICK_S", "EngineConfig", "Sampling",
+           "trim_window_ticks"]
+
+#: One engine tick: one Mimi frame.
+TICK_S = FRAME_S
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,8 +96,8 @@ def _caller_stream() -> Any:
     import numpy as np
 
     from ..audio.resample import Resampler
-    from ..call.wavio import read_wav
-    from ..corpus.store import bundled_clip_dir
+    from ..audio.wavio import read_wav
+    from ..bundled import bundled_clip_dir
 
     parts = []
     for p in sorted(bundled_clip_dir().glob("*.wav")):

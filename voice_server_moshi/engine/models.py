@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 
 from .._log import get_logger
+from .stt import SttModels, load_stt
 
 log = get_logger(__name__)
 
@@ -66,8 +67,8 @@ class LoadedModels:
     #: Where the LM and Mimi weights came from (file path or hub name); "" when random.
     lm_file: str = ""
     mimi_file: str = ""
-    #: The caller-transcript STT (:class:`~.stt.SttModels`) batched beside Moshi, or None.
-    stt: Any = None
+    #: The caller-transcript STT batched beside Moshi, or None.
+    stt: SttModels | None = None
 
     def text_piece(self, token: int) -> str | None:
         """The text a token stands for, as Kyutai's server sends it; None for PAD/EPAD."""
@@ -95,8 +96,6 @@ def load_models(
     models = _load_moshi(checkpoint, device=device, dtype=dtype, context=context,
                          architecture=architecture)
     if stt is not None:
-        from .stt import load_stt
-
         models.stt = load_stt(stt, device=models.device, dtype=models.dtype)
     return models
 

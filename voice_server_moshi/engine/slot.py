@@ -12,22 +12,20 @@ client that stopped sending. A queue over ``queue_frames`` drops its oldest fram
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from .._log import get_logger
 from .call_sampling import CallSampling
-from .config import FRAME_SAMPLES
-from .steering import SlotSteering, SteerEvent
-
-if TYPE_CHECKING:
-    from .admission import SlotAdmission
+from .config import FRAME_SAMPLES, EngineConfig
+from .steering import SlotSteering, SteerEvent, SteeringSpec
 
 log = get_logger("voice_server_moshi.engine.core")
 
@@ -93,11 +91,34 @@ Sink = Callable[[SlotEvent], None]
 SlotState = Literal["waiting", "running", "closed"]
 
 
+class SlotTable(Protocol):
+    """What a slot needs of the engine that admitted it (the engine's
+    :class:`~.admission.SlotAdmission`): its limits, the lock over every slot's queue and
+    the totals, a way to wake the tick thread, and to give the row back. The ``count_*``
+    methods add to the engine's totals and are called with ``lock`` held."""
+
+    config: EngineConfig
+    steering_spec: SteeringSpec
+
+    @property
+    def lock(self) -> threading.Lock: ...
+
+    def wake(self) -> None: ...
+
+    def count_overrun(self) -> None: ...
+
+    def count_underrun(self) -> None: ...
+
+    def count_trimmed(self, frames: int) -> None: ...
+
+    def release(self, slot: Slot) -> None: ...
+
+
 class Slot:
     """One call's row in the batch. ``push`` is thread-safe; outputs go to ``sink``, which
     is called from the engine's tick thread and must be quick and must not block."""
 
-    def __init__(self, engine: SlotAdmission, index: int, call_id: str, sink: Sink) -> None:
+    def __init__(self, engine: SlotTable, index: int, call_id: str, sink: Sink) -> None:
         self.engine = engine
         self.index = index
         self.call_id = call_id
@@ -144,7 +165,7 @@ class Slot:
             raise ValueError(f"frame samples must be float in [-1, 1], got dtype {arr.dtype}")
         frame = np.clip(np.nan_to_num(arr.astype(np.float32, copy=True), nan=0.0,
                                       posinf=1.0, neginf=-1.0), -1.0, 1.0)
-        with self.engine._lock:
+        with self.engine.lock:
             if self.closed:
                 raise RuntimeError(f"slot {self.index} of call {self.call_id} is closed")
             self._queue.append(frame)
@@ -152,13 +173,13 @@ class Slot:
             if len(self._queue) > self.engine.config.queue_frames:
                 self._queue.popleft()
                 self.overruns += 1
-                self.engine._overruns += 1
-        self.engine._wake.set()
+                self.engine.count_overrun()
+        self.engine.wake()
 
     @property
     def queued(self) -> int:
         """Frames waiting for a tick."""
-        with self.engine._lock:
+        with self.engine.lock:
             return len(self._queue)
 
     def close(self) -> None:
@@ -184,7 +205,7 @@ class Slot:
             for _ in range(excess):
                 self._queue.popleft()
             self.trimmed += excess
-            self.engine._trimmed += excess
+            self.engine.count_trimmed(excess)
             self._depths.clear()
 
     def _take(self) -> tuple[PCM | None, bool]:
@@ -201,7 +222,7 @@ class Slot:
         fill = self.engine.config.fill_after_ticks
         if fill is not None and self._starved > fill:
             self.underruns += 1
-            self.engine._underruns += 1
+            self.engine.count_underrun()
             return np.zeros(FRAME_SAMPLES, dtype=np.float32), True
         self.idle_ticks += 1
         return None, False

@@ -19,12 +19,13 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from ..audio.moshi_frame import FRAME_SAMPLES
 from .steering import MAX_AUDIO_FRAMES, SteeringError
 
 if TYPE_CHECKING:
     from .core import Engine
 
-FRAME = 1920
+FRAME = FRAME_SAMPLES
 #: A frame is voiced when its RMS is within this many dB of the clip's loudest frame.
 VOICED_DB = 30.0
 

@@ -22,15 +22,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from .._log import get_logger
 from .slot import SttOutput
-
-if TYPE_CHECKING:
-    from .models import LoadedModels
 
 __all__ = ["SttBatch", "SttModels", "SttOutput", "load_stt", "make_stt_batch"]
 
@@ -262,10 +259,20 @@ def silence_codes(mimi: Any, frames: int, device: torch.device) -> torch.Tensor:
         return torch.cat([mimi.encode(x) for _ in range(max(1, frames))], dim=-1)
 
 
-def make_stt_batch(models: LoadedModels, slots: int) -> SttBatch | None:
+class EngineModels(Protocol):
+    """What :func:`make_stt_batch` needs of the engine's models
+    (:class:`~.models.LoadedModels`, which loads the STT with :func:`load_stt`)."""
+
+    mimi: Any  # moshi.models.MimiModel
+    lm: Any  # moshi.models.LMModel
+    device: torch.device
+    stt: SttModels | None
+
+
+def make_stt_batch(models: EngineModels, slots: int) -> SttBatch | None:
     """The engine's STT rows, if ``models`` carry an STT; sets the shared Mimi to encode
     as many codebooks as the hungrier model reads. Call before Mimi starts streaming."""
-    stt: SttModels | None = models.stt
+    stt = models.stt
     if stt is None:
         return None
     mimi = models.mimi

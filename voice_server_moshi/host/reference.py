@@ -29,9 +29,11 @@ from .._log import get_logger
 from ..adapter import BaseAdapter, VoiceModelAdapter, VoiceModelConfig
 from ..errors import SteeringUnsupportedError
 from ..modes.clock import ManualClock, RealClock
+from ..modes.jitter import CallerJitterBuffer
 from ..modes.overlap import OverlapDecision
 from ..registry import Registry, load_registry
 from .config import HostConfig
+from .impair import Delivery, Impairment
 from .recorder import Record, Recorder
 
 ClockKind = Literal["realtime", "virtual"]
@@ -66,6 +68,9 @@ class CallResult:
     settle_timeouts: int = 0
     response_wall_ms: list[float] = field(default_factory=list)
     arrival_ms: list[float] = field(default_factory=list)
+    #: Call time -> the caller's media time (the caller path's delay taken out), where the
+    #: mode knows it (the full-duplex mode's jitter buffer); for scoring against labels.
+    to_caller_media: Callable[[float], float] | None = None
 
     def timeline(self) -> list[dict[str, Any]]:
         """The records as JSON, in call-time order (``t_ms``; stable, so records of the
@@ -109,6 +114,7 @@ class ReferenceHost:
         record_audio_frames: bool = False,
         says: Sequence[tuple[float, str]] = (),
         on_caller_turn_end: TurnHook | None = None,
+        impair: Impairment | None = None,
     ) -> CallResult:
         """Play ``caller_audio`` (the call's format) then ``tail_ms`` of silence; hang up.
 
@@ -116,7 +122,9 @@ class ReferenceHost:
         say the text (``create_response(text=...)``, needs a steerable adapter).
         ``on_caller_turn_end(mode, caller_words)``: called when a caller turn ends, with the
         caller's transcript so far, e.g. the host's LLM deciding on a tool call
-        (:mod:`.tool_example`)."""
+        (:mod:`.tool_example`). ``impair``: a bad line between the caller and the host
+        (:mod:`.impair`); each caller frame is pushed with its media time, as a telephony
+        host does with RTP, at the time the line delivers it."""
         fmt = self.config.audio
         if len(caller_audio) % fmt.bytes_per_sample:
             raise ValueError(f"caller audio is not whole {fmt.encoding} samples")
@@ -155,8 +163,13 @@ class ReferenceHost:
                     recorder.on_error("steering_unsupported", str(exc), False)
                     log.warning("say_not_possible", error=str(exc))
         adapter.on("*", recorder.on_event)
+        # Whole frames (packets); a partial last frame was never sent, as before.
         frames = [caller_audio[i : i + fmt.bytes_per_frame]
-                  for i in range(0, len(caller_audio), fmt.bytes_per_frame)]
+                  for i in range(0, len(caller_audio) - fmt.bytes_per_frame + 1,
+                                 fmt.bytes_per_frame)]
+        fm = float(fmt.frame_ms)
+        line = (impair.schedule(len(frames), fm) if impair is not None
+                else [Delivery(k * fm, k) for k in range(len(frames))])
         n_tail = int(tail_ms // fmt.frame_ms)
         total_ms = (len(frames) + n_tail) * fmt.frame_ms
         wall0 = time.perf_counter()
@@ -165,11 +178,14 @@ class ReferenceHost:
         log.info("call_started", frames=len(frames), clock=clock, speed=speed)
         try:
             if clock == "virtual":
+                j = 0
                 for k in range(len(frames) + n_tail):
                     if mode.ended:
                         break
-                    if k < len(frames):
-                        mode.push_caller_audio(frames[k])
+                    # What the line delivered by half a frame before this tick (as below).
+                    while j < len(line) and line[j].arrival_ms <= (k + 0.5) * fm:
+                        mode.push_caller_audio(frames[line[j].frame], line[j].frame * fm)
+                        j += 1
                     due_says()
                     await mode.tick()
                     if not await mode.settle(settle_max_lag_ms, settle_timeout_s):
@@ -177,15 +193,15 @@ class ReferenceHost:
                     if progress is not None and k % 10 == 0:
                         progress(mode.t_ms, total_ms, state)
             else:
-                period = fmt.frame_ms / 1000.0
-                for k, frame in enumerate(frames):
+                period = fm / 1000.0
+                for j, d in enumerate(line):
                     if mode.ended:
                         break
                     # Half a frame ahead of the mode's tick: robust to scheduling jitter.
-                    await mode_clock.sleep_until((k + 0.5) * period)
-                    mode.push_caller_audio(frame)
+                    await mode_clock.sleep_until((d.arrival_ms + 0.5 * fm) / 1000.0)
+                    mode.push_caller_audio(frames[d.frame], d.frame * fm)
                     due_says()
-                    if progress is not None and k % 10 == 0:
+                    if progress is not None and j % 10 == 0:
                         progress(mode.t_ms, total_ms, state)
                 end = (len(frames) + n_tail) * period
                 while not mode.ended and mode_clock.now() < end:
@@ -203,6 +219,8 @@ class ReferenceHost:
             cfg.call_id, recorder.records, bytes(caller_audio), bytes(recorder.agent_audio),
             mode.overlaps, mode.stats(), counters, time.perf_counter() - wall0, mode.t_ms,
             timeouts, list(mode.response_wall_ms), list(mode.arrival_ms),
+            jitter.media_ms if isinstance(jitter := getattr(mode, "jitter", None),
+                                          CallerJitterBuffer) else None,
         )
 
 

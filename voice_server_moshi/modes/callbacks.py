@@ -45,3 +45,13 @@ class HostCallbacks(Protocol):
 
     def on_disconnected(self, reason: str, t_ms: float) -> None:
         """The call is over: called exactly once, and no callback follows it."""
+
+
+@runtime_checkable
+class SteeringCallbacks(Protocol):
+    """Optional, beside :class:`HostCallbacks`: a host that has this method hears every
+    steering event of its requests (see :mod:`.steering_marks`)."""
+
+    def on_agent_steering(self, request_id: str, status: str, t_ms: float) -> None:
+        """A say request's progress at call time ``t_ms``: queued, started, finished,
+        cancelled or failed."""

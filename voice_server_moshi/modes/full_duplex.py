@@ -14,8 +14,9 @@ Created by the host through the registry::
     ...
     await mode.stop()                       # ends the call; on_disconnected comes last
 
-Every frame period the mode sends one caller frame to the adapter (silence when none came:
-Moshi is clocked by its input and stalls without it) and plays one agent frame out of the
+Every frame period the mode sends one caller frame to the adapter out of the caller
+jitter buffer (:mod:`.jitter`: late frames used, missing ones concealed; Moshi is clocked by
+its input and stalls without it) and plays one agent frame out of the
 playout buffer to the host (silence while the buffer is dry). Caller turns come from the
 adapter's ``speech-started``/``speech-ended``; agent turns from the played agent audio and
 Moshi's text (:mod:`.agent_activity`); overlaps are classified in :mod:`.overlap`.
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable
@@ -58,6 +60,7 @@ from ..events import (
 from .agent_activity import AgentActivity, AgentTransition
 from .callbacks import HostCallbacks
 from .clock import Clock, ManualClock, RealClock
+from .jitter import CallerJitterBuffer
 from .levels import frame_level_dbfs, pcm_level_dbfs, silence_frame
 from .overlap import CallerTurns, OverlapDecision, TurnAction
 from .playout import PlayoutBuffer
@@ -97,29 +100,30 @@ class FullDuplexMode:
         fmt = self.config.audio
         self.frame_ms = float(fmt.frame_ms)
         self._frame_bytes = fmt.bytes_per_frame
-        self._silence = silence_frame(fmt.encoding, fmt.samples_per_frame)
         s = self.settings
         self.playout = PlayoutBuffer(
             prebuffer_frames=-(-s.playout_prebuffer_ms // fmt.frame_ms),
             max_frames=max(1, s.playout_max_ms // fmt.frame_ms),
-            silence=self._silence,
-        )
+            silence=silence_frame(fmt.encoding, fmt.samples_per_frame))
         self.agent = AgentActivity(s, self.frame_ms)
         self.callers = CallerTurns(s, self.agent)
         self.log = get_logger("voice_server_moshi.modes.full_duplex", call_id=self.config.call_id)
-        self._caller_q: deque[bytes] = deque()
+        self.jitter = CallerJitterBuffer(
+            frame_ms=self.frame_ms, encoding=fmt.encoding, sample_rate=fmt.sample_rate,
+            min_ms=s.jitter_min_ms, max_ms=s.caller_queue_max_ms,
+        )
         self._caller_partial = b""
-        self._caller_q_max = max(1, s.caller_queue_max_ms // fmt.frame_ms)
         self.t_ms = 0.0  # call time of the next tick
         self.caller_sent_ms = 0.0
         self.agent_received_ms = 0.0
         self.counters: dict[str, int] = {
-            "caller_frames": 0, "gap_fill_frames": 0, "caller_dropped_frames": 0,
+            "caller_frames": 0, "gap_fill_frames": 0, "concealed_frames": 0,
+            "caller_dropped_frames": 0,
             "agent_chunks": 0, "ignored_requests": 0, "backchannels": 0, "barge_ins": 0,
             "playout_flushes": 0, "steer_requests": 0,
         }
         self.steering = SteeringMarks(
-            host, on_error=lambda msg: self._call("on_error", "steering_failed", msg, False))
+            host, on_error=lambda msg: self._call(host.on_error, "steering_failed", msg, False))
         self._ducking = False
         self._started = False
         self._ended = False
@@ -146,7 +150,8 @@ class FullDuplexMode:
         if self._started:
             raise LifecycleError("full-duplex: start() called twice; one mode serves one call")
         self._started = True
-        await self.adapter.connect(self.config)
+        # The mode keeps the caller's media continuous itself (ADR 0140).
+        await self.adapter.connect(dataclasses.replace(self.config, media_clock="host"))
         self._consumer = asyncio.get_running_loop().create_task(
             self._consume(), name="full-duplex:events"
         )
@@ -157,8 +162,11 @@ class FullDuplexMode:
             )
         self.log.info("mode_started", frame_ms=self.frame_ms, settings=str(self.settings))
 
-    def push_caller_audio(self, chunk: bytes) -> None:
-        """Queue caller media (whole samples, any length); sent on the call's clock."""
+    def push_caller_audio(self, chunk: bytes, media_ms: float | None = None) -> None:
+        """Caller media as it arrives, played on the call's clock through the jitter buffer
+        (:mod:`.jitter`): any whole samples in order, or with ``media_ms`` (the packet's
+        RTP time in ms from the stream's start) whole frames placed by that time, so late,
+        lost, reordered and duplicated packets are told apart."""
         if self._ended:
             return
         fmt = self.config.audio
@@ -166,15 +174,22 @@ class FullDuplexMode:
             raise ValueError(
                 f"caller chunk of {len(chunk)} bytes is not whole {fmt.encoding} samples"
             )
+        now_ms = self.clock.now() * 1000.0
+        if media_ms is not None:
+            if len(chunk) % self._frame_bytes:
+                raise ValueError(
+                    f"a timestamped caller chunk must be whole {fmt.frame_ms} ms frames "
+                    f"({self._frame_bytes} bytes each), got {len(chunk)} bytes"
+                )
+            for k, i in enumerate(range(0, len(chunk), self._frame_bytes)):
+                self.jitter.push(bytes(chunk[i : i + self._frame_bytes]), now_ms,
+                                 media_ms + k * self.frame_ms)
+            return
         data = self._caller_partial + bytes(chunk)
         n = len(data) // self._frame_bytes * self._frame_bytes
         for i in range(0, n, self._frame_bytes):
-            self._caller_q.append(data[i : i + self._frame_bytes])
+            self.jitter.push(data[i : i + self._frame_bytes], now_ms)
         self._caller_partial = data[n:]
-        while len(self._caller_q) > self._caller_q_max:
-            # Media came faster than the clock: keep latency bounded, drop the oldest.
-            self._caller_q.popleft()
-            self.counters["caller_dropped_frames"] += 1
 
     async def tick(self) -> None:
         """One frame period: send a caller frame, play an agent frame, update turns."""
@@ -182,26 +197,27 @@ class FullDuplexMode:
             if self._ended:
                 return
             t = self.t_ms
-            if self._caller_q:
-                frame = self._caller_q.popleft()
-                self.counters["caller_frames"] += 1
-            else:
-                frame = self._silence
-                self.counters["gap_fill_frames"] += 1
-            self.callers.caller_level(frame_level_dbfs(frame, self.config.audio.encoding), t)
-            try:
-                await self.adapter.send_audio(frame)
-            except LifecycleError:
-                return  # the session ended under us; _consume reports it
-            self.caller_sent_ms += self.frame_ms
-            self._sent_walls.append((self.caller_sent_ms, time.perf_counter()))
+            frame, kind = self.jitter.pop()
+            js, c = self.jitter.stats, self.counters
+            c["caller_frames"], c["gap_fill_frames"] = js.media_frames, js.gap_fill_frames
+            c["concealed_frames"], c["caller_dropped_frames"] = (js.concealed_frames,
+                                                                  js.overflow_dropped)
+            if kind != "wait":  # the caller's stream starts with the caller's first frame
+                self.callers.caller_level(frame_level_dbfs(frame, self.config.audio.encoding),
+                                          t)
+                try:
+                    await self.adapter.send_audio(frame)
+                except LifecycleError:
+                    return  # the session ended under us; _consume reports it
+                self.caller_sent_ms += self.frame_ms
+                self._sent_walls.append((self.caller_sent_ms, time.perf_counter()))
             out, from_agent = self.playout.pop()
             pcm = g711.decode(out, self.config.audio.encoding)
             if self._ducking:
                 gain = 10 ** (-self.settings.duck_db / 20)
                 pcm = np.clip(pcm * gain, -32768, 32767).astype(np.int16)
                 out = g711.encode(pcm, self.config.audio.encoding)
-            self._call("on_agent_audio", out, t)
+            self._call(self.host.on_agent_audio, out, t)
             self._agent_transitions(self.agent.process(pcm_level_dbfs(pcm), t, from_agent))
             self.t_ms = t + self.frame_ms
             if isinstance(self.clock, ManualClock):
@@ -209,13 +225,10 @@ class FullDuplexMode:
             self._turn_actions(self.callers.tick(self.t_ms))
 
     async def settle(self, max_lag_ms: float = 160.0, timeout_s: float = 10.0) -> bool:
-        """For ManualClock hosts: let the adapter and the model catch up with the media sent.
-
-        Yields to the event loop, then waits until the agent audio received is within
-        ``max_lag_ms`` of the caller audio sent (Moshi answers each 80 ms input frame with an
-        output frame; the adapter's framing and resampling account for up to ~82 ms, a
-        model that skips its first input frame for 80 more). This keeps virtual time honest
-        whatever the model's speed. Returns False on timeout."""
+        """For ManualClock hosts: wait until the agent audio received is within
+        ``max_lag_ms`` of the caller audio sent (Moshi answers each 80 ms frame with one;
+        framing and resampling take up to ~82 ms, a model that skips its first frame 80
+        more), so virtual time stays honest whatever the model's speed. False on timeout."""
         for _ in range(4):
             await asyncio.sleep(0)
         loop = asyncio.get_running_loop()
@@ -253,8 +266,7 @@ class FullDuplexMode:
     def ended(self) -> bool:
         return self._ended
 
-    # Turn-based requests. Without text/audio they are harmless no-ops (Moshi takes and
-    # yields turns by itself); with them they steer Moshi (ADR 0070).
+    # Turn-based requests: no-ops without text/audio, steering with them (ADR 0070).
 
     def create_response(self, *, text: str | None = None, audio: bytes | None = None,
                         sample_rate: int = 24000, **request: Any
@@ -284,13 +296,14 @@ class FullDuplexMode:
         the model's next step, queued requests are dropped and (``flush_playout``) the
         agent audio already buffered for the caller is dropped too. Otherwise a no-op:
         Moshi yields by itself when talked over (barge_in_policy duck/flush)."""
-        if not self.steering.can_steer(self.adapter):
+        adapter = self.adapter
+        if not self.steering.can_steer(adapter):
             self._ignored("cancel_response", request)
             return None
         if flush_playout:
             self.counters["playout_flushes"] += 1
             self.playout.flush()
-        return self.steering.cancel(self.adapter)
+        return self.steering.cancel(adapter)
 
     @property
     def overlaps(self) -> list[OverlapDecision]:
@@ -302,13 +315,12 @@ class FullDuplexMode:
         return {
             **self.counters,
             "call_ms": self.t_ms,
+            "caller_media": self.jitter.stats.as_dict(self.frame_ms),
             "playout": {
                 "prebuffer_ms": self.playout.prebuffer * self.frame_ms,
                 "mean_depth_ms": p.mean_depth_frames * self.frame_ms,
-                "max_depth_ms": p.max_depth_frames * self.frame_ms,
-                "underruns": p.underruns,
-                "dropped_overflow_frames": p.dropped_overflow,
-                "flushed_frames": p.flushed,
+                "max_depth_ms": p.max_depth_frames * self.frame_ms, "underruns": p.underruns,
+                "dropped_overflow_frames": p.dropped_overflow, "flushed_frames": p.flushed,
             },
         }
 
@@ -325,6 +337,7 @@ class FullDuplexMode:
         while not self._ended:
             # First tick one frame in: a frame of caller media takes a frame period to come.
             await self.clock.sleep_until(k * period)
+            await asyncio.sleep(0)  # after a stalled loop, let the host push what is due first
             await self.tick()
             k += 1
 
@@ -336,7 +349,7 @@ class FullDuplexMode:
                     break
         except Exception as exc:  # the adapter's iterator broke: report, end the call
             self.log.exception("adapter_events_failed")
-            self._call("on_error", "internal", f"adapter event stream failed: {exc!r}", True)
+            self._call(self.host.on_error, "internal", f"adapter events failed: {exc!r}", True)
         finally:
             self._finish("adapter-closed")
 
@@ -349,23 +362,23 @@ class FullDuplexMode:
             self._note_response()
             self.playout.push(event.audio)
             self._audio_evt.set()
-        elif isinstance(event, SpeechStarted):
-            self._turn_actions(self.callers.speech_started(event.t_ms, now))
+        elif isinstance(event, SpeechStarted):  # stream time -> call time: see .jitter
+            self._turn_actions(self.callers.speech_started(self.jitter.call_ms(event.t_ms), now))
         elif isinstance(event, SpeechEnded):
-            self._turn_actions(self.callers.speech_ended(event.t_ms, now))
+            self._turn_actions(self.callers.speech_ended(self.jitter.call_ms(event.t_ms), now))
         elif isinstance(event, Transcript):
             if event.role == "agent":
                 self.agent.note_text(event.text, now)
-            self._call("on_transcript", event.role, event.text, event.final, now)
+            self._call(self.host.on_transcript, event.role, event.text, event.final, now)
         elif isinstance(event, Interruption):
             n = self.playout.flush()
             self.log.info("provider_interruption", flushed_frames=n)
         elif isinstance(event, Steering):
             self.steering.on_event(event, now)
-            if self.steering.notify:
-                self._call("on_agent_steering", event.request_id, event.status, now)
+            if self.steering.notify is not None:
+                self._call(self.steering.notify, event.request_id, event.status, now)
         elif isinstance(event, Error):
-            self._call("on_error", event.code, event.message, event.fatal)
+            self._call(self.host.on_error, event.code, event.message, event.fatal)
         elif isinstance(event, Connected):
             self.log.debug("adapter_connected", session_id=event.session_id)
         elif isinstance(event, Disconnected):
@@ -383,15 +396,13 @@ class FullDuplexMode:
     def _agent_transitions(self, transitions: list[AgentTransition]) -> None:
         for tr in transitions:
             if tr.kind == "start":
-                if self.steering.mark_turn(tr.t_ms):
-                    self._call("on_agent_turn_started", tr.t_ms, steered=True)
-                else:
-                    self._call("on_agent_turn_started", tr.t_ms)
+                steered = {"steered": True} if self.steering.mark_turn(tr.t_ms) else {}
+                self._call(self.host.on_agent_turn_started, tr.t_ms, **steered)
             else:
                 # Interrupted: the caller was talking (pending overlap or turn) when the
                 # agent stopped, i.e. Moshi yielded to them.
                 interrupted = self.callers.state != "idle" and self.callers.onset_ms < tr.t_ms
-                self._call("on_agent_turn_ended", tr.t_ms, interrupted)
+                self._call(self.host.on_agent_turn_ended, tr.t_ms, interrupted)
 
     def _turn_actions(self, actions: list[TurnAction]) -> None:
         for a in actions:
@@ -399,10 +410,10 @@ class FullDuplexMode:
                 if a.barge_in:
                     self.counters["barge_ins"] += 1
                     self._apply_barge_in_policy()
-                self._call("on_user_turn_started", a.t_ms, a.barge_in)
+                self._call(self.host.on_user_turn_started, a.t_ms, a.barge_in)
             else:
                 self._ducking = False
-                self._call("on_user_turn_ended", a.t_ms)
+                self._call(self.host.on_user_turn_ended, a.t_ms)
         self.counters["backchannels"] = self.callers.verdicts["backchannel"]
 
     def _apply_barge_in_policy(self) -> None:
@@ -420,7 +431,7 @@ class FullDuplexMode:
         # Close open turns first so the host sees them end before the call does.
         self._agent_transitions(self.agent.close(self.t_ms))
         self._turn_actions(self.callers.close(self.t_ms))
-        self._call("on_disconnected", reason, self.t_ms)
+        self._call(self.host.on_disconnected, reason, self.t_ms)
         self._ended = True
         self._ended_evt.set()
         self._audio_evt.set()
@@ -428,11 +439,11 @@ class FullDuplexMode:
             k: v for k, v in self.counters.items() if isinstance(v, int)
         })
 
-    def _call(self, name: str, *args: Any, **kwargs: Any) -> None:
+    def _call(self, fn: Callable[..., None], *args: object, **kwargs: object) -> None:
+        """Call one of the host's callbacks; one that raises is logged, the call goes on."""
         if self._ended:
             return  # nothing after on_disconnected
-        fn: Callable[..., Any] = getattr(self.host, name)
         try:
             fn(*args, **kwargs)
         except Exception:
-            self.log.exception("host_callback_failed", callback=name)
+            self.log.exception("host_callback_failed", callback=fn.__name__)

@@ -8,6 +8,7 @@ which checks the result against this protocol, so a host needs no ``getattr``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -33,8 +34,10 @@ class Mode(Protocol):
     async def start(self) -> None:
         """Connect the adapter and start the call clock."""
 
-    def push_caller_audio(self, chunk: bytes) -> None:
-        """Queue caller media in the call's format (whole samples, any length)."""
+    def push_caller_audio(self, chunk: bytes, media_ms: float | None = None) -> None:
+        """Caller media in the call's format as it arrives: whole samples, any length; or,
+        with ``media_ms`` (the packet's media time, e.g. from its RTP timestamp), whole
+        frames placed by that time in the caller jitter buffer."""
 
     async def tick(self) -> None:
         """One frame period (hosts on a virtual clock call it; a real clock calls it)."""
@@ -52,14 +55,17 @@ class Mode(Protocol):
     def ended(self) -> bool:
         """True once the call has ended."""
 
-    def create_response(self, **request: Any) -> None:
-        """A turn-based host asks for a reply."""
+    def create_response(self, **request: Any) -> asyncio.Task[str] | None:
+        """A turn-based host asks for a reply. A mode that can steer the model (the
+        full-duplex mode with ``text=`` or ``audio=`` and a steerable adapter) returns the
+        task whose result is the request id; otherwise None (the model replies by itself)."""
 
     def commit_turn(self, **request: Any) -> None:
         """A turn-based host commits the caller's turn."""
 
-    def cancel_response(self, **request: Any) -> None:
-        """A turn-based host cancels the reply."""
+    def cancel_response(self, **request: Any) -> asyncio.Task[str] | None:
+        """A turn-based host cancels the reply: the task of the steering cancel when there
+        is something to cancel, else None."""
 
     @property
     def overlaps(self) -> list[OverlapDecision]:

@@ -28,9 +28,16 @@ class FullDuplexSettings:
                   "is dropped beyond it so latency cannot grow without limit"},
     )
     caller_queue_max_ms: int = field(
-        default=100,
-        metadata={"min": 20, "max": 2000, "help": "caller media queued ahead of the call "
-                  "clock; beyond it the oldest frames are dropped to keep latency bounded"},
+        default=200,
+        metadata={"min": 20, "max": 2000, "help": "the caller jitter buffer's bound: caller "
+                  "media waiting beyond this is dropped, oldest first, so latency stays "
+                  "bounded whatever the line does (ADR 0140)"},
+    )
+    jitter_min_ms: int = field(
+        default=0,
+        metadata={"min": 0, "max": 1000, "help": "the caller jitter buffer's least depth: it "
+                  "grows by itself when media comes late and shrinks in quiet frames down to "
+                  "the jitter seen in the last 3 s, never below this (ADR 0140)"},
     )
     backchannel_detection: bool = field(
         default=True,
@@ -100,6 +107,11 @@ class FullDuplexSettings:
     )
 
     def __post_init__(self) -> None:
+        if self.jitter_min_ms > self.caller_queue_max_ms:
+            raise ValueError(
+                f"jitter_min_ms ({self.jitter_min_ms}) must not exceed caller_queue_max_ms "
+                f"({self.caller_queue_max_ms})"
+            )
         if self.playout_prebuffer_ms >= self.playout_max_ms:
             raise ValueError(
                 f"playout_prebuffer_ms ({self.playout_prebuffer_ms}) must be below "

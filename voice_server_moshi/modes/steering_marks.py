@@ -18,15 +18,25 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeGuard
 
 from .._log import get_logger
+from ..adapter import BaseAdapter, SteerableAdapter, VoiceModelAdapter
 from ..errors import SteeringUnsupportedError
 from ..events import Steering
+from .callbacks import HostCallbacks, SteeringCallbacks
+
+#: The host's ``on_agent_steering(request_id, status, t_ms)``.
+SteeringNotify = Callable[[str, str, float], None]
 
 #: How long after a request ended a starting agent turn still counts as steered (ms):
 #: about the deepest the playout buffer runs.
 GRACE_MS = 400.0
+
+
+def _name(adapter: VoiceModelAdapter) -> str:
+    """The adapter's registry name (every :class:`BaseAdapter` has one), else its class's."""
+    return adapter.adapter_name if isinstance(adapter, BaseAdapter) else type(adapter).__name__
 
 
 def _accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
@@ -38,45 +48,48 @@ def _accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
 
 
 class SteeringMarks:
-    def __init__(self, host: Any, grace_ms: float = GRACE_MS,
+    def __init__(self, host: HostCallbacks, grace_ms: float = GRACE_MS,
                  on_error: Callable[[str], None] | None = None) -> None:
         self.grace_ms = grace_ms
         self._on_error = on_error
         self.log = get_logger(__name__)
         self._active: set[str] = set()
         self._ended_ms: float | None = None
-        start = getattr(host, "on_agent_turn_started", None)
-        self._turn_kw = start is not None and _accepts_keyword(start, "steered")
-        #: The host has the optional ``on_agent_steering`` callback.
-        self.notify = callable(getattr(host, "on_agent_steering", None))
+        self._turn_kw = _accepts_keyword(host.on_agent_turn_started, "steered")
+        #: The host's optional ``on_agent_steering`` callback, when it has one.
+        self.notify: SteeringNotify | None = (
+            host.on_agent_steering if isinstance(host, SteeringCallbacks) else None)
         #: (call ms, request id, status) of every steering event.
         self.history: list[tuple[float, str, str]] = []
         self.steered_turns = 0
 
     @staticmethod
-    def can_steer(adapter: Any) -> bool:
-        caps = getattr(adapter, "capabilities", None)
-        return bool(getattr(caps, "steering", False))
+    def can_steer(adapter: VoiceModelAdapter) -> TypeGuard[SteerableAdapter]:
+        """The adapter has the steering methods and this session can use them."""
+        return isinstance(adapter, SteerableAdapter) and adapter.capabilities.steering
 
-    def require(self, adapter: Any) -> None:
+    def require(self, adapter: VoiceModelAdapter) -> SteerableAdapter:
         if not self.can_steer(adapter):
-            name = getattr(adapter, "adapter_name", type(adapter).__name__)
             raise SteeringUnsupportedError(
-                f"full-duplex: the {name} adapter cannot be steered (capabilities.steering "
-                "is False), so create_response(text=/audio=) cannot reach the model"
+                f"full-duplex: the {_name(adapter)} adapter cannot be steered "
+                "(capabilities.steering is False), so create_response(text=/audio=) cannot "
+                "reach the model"
             )
+        return adapter
 
-    def say(self, adapter: Any, text: str | None, audio: bytes | None,
+    def say(self, adapter: VoiceModelAdapter, text: str | None, audio: bytes | None,
             sample_rate: int) -> asyncio.Task[str]:
         """Start the adapter's say_text / say_audio (see the mode's create_response)."""
-        self.require(adapter)
-        if audio is None and not (text or "").strip():
+        steerable = self.require(adapter)
+        if audio is not None:
+            coro = steerable.say_audio(audio, text or "", sample_rate=sample_rate)
+        elif text is not None and text.strip():
+            coro = steerable.say_text(text)
+        else:
             raise ValueError("create_response(text=...) needs some text to say")
-        coro = (adapter.say_audio(audio, text or "", sample_rate=sample_rate)
-                if audio is not None else adapter.say_text(text))
         return self._task(coro, "create_response")
 
-    def cancel(self, adapter: Any) -> asyncio.Task[str]:
+    def cancel(self, adapter: SteerableAdapter) -> asyncio.Task[str]:
         async def cancel() -> str:
             await adapter.cancel_say(True)
             return ""

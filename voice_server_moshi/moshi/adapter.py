@@ -41,7 +41,8 @@ from ..audio.resample import Resampler
 from ..capabilities import Capabilities
 from ..errors import LifecycleError, SteeringUnsupportedError
 from ..events import AudioChunk, Error, SpeechEnded, SpeechStarted, Steering, Transcript
-from ..vads import AgentAudioSink, Vad, VadConfig, VadFactory, resolve_vad
+from ..vads import AgentAudioSink, Vad, VadConfig, VadFactory
+from .components import resolve_transport, resolve_vad
 from .settings import MoshiSettings
 from .transcript import AgentWords
 from .transport import (
@@ -57,7 +58,7 @@ from .transport import (
     PeerError,
     SteerUpdate,
 )
-from .transports import TransportFactory, resolve_transport
+from .transports import TransportFactory
 
 __all__ = ["MAX_OUTBOUND_FRAMES", "MoshiAdapter"]
 
@@ -92,7 +93,8 @@ class MoshiAdapter(BaseAdapter):
         super().__init__(max_queued_events=self.settings.max_queued_events)
         self._injected = transport
         # Names resolve now, so one nobody registered fails when the adapter is made.
-        self._vad_factory = vad if vad is not None else resolve_vad(self.settings.vad)
+        self._vad_factory = vad if vad is not None else resolve_vad(
+            self.settings.vad, self.settings.vad_settings)
         self._transport_factory = transport_factory
         if transport is None and transport_factory is None:
             self._transport_factory = resolve_transport(self.settings)
@@ -179,7 +181,8 @@ class MoshiAdapter(BaseAdapter):
         self._t0 = asyncio.get_running_loop().time()
         self._spawn(self._receive_loop(self.transport), "receive")
         self._spawn(self._sender_loop(self.transport), "sender")
-        if self.settings.stall_fill_ms is not None:
+        # One filler per call (ADR 0140): a host with its own media clock conceals gaps.
+        if self.settings.stall_fill_ms is not None and config.media_clock == "adapter":
             self._spawn(self._pacing_loop(), "pacing")
         return session_id
 

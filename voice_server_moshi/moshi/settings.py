@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 DEFAULT_HF_REPO = "kyutai/moshiko-pytorch-bf16"
 _SAMPLING_HELP = ("per-call sampling, sent as a query parameter (remote) or applied to "
@@ -24,6 +25,11 @@ class MoshiSettings:
         metadata={"help": "Moshi transport, by registered name: remote, embedded (plugins add "
                   "more through voice_server_register_moshi_transports); auto: remote when "
                   "url is set, else embedded"},
+    )
+    transport_settings: Mapping[str, Any] = field(
+        default_factory=dict, repr=False,
+        metadata={"help": "settings of a plugin's transport, a table (e.g. "
+                  "[moshi.transport_settings]) parsed into the settings class it registered"},
     )
     connect_timeout_s: float = field(
         default=10.0,
@@ -114,6 +120,11 @@ class MoshiSettings:
                   "background and echo references, Silero confirming starts and ends; falls "
                   "back to energy without onnxruntime), energy, silero, or one a plugin adds "
                   "through the voice_server_register_vads hook (ADR 0085)"},
+    )
+    vad_settings: Mapping[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "settings of a plugin's caller VAD, a table (e.g. "
+                  "[moshi.vad_settings]) parsed into the settings class it registered"},
     )
     vad_threshold_db: float = field(
         default=9.0, metadata={"min": 0.0, "max": 40.0,

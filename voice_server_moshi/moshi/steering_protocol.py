@@ -30,6 +30,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from ..audio.moshi_frame import SAMPLE_RATE
 from .protocol import (
     InvalidJsonError,
     InvalidValueError,
@@ -44,7 +45,6 @@ CANCEL = 0x42
 STEERING_KINDS = frozenset((STEER_UPDATE, SAY_AUDIO, CANCEL))
 #: The metadata key a server sets to say it takes these messages.
 METADATA_KEY = "steering"
-SAMPLE_RATE = 24000
 
 UpdateStatus = Literal["queued", "started", "finished", "cancelled", "failed"]
 _STATUSES = frozenset(get_args(UpdateStatus))

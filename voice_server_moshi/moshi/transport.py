@@ -17,11 +17,12 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from ..audio.moshi_frame import FRAME_SAMPLES, SAMPLE_RATE
 from ..errors import SteeringUnsupportedError
 
 #: Moshi's sample rate and frame: 80 ms at 24 kHz.
-MOSHI_SAMPLE_RATE = 24000
-MOSHI_FRAME_SAMPLES = 1920
+MOSHI_SAMPLE_RATE = SAMPLE_RATE
+MOSHI_FRAME_SAMPLES = FRAME_SAMPLES
 MOSHI_FRAME_MS = 80
 
 PCM = npt.NDArray[np.float32]

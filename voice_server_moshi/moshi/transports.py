@@ -6,7 +6,9 @@ Plugins add transports through the ``voice_server_register_moshi_transports`` ho
     def voice_server_register_moshi_transports(register):
         register("my-link", MyTransport, description="...")   # MyTransport(MoshiSettings)
 
-and a host selects one with ``transport = "my-link"`` in its ``[moshi]`` section. This
+and a host selects one with ``transport = "my-link"`` in its ``[moshi]`` section. One
+registered with ``settings=MyLinkSettings`` is called as ``MyTransport(moshi_settings,
+link_settings)``, its own settings parsed from the ``transport_settings`` table. This
 package registers ``"remote"`` (Kyutai's WebSocket protocol, needs ``url``) and
 ``"embedded"`` (the in-process batched engine, the ``embedded`` extra); ``"auto"`` means
 remote when ``url`` is set, else embedded. A factory is called once per call, when the
@@ -19,11 +21,10 @@ import importlib
 from collections.abc import Callable
 
 from ..errors import ConnectError
-from ..registry import _CURRENT, default_registry
 from .settings import MoshiSettings
 from .transport import MoshiTransport
 
-__all__ = ["TransportFactory", "embedded_transport", "remote_transport", "resolve_transport"]
+__all__ = ["BUILTIN_TRANSPORTS", "TransportFactory", "embedded_transport", "remote_transport"]
 
 #: Makes one call's transport from the adapter's settings.
 TransportFactory = Callable[[MoshiSettings], MoshiTransport]
@@ -49,18 +50,8 @@ def embedded_transport(settings: MoshiSettings) -> MoshiTransport:
     return transport
 
 
-_BUILTIN: dict[str, TransportFactory] = {
+#: This package's own transports (also registered by its plugin, :mod:`voice_server_moshi.plugin`).
+BUILTIN_TRANSPORTS: dict[str, TransportFactory] = {
     "remote": remote_transport,
     "embedded": embedded_transport,
 }
-
-
-def resolve_transport(settings: MoshiSettings, *, section: str = "moshi") -> TransportFactory:
-    """The factory of ``settings.transport`` (``auto`` resolved) in the registry creating
-    the adapter now (else the installed plugins'); a SettingsError listing the registered
-    names when there is none."""
-    name = settings.resolved_transport
-    registry = _CURRENT.get()
-    if registry is None and name in _BUILTIN:
-        return _BUILTIN[name]  # this package's own: no need to load every plugin for them
-    return (registry or default_registry()).transport_factory(name, section=section)

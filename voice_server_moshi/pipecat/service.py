@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,6 +161,9 @@ class MoshiService(FrameProcessor):
         self.agent_out_consumed: list[int] = []
         #: Set once the adapter is connected and the mode's clock runs.
         self.ready = asyncio.Event()
+        #: Awaited with the exception when the adapter cannot connect, before the pipeline
+        #: is ended (a transport's owner closes its socket with its own code first).
+        self.on_connect_failed: Callable[[Exception], Awaitable[None]] | None = None
         self.log = get_logger("voice_server_moshi.pipecat", call_id=call_id or "-")
 
     # -- Pipecat side ------------------------------------------------------------------
@@ -219,6 +222,8 @@ class MoshiService(FrameProcessor):
         except Exception as exc:  # ConnectError, ServerBusyError, ...: the call cannot run
             self.log.warning("moshi_connect_failed", error=repr(exc))
             self._stopping = True
+            if self.on_connect_failed is not None:
+                await self.on_connect_failed(exc)
             await self.push_error(f"moshi: connect failed: {exc}", exception=exc, fatal=True)
             return
         self.ready.set()

@@ -1,8 +1,10 @@
 """``voice-server-moshi pipecat-twilio``: Moshi behind Twilio Media Streams, through Pipecat.
 
 Point a Twilio number's voice webhook at ``https://PUBLIC_HOST/`` (it answers TwiML that
-streams the call to ``wss://PUBLIC_HOST/ws``); ``TWILIO_ACCOUNT_SID`` / ``TWILIO_AUTH_TOKEN``
-in the environment let the pipeline hang up (optional).
+streams the call to ``wss://PUBLIC_HOST/ws``). The account's auth token (``TWILIO_AUTH_TOKEN``
+or ``--twilio-auth-token-file``) is required: both doors check ``X-Twilio-Signature`` with
+it; ``TWILIO_ACCOUNT_SID`` beside it lets the pipeline hang up. ``--slots`` sizes the
+embedded engine; a full house answers the webhook ``<Reject reason="busy"/>``.
 """
 
 from __future__ import annotations
@@ -60,8 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--public-url", default=None,
-                   help="wss:// URL Twilio must reach for /ws (default: from the webhook's "
-                        "Host header)")
+                   help="behind a proxy, the URL Twilio requests (and signs): the public "
+                        "https://HOST[/PREFIX] base, or the wss://HOST[/PREFIX]/ws stream URL "
+                        "(default: from each request's Host header)")
+    p.add_argument("--twilio-auth-token-file", default=None, metavar="PATH",
+                   help="the Twilio account's auth token, to check X-Twilio-Signature "
+                        "(default: TWILIO_AUTH_TOKEN)")
+    p.add_argument("--insecure-no-signature", action="store_true",
+                   help="take requests without a valid X-Twilio-Signature: local tests only")
+    p.add_argument("--slots", type=int, default=None,
+                   help="calls taken at once (embedded: the engine's slots; default the "
+                        "[moshi] slots setting); a full house answers <Reject reason=busy>")
     p.add_argument("--config", default=None,
                    help="host config (.toml/.json) with [moshi] and [full-duplex] sections")
     p.add_argument("--url", default=None, help="remote Moshi server (ws://.../api/chat)")
@@ -75,7 +86,9 @@ def main(argv: list[str]) -> int:
     try:
         from ..errors import SettingsError
         from ..host.config import load_config
+        from ..moshi.settings import MoshiSettings
         from .twilio import create_app
+        from .twilio_doors import load_auth_token
     except ImportError as exc:
         sys.stderr.write(f"error: 'pipecat-twilio' needs the pipecat extra "
                          f"(pip install 'voice-server-moshi[pipecat]'): {exc}\n")
@@ -87,11 +100,22 @@ def main(argv: list[str]) -> int:
         return 2
     _quiet_pipecat()
     moshi = dict(cfg.adapter_settings)
-    for key in ("url", "checkpoint", "device"):
+    for key in ("url", "checkpoint", "device", "slots"):
         if getattr(args, key) is not None:
             moshi[key] = getattr(args, key)
+    # The cap is the embedded engine's slots; with a remote server, only --slots caps.
+    slots = args.slots if args.slots is not None or moshi.get("url") else int(
+        moshi.get("slots", MoshiSettings.__dataclass_fields__["slots"].default))
     try:
-        app = create_app(moshi, dict(cfg.mode_settings), public_url=args.public_url)
+        token, warnings = load_auth_token(args.twilio_auth_token_file)
+        for warning in warnings:
+            sys.stderr.write(f"warning: {warning}\n")
+        if token is None and args.insecure_no_signature:
+            sys.stderr.write("warning: --insecure-no-signature: anyone who can reach this "
+                             "server can open calls on it; for local tests only\n")
+        app = create_app(moshi, dict(cfg.mode_settings), public_url=args.public_url,
+                         auth_token=token, insecure_no_signature=args.insecure_no_signature,
+                         slots=slots)
     except SettingsError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
@@ -120,7 +144,8 @@ def main(argv: list[str]) -> int:
         if server.started:
             port = int(server.servers[0].sockets[0].getsockname()[1])
             sys.stdout.write(json.dumps({
-                "event": "listening", "host": args.host, "port": port,
+                "event": "listening", "host": args.host, "port": port, "slots": slots,
+                "signature": token is not None,
                 "twiml": f"http://{args.host}:{port}/", "ws": f"ws://{args.host}:{port}/ws",
             }) + "\n")
             sys.stdout.flush()

@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import signal
 import sys
@@ -93,21 +92,15 @@ def main(argv: list[str]) -> int:
     else:
         token = os.environ.get(AUTH_ENV) or None
     try:
-        from ..engine.config import trim_window_ticks
-        from ..engine.core import Engine, EngineConfig, Sampling
-        from ..engine.models import load_models
+        from ..engine.spec import EngineSpec
         from .app import ServerConfig, run_server
     except ImportError as exc:
         sys.stderr.write(f"error: 'serve' needs the embedded extra "
                          f"(pip install 'voice-server-moshi[embedded]'): {exc}\n")
         return 2
     try:
-        fill = (None if args.fill_after_ms is None
-                else max(0, math.ceil(args.fill_after_ms / 80.0)))
-        ecfg = EngineConfig(slots=args.slots, queue_frames=args.queue_frames,
-                            fill_after_ticks=fill,
-                            trim_window_ticks=trim_window_ticks(args.trim_after_ms),
-                            sampling=Sampling(use_sampling=False) if args.greedy else None)
+        spec = EngineSpec.from_args(args)
+        spec.engine_config()  # bad engine flags fail before the model loads
         limits = limits_from_args(args)
         scfg = ServerConfig(host=args.host, port=args.port, auth_token=token,
                             max_message_bytes=args.max_message_bytes,
@@ -123,9 +116,7 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"error: {exc}\n")
         return 2
     try:
-        models = load_models(args.checkpoint, device=args.device, dtype=args.dtype,
-                             context=args.context, stt=args.stt)
-        engine = Engine(models, ecfg)
+        engine = spec.build()
     except (ValueError, RuntimeError, OSError) as exc:
         sys.stderr.write(f"error: could not load checkpoint {args.checkpoint!r} on "
                          f"{args.device}: {exc}\n")

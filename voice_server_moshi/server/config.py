@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..moshi import protocol
 from .limits import CallLimits
@@ -39,6 +41,19 @@ class ServerConfig:
             raise ValueError("auth_token must not be empty when set")
         if self.auth_max_failures < 1 or not self.auth_window_s > 0:
             raise ValueError("auth_max_failures must be >= 1 and auth_window_s > 0")
+
+    def websocket_options(self) -> dict[str, Any]:
+        """``websockets.serve`` options of every ``websockets`` front door (``serve``, its
+        ingress workers): sizes, keepalive and close timeouts from the call limits."""
+        lim = self.limits
+        return {
+            "compression": None,  # Opus does not compress; deflate would only cost CPU
+            "max_size": self.max_message_bytes, "max_queue": 32,
+            "ping_interval": lim.ping_interval_s, "ping_timeout": lim.ping_timeout_s,
+            "close_timeout": lim.close_timeout_s, "server_header": "voice-server-moshi",
+            # Redacted (logsafe.install_redaction): never a token in a log line.
+            "logger": logging.getLogger("websockets.server"),
+        }
 
     def __repr__(self) -> str:  # never show the token
         tok = "set" if self.auth_token else "none"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from ..audio.moshi_frame import SAMPLE_RATE
 from ..audio.ogg_meter import OggOpusMeter
 
 __all__ = ["CLOSE_BAD_PAYLOAD", "CLOSE_NORMAL", "CLOSE_POLICY", "CallGuard", "CallLimits",
@@ -111,7 +112,7 @@ def _fmt(s: float) -> str:
 class CallGuard:
     """The limits of one call. ``now`` is any monotonic clock, in seconds."""
 
-    def __init__(self, limits: CallLimits, now: float, sample_rate: int = 24000) -> None:
+    def __init__(self, limits: CallLimits, now: float, sample_rate: int = SAMPLE_RATE) -> None:
         self.limits = limits
         self.sample_rate = sample_rate
         self.started_at = now

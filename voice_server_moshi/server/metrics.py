@@ -8,9 +8,7 @@ so several servers (tests, one process serving two engines) never share a metric
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -22,29 +20,12 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ..engine.metrics import TICK_BUCKETS_S, EngineMetrics
+from .counters import ServerCounters, server_families
 
-__all__ = ["CONTENT_TYPE", "ServerCollector", "ServerCounters", "render_metrics"]
+__all__ = ["CONTENT_TYPE", "ServerCollector", "ServerCounters", "render_metrics",
+           "server_families"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-
-
-@dataclass
-class ServerCounters:
-    """Server-side counters (updated on the event loop only)."""
-
-    connections: int = 0
-    active_connections: int = 0
-    refused_busy: int = 0
-    auth_failures: int = 0
-    #: Requests answered 429 by the per-address failure limiter.
-    auth_throttled: int = 0
-    messages_in: int = 0
-    protocol_errors: int = 0
-    audio_frames_out: int = 0
-    #: Calls ended, by reason (:class:`~.limits.CloseReason` values).
-    closed: Counter[str] = field(default_factory=Counter)
-    #: Seconds of caller audio counted before decoding, all calls.
-    audio_in_s: float = 0.0
 
 
 def _engine_families(m: EngineMetrics) -> Iterator[Metric]:
@@ -96,41 +77,6 @@ def _engine_families(m: EngineMetrics) -> Iterator[Metric]:
                     m.process_rss_bytes)
 
 
-def _server_families(c: ServerCounters, tick_thread_alive: bool | None) -> Iterator[Metric]:
-    yield CounterMetricFamily("moshi_server_connections", "WebSocket calls accepted.",
-                              value=c.connections)
-    yield GaugeMetricFamily("moshi_server_active_connections", "Calls in progress.",
-                            value=c.active_connections)
-    yield CounterMetricFamily("moshi_server_refused_busy", "Calls answered with 'server busy'.",
-                              value=c.refused_busy)
-    yield CounterMetricFamily("moshi_server_auth_failures",
-                              "Requests refused for a missing or wrong token.",
-                              value=c.auth_failures)
-    yield CounterMetricFamily("moshi_server_auth_throttled",
-                              "Requests answered 429 after too many failures from an address.",
-                              value=c.auth_throttled)
-    yield CounterMetricFamily("moshi_server_messages_in", "Messages received.",
-                              value=c.messages_in)
-    yield CounterMetricFamily("moshi_server_protocol_errors",
-                              "Malformed messages and undecodable audio.",
-                              value=c.protocol_errors)
-    yield CounterMetricFamily("moshi_server_audio_messages_out", "Audio messages sent.",
-                              value=c.audio_frames_out)
-    yield CounterMetricFamily("moshi_server_audio_in_seconds",
-                              "Caller audio received, counted before decoding.",
-                              value=c.audio_in_s)
-    closed = CounterMetricFamily("moshi_server_calls_closed",
-                                 "Calls ended, by reason (timeouts, limits, client, engine).",
-                                 labels=["reason"])
-    for reason, n in sorted(c.closed.items()):
-        closed.add_metric([reason], n)
-    yield closed
-    if tick_thread_alive is not None:
-        yield GaugeMetricFamily("moshi_engine_tick_thread_alive",
-                                "1 while the engine's tick thread runs.",
-                                value=float(tick_thread_alive))
-
-
 class ServerCollector(Collector):
     """Snapshots the engine and server counters at each scrape."""
 
@@ -142,7 +88,7 @@ class ServerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from _engine_families(self._engine_metrics())
-        yield from _server_families(self._counters,
+        yield from server_families(self._counters,
                                     None if self._alive is None else self._alive())
 
 

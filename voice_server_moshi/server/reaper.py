@@ -38,6 +38,17 @@ async def watch_timeouts(guard: CallGuard, reap: Callable[[Reap], Awaitable[None
         await asyncio.sleep(0.01)
 
 
+async def first_timeout(guard: CallGuard) -> Reap | None:
+    """The guard's first timeout (first audio, no input, call length), when it fires."""
+    fired: list[Reap] = []
+
+    async def keep(reap: Reap) -> None:
+        fired.append(reap)
+
+    await watch_timeouts(guard, keep)
+    return fired[0] if fired else None
+
+
 def closed_by(ws: ServerConnection) -> CloseReason:
     """Why a connection ended that the server did not end on purpose."""
     sent = ws.protocol.close_sent

@@ -3,20 +3,20 @@
 The engine process runs the model and the data plane (:mod:`..cluster.engine_side`: PCM
 frames over a loopback WebSocket). K worker processes share the public port
 (``SO_REUSEPORT``: the kernel spreads new connections over them) and do everything else
-per call: Kyutai's protocol (the same sans-I/O ``ServerSession``), Ogg/Opus, auth. So the
+per call: the call path every front door shares (:mod:`..callpath`, ADR 0110: Kyutai's
+protocol, limits, Ogg/Opus, steering, caller transcripts), auth. So the
 per-call CPU that capped one ``serve`` process near 90 calls scales with K, and the
 engine's process keeps only a few microseconds of socket work per frame.
 
-Each worker asks the engine for a slot when a call arrives (``{"call_id": ...}`` on the
-data plane): a full engine answers ``server busy``, which the worker turns into ``0x05`` +
-close 1013, exactly like the single-process server.
+Each worker asks the engine for a slot when a call arrives (a hello with the call's id on
+the data plane, :mod:`..callpath.wire`): a full engine answers ``server busy``, which the
+worker turns into ``0x05`` + close 1013, exactly like the single-process server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import http
 import json
 import multiprocessing
 import os
@@ -24,44 +24,21 @@ import signal
 import uuid
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
-import websockets
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
 
 from .._log import get_logger
-from ..cluster import relay, wire
-from ..moshi.session import ServerSession, bearer_authorized
+from ..callpath.front import CallFront
+from ..callpath.remote import RemoteEngine
+from ..engine.call_sampling import CallSampling
 from .config import ServerConfig
-from .responses import json_response, response
+from .counters import ServerCounters
+from .endpoints import Capacity, HttpFront
+from .logsafe import install_redaction
+from .ws_caller import WsCaller
 
 log = get_logger(__name__)
-
-
-class _WsCaller:
-    """:class:`relay.CallerSocket` over a ``websockets`` server connection."""
-
-    def __init__(self, ws: ServerConnection) -> None:
-        self.ws = ws
-
-    async def receive(self) -> bytes | str | None:
-        try:
-            return await self.ws.recv()
-        except ConnectionClosed:
-            return None
-
-    async def send(self, data: bytes) -> None:
-        try:
-            await self.ws.send(data)
-        except ConnectionClosed as exc:
-            raise relay.CallerGone() from exc
-
-    async def close(self, code: int, reason: str) -> None:
-        with contextlib.suppress(Exception):
-            await self.ws.close(code, reason)
 
 
 class IngressWorker:
@@ -71,108 +48,48 @@ class IngressWorker:
         self.config = config
         self.data_url = data_url
         self.http_base = data_url.replace("ws://", "http://").removesuffix("/call")
-        self.counters = relay.IngressCounters()
+        self.counters = ServerCounters()
         self.name = f"worker-{os.getpid()}"
         self.engine_info: Mapping[str, Any] = {}
+        self.gateway = RemoteEngine(data_url)
+        #: /healthz, /readyz, /capacity, /metrics, auth, the static client (ADR 0110).
+        self.http = HttpFront(config, self.counters, capacity=self.capacity,
+                              metrics=self.metrics_text)
+        self.front = CallFront(config.limits, config.max_message_bytes, config.instance_name,
+                               config.admission_wait_s, default_sampling=self._default_sampling,
+                               counters=self.counters)
+
+    def _default_sampling(self) -> CallSampling:
+        """The engine's per-call sampling defaults (read once, at start)."""
+        return CallSampling(**self.engine_info.get("default_sampling", {}))
 
     async def run(self, stop: asyncio.Event, started: Any = None) -> None:
+        install_redaction()
         async with httpx.AsyncClient(trust_env=False, timeout=5) as http_client:
             self._http = http_client
             self.engine_info = (await http_client.get(self.http_base + "/capacity")).json()
             async with serve(self._handle, self.config.host, self.config.port,
-                             reuse_port=True, process_request=self._process_request,
-                             compression=None, max_size=self.config.max_message_bytes,
-                             max_queue=32, ping_interval=10, ping_timeout=20,
-                             server_header="voice-server-moshi") as server:
+                             reuse_port=True, process_request=self.http.process_request,
+                             **self.config.websocket_options()) as server:
                 log.info("ingress worker listening", worker=self.name, port=self.config.port)
                 if started is not None:
                     started.put(os.getpid())
                 await stop.wait()
                 server.close(close_connections=True)
 
-    async def _engine(self, path: str) -> httpx.Response:
-        return await self._http.get(self.http_base + path)
+    async def capacity(self) -> Capacity:
+        cap = (await self._http.get(self.http_base + "/capacity")).json()
+        return Capacity(int(cap["slots"]), int(cap["free_slots"]), bool(cap["ready"]))
 
-    async def _process_request(self, conn: ServerConnection,
-                               request: Request) -> Response | None:
-        path = urlsplit(request.path).path
-        if path == "/healthz":
-            return response(http.HTTPStatus.OK, "ok\n", "text/plain")
-        if path in ("/readyz", "/capacity"):
-            cap = (await self._engine("/capacity")).json()
-            cap.pop("model", None)
-            if path == "/capacity":
-                return json_response(http.HTTPStatus.OK, cap)
-            ready = bool(cap["ready"]) and cap["free_slots"] > 0
-            reason = "ok" if ready else "no free slot" if cap["ready"] else "warming up"
-            return json_response(http.HTTPStatus.OK if ready else
-                                 http.HTTPStatus.SERVICE_UNAVAILABLE,
-                                 {"ready": ready, "reason": reason,
-                                  "free_slots": cap["free_slots"]})
-        if not bearer_authorized(self.config.auth_token, request.headers, request.path):
-            if path == "/api/chat":
-                self.counters.auth_failures += 1
-            return response(http.HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token\n",
-                            "text/plain")
-        if path == "/metrics":
-            text = (await self._engine("/metrics")).text
-            return response(http.HTTPStatus.OK, text, "text/plain; version=0.0.4")
-        if path == "/api/chat":
-            return None
-        return response(http.HTTPStatus.NOT_FOUND,
-                        "not found: try /api/chat, /healthz, /readyz, /capacity, /metrics\n",
-                        "text/plain")
-
+    async def metrics_text(self) -> str:
+        return (await self._http.get(self.http_base + "/metrics")).text
 
     async def _handle(self, ws: ServerConnection) -> None:
         call_id = f"srv-{uuid.uuid4().hex[:12]}"
         clog = log.bind(call_id=call_id, worker=self.name)
-        caller = _WsCaller(ws)
-        granted: dict[str, Any] = {}
-        session = ServerSession(
-            max_message_bytes=self.config.max_message_bytes,
-            query_parser=relay.sampling_params,
-            metadata_builder=lambda _s: relay.granted_metadata(
-                granted, instance_name=self.config.instance_name,
-                extra={"slots": self.engine_info.get("slots")}),
-            max_malformed_replies=self.config.limits.max_malformed)
-        self.counters.connections += 1
-        if not session.accept(ws.request.path if ws.request is not None else ""):
-            await relay.flush_quietly(caller, session)
-            return
-        try:
-            data = await websockets.connect(self.data_url, compression=None, proxy=None,
-                                            open_timeout=5, max_size=64 * 1024)
-            await data.send(json.dumps({
-                "call_id": call_id, "wait_s": self.config.admission_wait_s,
-                "sampling_query": session.params.get("sampling_query", {})}))
-            first = await data.recv()
-        except (OSError, ConnectionClosed, TimeoutError) as exc:
-            clog.warning("engine unreachable", error=str(exc))
-            session.refuse_busy("engine unreachable; try again later")
-            await relay.flush_quietly(caller, session)
-            return
-        if isinstance(first, bytes):
-            reply = wire.decode_reply(first)
-            detail = (reply.message.removeprefix("server busy: ")
-                      if isinstance(reply, wire.EngineFailure) else "engine refused the call")
-            self.counters.refused_busy += 1
-            clog.info("call refused: server busy")
-            session.refuse_busy(detail)
-            await relay.flush_quietly(caller, session)
-            await data.close()
-            return
-        granted.update(json.loads(first))  # {"ok": true, "sampling": ..., model files}
-        self.counters.active_calls += 1
-        clog.info("call started")
-        try:
-            never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            outcome = await relay.relay_call(caller, session, data, lease_end=never,
-                                             counters=self.counters, clog=clog,
-                                             limits=self.config.limits)
-            clog.info("call ended", outcome=outcome)
-        finally:
-            self.counters.active_calls -= 1
+        await self.front.serve_call(WsCaller(ws),
+                                    ws.request.path if ws.request is not None else "",
+                                    self.gateway, call_id, clog)
 
 
 def worker_main(config: ServerConfig, data_url: str, started: Any, log_level: str | None) -> None:
@@ -242,7 +159,8 @@ def serve_split(engine: Any, config: ServerConfig, workers: int) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     engine.start()
-    data = EngineDataServer(engine, "127.0.0.1", max_queued_outputs=cfg.max_queued_outputs)
+    data = EngineDataServer(engine, "127.0.0.1", max_queued_outputs=cfg.max_queued_outputs,
+                            direct_reservations=True)
     procs: list[multiprocessing.process.BaseProcess] = []
     try:
         data.start()

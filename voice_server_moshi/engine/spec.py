@@ -1,0 +1,68 @@
+"""What an engine loads and how it runs, from flags or settings: the one place that builds
+an engine (``serve``, ``serve --ingress-workers`` and every cluster replica).
+
+Torch-free until :meth:`EngineSpec.build`: the cluster pickles a spec to its replicas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .config import DEFAULT_TRIM_AFTER_MS, EngineConfig, Sampling, trim_window_ticks
+
+if TYPE_CHECKING:
+    from .core import Engine
+
+__all__ = ["EngineSpec"]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSpec:
+    """An engine's flags (``serve``'s and ``cluster``'s engine options)."""
+
+    checkpoint: str = "dev"
+    device: str = "cpu"
+    dtype: str = "auto"
+    context: int | None = None
+    #: An STT batched beside Moshi for caller transcripts (0x50-0x53); None: none.
+    stt: str | None = None
+    slots: int = 4
+    queue_frames: int = 4
+    fill_after_ticks: int | None = None
+    #: ``--trim-after-ms``: a standing backlog this old is trimmed; 0 never trims.
+    trim_after_ms: float = DEFAULT_TRIM_AFTER_MS
+    greedy: bool = False
+    max_queued_outputs: int = 150
+    #: Bumped to roll every replica (a redeploy) without any other change.
+    generation: int = 0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> EngineSpec:
+        """From a command line with the engine flags (``serve``, ``cluster``)."""
+        fill = (None if args.fill_after_ms is None
+                else max(0, math.ceil(args.fill_after_ms / 80.0)))
+        return cls(checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
+                   context=args.context, stt=getattr(args, "stt", None), slots=args.slots,
+                   queue_frames=args.queue_frames, fill_after_ticks=fill,
+                   trim_after_ms=args.trim_after_ms, greedy=args.greedy)
+
+    def engine_config(self, *, target_frames: int = 0) -> EngineConfig:
+        """``target_frames``: the standing input queue that is jitter, not a stall (two
+        hops deliver with more jitter than one: the cluster uses 2; ADR 0065)."""
+        return EngineConfig(slots=self.slots, queue_frames=self.queue_frames,
+                            fill_after_ticks=self.fill_after_ticks, target_frames=target_frames,
+                            trim_window_ticks=trim_window_ticks(self.trim_after_ms),
+                            sampling=Sampling(use_sampling=False) if self.greedy else None)
+
+    def build(self, *, target_frames: int = 0) -> Engine:
+        """Load the models and make the engine (not started). Needs the embedded extra."""
+        from .core import Engine
+        from .models import load_models
+
+        config = self.engine_config(target_frames=target_frames)  # bad flags fail first
+        models = load_models(self.checkpoint, device=self.device, dtype=self.dtype,
+                             context=self.context, stt=self.stt)
+        return Engine(models, config)
