@@ -69,6 +69,10 @@ class CascadeVad:
         bridge_after_ms: int = 100,
         bridge_max_ms: int = 1000,
         bridge_max_spread_db: float = 3.0,
+        bridge_early_ms: int = 0,
+        bridge_early_max_ms: int = 320,
+        warmup_windows: int = 1,
+        peak_drop_db: float = 0.0,
         min_level_dbfs: float = -55.0,
         hysteresis_db: float = 3.0,
         backtrack_ms: int = 300,
@@ -100,6 +104,12 @@ class CascadeVad:
         self._bridge_max = max(1, bridge_max_ms // 32)
         self._bridge = False
         self._bridged = 0
+        self._bridge_early = max(0, bridge_early_ms // 10)
+        self._bridge_early_max = max(1, bridge_early_max_ms // 32)
+        self._bridge_cap = self._bridge_max
+        self._warmup = max(1, warmup_windows)
+        self.peak_drop_db = peak_drop_db
+        self._peak = _SILENCE_DB  # the loudest step of the current speech
         self.background_spread_db = 0.0
         self.min_level_dbfs = min_level_dbfs
         self.hysteresis_db = hysteresis_db
@@ -272,12 +282,18 @@ class CascadeVad:
         self._speak_steps += 1
         if self._speak_steps > self._freeze_max:
             self._push_background(level)
-        if level < ref - self.hysteresis_db:
+        self._peak = max(self._peak, level)
+        keep = ref - self.hysteresis_db
+        if self.peak_drop_db > 0:
+            keep = max(keep, self._peak - self.peak_drop_db)
+        if level < keep:
             self._below += 1
+            stationary = self.background_spread_db < self.bridge_max_spread_db
             if (self._below == self._bridge_after and not self._bridge
-                    and self.background_spread_db < self.bridge_max_spread_db):
+                    and (stationary or self._speak_steps <= self._bridge_early)):
                 self._open_window_run(j - self._below + 1)
                 self._bridge, self._bridged = True, 0
+                self._bridge_cap = self._bridge_max if stationary else self._bridge_early_max
             if self._below >= self._hang:
                 return self._end_speech((self._last_loud + 1) * STEP_MS)
         else:
@@ -339,6 +355,7 @@ class CascadeVad:
         want = max(onset // WINDOW - 1, first_kept, 0)
         if want - self._ran_upto > 30:
             self._model.reset_state()  # a second or more unheard: start it afresh
+            want = max(onset // WINDOW - self._warmup, first_kept, 0)
         self._next_win = max(min(want, self._next_win), self._ran_upto, first_kept)
 
     def _onset_step(self) -> int:
@@ -394,6 +411,8 @@ class CascadeVad:
                 self.speaking = True
                 self._cand = False
                 self._speak_steps = self._below = 0
+                k = min(len(self._recent), max(1, self._j - self._cand_onset))
+                self._peak = max(list(self._recent)[-k:])
                 self._last_loud = self._j - 1
                 # Silero also decides when speech ends (_run_end_check): over a background
                 # that moves (babble, music, street), its own peaks clear the level gate and
@@ -429,7 +448,7 @@ class CascadeVad:
         """Silero on a pause in the caller's speech: a window still likely speech keeps the
         turn open (words apart in stationary noise), for at most ``_bridge_max`` windows."""
         gap = (self._j - self._below) * STEP
-        while self._bridged < self._bridge_max and (
+        while self._bridged < self._bridge_cap and (
                 got := self._next_probability()) is not None:
             w, p = got
             if (w + 1) * WINDOW > gap:
