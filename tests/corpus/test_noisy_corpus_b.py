@@ -37,7 +37,14 @@ def test_p56_active_level_ignores_pauses_where_rms_does_not() -> None:
                     reason="espeak-ng and sox not installed (apt-get install espeak-ng sox)")
 def test_corpus_b_is_deterministic_and_sets_snr_by_active_speech_level() -> None:
     from voice_server_moshi.corpus.noisy_b import (
-        CALLERS, KINDS, LEVELS_DB, bed, corpus_b_clips, noise_only_set_b, noisy_set_b)
+        CALLERS,
+        KINDS,
+        LEVELS_DB,
+        bed,
+        corpus_b_clips,
+        noise_only_set_b,
+        noisy_set_b,
+    )
 
     calls = noisy_set_b(1, (5.0,))
     assert [c.call_id for c in calls] == [f"b-call-001-{k}-snr5" for k in KINDS]
