@@ -173,16 +173,13 @@ class CascadeVad:
         self.noise_floor_db = _SILENCE_DB
         self.windows_run = 0
 
-    # -- echo reference ------------------------------------------------------------------
-
     def agent_audio(self, samples: NDArray[np.int16] | NDArray[np.float32], t_ms: float) -> None:
         """The agent audio sent to the caller. It is placed at the caller time it is sent
         (not ``t_ms``, its agent stream time): an echo can only follow what was sent."""
         self._agent.push(as_float32(samples), self._j)
 
     def _agent_max(self, j: int, first: int | None = None) -> float:
-        """The loudest agent step in [first, j] (default: the lag window ending at j)."""
-        return self._agent.max(j - self._lag if first is None else first, j)
+        return self._agent.max(j - self._lag if first is None else first, j)  # lag window
 
     # -- caller audio --------------------------------------------------------------------
 
@@ -348,9 +345,8 @@ class CascadeVad:
         want = max(onset // WINDOW - 1, first_kept, 0)
         if want - self._ran_upto > 30:
             self._model.reset_state()  # a second or more unheard: start it afresh
-            # Cold, Silero gives a first word at 5 dB p 0.06-0.46 (warm: 0.6-0.94): over a
-            # stationary bed it first hears ``warmup_windows`` of it (over babble or a
-            # crowd, warmed on their voices, it took them for the caller: false starts).
+            # Cold, it gave a first word at 5 dB p 0.06-0.46 (warm 0.6-0.94); warmed on a
+            # babble or crowd bed it took the bed's voices for the caller: stationary only.
             if self.background_spread_db < self.bridge_max_spread_db:
                 want = max(onset // WINDOW - self._warmup, first_kept, 0)
         self._next_win = max(min(want, self._next_win), self._ran_upto, first_kept)
