@@ -50,15 +50,17 @@ class EngineSpec:
                    queue_frames=args.queue_frames, fill_after_ticks=fill,
                    trim_after_ms=args.trim_after_ms, greedy=args.greedy)
 
-    def engine_config(self, *, target_frames: int = 0) -> EngineConfig:
-        """``target_frames``: the standing input queue that is jitter, not a stall (two
-        hops deliver with more jitter than one: the cluster uses 2; ADR 0065)."""
+    def engine_config(self, *, target_frames: int = 1) -> EngineConfig:
+        """``target_frames``: the standing input queue that is jitter, not a stall (one
+        frame for ``serve``, as ``EngineConfig``'s default: a client that keeps one frame
+        ahead is not trimmed; two hops deliver with more jitter: the cluster uses 2;
+        ADR 0065)."""
         return EngineConfig(slots=self.slots, queue_frames=self.queue_frames,
                             fill_after_ticks=self.fill_after_ticks, target_frames=target_frames,
                             trim_window_ticks=trim_window_ticks(self.trim_after_ms),
                             sampling=GREEDY if self.greedy else None)
 
-    def build(self, *, target_frames: int = 0) -> Engine:
+    def build(self, *, target_frames: int = 1) -> Engine:
         """Load the models and make the engine (not started). Needs the embedded extra."""
         from .core import Engine
         from .models import load_models
