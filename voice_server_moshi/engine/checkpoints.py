@@ -43,7 +43,7 @@ class DevCheckpointError(RuntimeError):
     resolve."""
 
 
-def _config(final_dir: Path) -> dict[str, Any]:
+def _config(final_dir: Path, lm_config: dict[str, Any] | None = None) -> dict[str, Any]:
     # ``file://`` makes moshi's hf_get read local files instead of asking the hub.
     cfg: dict[str, Any] = {
         "moshi_name": f"file://{final_dir / MOSHI_WEIGHTS_NAME}",
@@ -52,7 +52,7 @@ def _config(final_dir: Path) -> dict[str, Any]:
         "tokenizer_name": f"file://{final_dir / TOKENIZER_NAME}",
         "model_type": "moshi",
     }
-    cfg.update(DEV_LM_CONFIG)
+    cfg.update(DEV_LM_CONFIG if lm_config is None else lm_config)
     return cfg
 
 
@@ -163,6 +163,25 @@ def fill_cache_atomically(final: Path, write: Callable[[Path, Path, int], None],
     return final
 
 
+def _write_dev_personaplex(target: Path, final_dir: Path, seed: int) -> None:
+    from .devpersonaplex import DEV_PP_LM_CONFIG, write_dev_personaplex
+
+    write_dev_personaplex(target, seed)
+    # config.json last: its presence marks a complete checkpoint.
+    (target / CONFIG_NAME).write_text(json.dumps(_config(final_dir, DEV_PP_LM_CONFIG),
+                                                 indent=2, sort_keys=True))
+
+
+def dev_personaplex_dir() -> Path:
+    """Get or create the shared ``dev-personaplex`` checkpoint (:mod:`.devpersonaplex`)."""
+    from .devpersonaplex import DEV_PERSONAPLEX_VERSION
+
+    final = cache_root() / f"dev-personaplex-v{DEV_PERSONAPLEX_VERSION}"
+    return fill_cache_atomically(final, _write_dev_personaplex,
+                                 lambda d: _is_complete(d) and (d / "voices").is_dir(),
+                                 "dev-personaplex checkpoint")
+
+
 def dev_checkpoint_ready() -> bool:
     """Whether the shared dev checkpoint is already in the cache (else the first use
     generates it, which takes a while on a CPU)."""
@@ -223,8 +242,8 @@ def resolve_checkpoint(name: str) -> Any:
 def _resolve(name: str) -> Any:
     from moshi.models import loaders
 
-    if name == "dev":
-        d = dev_checkpoint_dir()
+    if name in ("dev", "dev-personaplex"):
+        d = dev_checkpoint_dir() if name == "dev" else dev_personaplex_dir()
         return loaders.CheckpointInfo.from_hf_repo(str(d), config_path=d / CONFIG_NAME)
     path = Path(name).expanduser()
     if path.is_dir():

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 
 from .._log import get_logger
+from .persona import PersonaSupport
 
 log = get_logger(__name__)
 
@@ -68,6 +69,15 @@ class LoadedModels:
     mimi_file: str = ""
     #: The caller-transcript STT (:class:`~.stt.SttModels`) batched beside Moshi, or None.
     stt: Any = None
+    #: PersonaPlex checkpoints: voices and default voice (:class:`~.personaplex.PersonaModel`).
+    persona: Any = None
+
+    def persona_support(self) -> PersonaSupport:
+        """What :func:`~.persona.check_persona` checks a call's prompt against."""
+        if self.persona is not None:
+            support: PersonaSupport = self.persona.support()
+            return support
+        return PersonaSupport(self.model_type, checkpoint=self.description)
 
     def text_piece(self, token: int) -> str | None:
         """The text a token stands for, as Kyutai's server sends it; None for PAD/EPAD."""
@@ -87,13 +97,27 @@ def load_models(
     context: int | None = None,
     architecture: Architecture = "checkpoint",
     stt: str | None = None,
+    voices: str | None = None,
+    extra_voices: tuple[str, ...] = (),
 ) -> LoadedModels:
     """Load Mimi + LM. ``context`` (LM steps of 80 ms) sets the KV cache, i.e. memory per
     slot; None keeps the checkpoint's (3000 for Moshi). ``stt``: a Kyutai STT checkpoint
     (``dev``, a directory, a repo; ``full``: kyutai/stt-1b-en_fr's sizes, random weights)
-    on the same device and dtype, for caller transcripts (ADR 0075)."""
-    models = _load_moshi(checkpoint, device=device, dtype=dtype, context=context,
-                         architecture=architecture)
+    on the same device and dtype, for caller transcripts (ADR 0075). ``voices``: a
+    PersonaPlex checkpoint's voice directory (default: the checkpoint's own, or NVIDIA's
+    ``voices.tgz``); ``extra_voices``: more voice files (``.pt`` or audio) by path."""
+    from .personaplex import is_personaplex
+
+    if architecture == "checkpoint" and is_personaplex(checkpoint):
+        from .personaplex_load import load_personaplex
+
+        models = load_personaplex(checkpoint, device=device, dtype=dtype, context=context,
+                                  voices=voices, extra_voices=extra_voices)
+    else:
+        if voices is not None or extra_voices:
+            raise ValueError(f"voices are for PersonaPlex checkpoints; {checkpoint!r} is not one")
+        models = _load_moshi(checkpoint, device=device, dtype=dtype, context=context,
+                             architecture=architecture)
     if stt is not None:
         from .stt import load_stt
 
