@@ -43,6 +43,7 @@ from .metrics import (
     streaming_state_bytes,
 )
 from .models import LoadedModels
+from .packing import RowPacking, engine_layout
 from .row_sampler import RowSampler
 from .slot import PCM, Sink, Slot, SlotError, SlotEvent, SlotOutput, SlotState, SttOutput
 from .steering import SteeringSpec
@@ -67,7 +68,7 @@ class TickReport:
     seconds: float
 
 
-class Engine(SlotAdmission):
+class Engine(SlotAdmission, RowPacking):
     """N call slots over one Mimi + one LMGen batch. Thread model: all torch work runs in
     the thread that calls :meth:`tick` (the engine's own thread after :meth:`start`);
     slots are opened, fed and closed from any thread."""
@@ -135,6 +136,7 @@ class Engine(SlotAdmission):
         self._idle_mask = torch.zeros(n, dtype=torch.bool, device=self.device)
         self.mimi.set_exec_mask(self._idle_mask)
         self.lm_gen.set_exec_mask(self._idle_mask)
+        self.rows = engine_layout(self.mimi, self.lm_gen, self._steer, self.sampler, self.stt)
         self._state_bytes = streaming_state_bytes(self.mimi, self.lm_gen, models.lm)
         self._weights_bytes = sum(
             p.numel() * p.element_size()
