@@ -28,6 +28,7 @@ from .steering import SlotSteering, SteerEvent
 
 if TYPE_CHECKING:
     from .admission import SlotAdmission
+    from .persona_engine import PromptRun
 
 log = get_logger("voice_server_moshi.engine.core")
 
@@ -124,6 +125,10 @@ class Slot:
         #: (a paced sender is ahead of real time: its backlog is wanted, not stale).
         self._ticks = 0
         self.paced_at = -(1 << 30)
+        #: The call's persona prompt (ADR 0130), None without one; ``prompted`` once it is
+        #: in the row (its first frame then continues the row instead of resetting it).
+        self.prompt_run: PromptRun | None = None
+        self.prompted = False
         self.log = log.bind(call_id=call_id, slot=index)
 
     @property
