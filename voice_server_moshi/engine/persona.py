@@ -134,6 +134,23 @@ def parse_persona_query(query: Mapping[str, str]) -> PersonaRequest:
     return PersonaRequest(prompt, seed)
 
 
+def persona_query(persona: str | None, voice: str | None, seed: int | None = None
+                  ) -> dict[str, str]:
+    """NVIDIA's query parameters for a persona, a voice and a seed (what their server and
+    :func:`parse_persona_query` read): ``text_prompt`` as given (the server wraps it),
+    ``voice_prompt`` as a file name (``NATF2`` -> ``NATF2.pt``; a file path -> its
+    basename), ``seed``. Unset values are left out."""
+    query: dict[str, str] = {}
+    if persona is not None and persona.strip():
+        query["text_prompt"] = persona.strip()
+    if voice is not None and voice.strip():
+        base = posixpath.basename(voice.strip().replace("\\", "/"))
+        query["voice_prompt"] = base if base.lower().endswith(VOICE_SUFFIXES) else f"{base}.pt"
+    if seed is not None:
+        query["seed"] = str(seed)
+    return query
+
+
 def check_persona(prompt: PersonaPrompt | None, support: PersonaSupport) -> PersonaPrompt | None:
     """The prompt the engine will apply (the default voice filled in), or None for a call
     without one; raises :class:`PersonaError` with the reason when the model cannot take
