@@ -51,7 +51,7 @@ def test_check_fills_the_default_voice_and_refuses_with_a_reason() -> None:
     assert check_persona(None, MOSHI) is None
     assert check_persona(PersonaPrompt("<system> x <system>", None), PLEX) == PersonaPrompt(
         "<system> x <system>", "NATF2")
-    with pytest.raises(PersonaError, match="unknown voice 'NOPE'.*NATF2, VARM4"):
+    with pytest.raises(PersonaError, match=r"unknown voice 'NOPE'.*NATF2, VARM4"):
         check_persona(PersonaPrompt(None, "NOPE"), PLEX)
     with pytest.raises(PersonaError, match="not trained for persona"):
         check_persona(PersonaPrompt("<system> x <system>", None), MOSHI)
