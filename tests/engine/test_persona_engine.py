@@ -142,3 +142,28 @@ def test_nvidia_depth_weights_map_to_the_agent_steps() -> None:
     with pytest.raises(PersonaPlexLoadError, match="fewer than"):
         agent_state_dict({"depformer.layers.0.self_attn.out_proj.weight":
                           torch.zeros(4 * d, d)}, 8)
+
+
+@pytest.mark.slow
+def test_changing_the_persona_reprompts_the_row(engine: Engine) -> None:
+    first = make_prompt("You sell phones.", "NATF0")
+    second = make_prompt("You sell phones.", "NATF1")
+    engine.warm(second)
+    out: list[Any] = []
+    slot = engine.try_open("changes", out.append, persona=first)
+    try:
+        while not slot.prompt_run.done.is_set():
+            engine.tick()
+        for _ in range(4):
+            slot.push(SILENCE)
+            engine.tick()
+        engine.change_persona(slot, second)
+        slot.push(SILENCE)
+        engine.tick()  # the live tick skips it (prompting); then the cache restores it
+        assert slot.prompt_run.cached and slot.prompted
+        steps = engine.prompt_cache.get(slot.prompt_run.key).steps
+        engine.tick()
+        # The old conversation is gone: the row holds the new prompt and this one frame.
+        assert int(engine.lm_gen._streaming_state.offsets[slot.index]) == steps + 1
+    finally:
+        slot.close()

@@ -142,6 +142,26 @@ class PersonaPrefill:
             slot.close()
         return 0.0 if run.cached else time.perf_counter() - t0
 
+    def change_persona(self, slot: Slot, prompt: PersonaPrompt) -> None:
+        """Give a running call another persona (LiveKit's ``update_instructions``, a
+        transfer to another department). Semantics (ADR 0130): the row is re-prompted from
+        scratch, as a new call with that persona would be: the conversation so far leaves
+        the model's context (PersonaPlex saw its prompt only at the start of a
+        conversation when trained, so a prompt after speech is out of its distribution);
+        a cached prompt applies at the next tick, a cold one after its prefill, while the
+        caller's frames wait in the queue. Put what the agent must remember into the new
+        persona's text. Raises PersonaError (changing nothing) if the model cannot take it."""
+        run = self._prompt_run(prompt)
+        if run is None:
+            raise ValueError("change_persona needs a persona or a voice")
+        with self._lock:
+            if slot.closed:
+                raise RuntimeError(f"call {slot.call_id} is closed")
+            slot.prompt_run = run
+            slot.prompted = False
+            slot._first = True  # its next frame restarts Mimi and continues the new prompt
+        slot.log.info("persona change queued", voice=run.key.voice)
+
     async def prompt_ready(self, slot: Slot) -> None:
         """Wait until ``slot``'s prompt is in its row (at once for a call without one);
         send the handshake after this, as NVIDIA's server does."""
