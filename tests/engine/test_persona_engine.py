@@ -66,6 +66,11 @@ def test_prefill_never_holds_up_a_live_call(engine: Engine) -> None:
         assert int(engine.lm_gen._streaming_state.offsets[b.index]) == steps + 1
         assert any(isinstance(e, SlotOutput) for e in prompted)
         assert engine.metrics().persona.prefills >= 1
+        from voice_server_moshi.server.metrics import ServerCounters, render_metrics
+
+        text = render_metrics(engine.metrics(), ServerCounters())
+        assert "moshi_engine_prompt_cache_misses_total" in text
+        assert "moshi_engine_prompt_prefill_steps_total" in text
     finally:
         a.close()
         b.close()

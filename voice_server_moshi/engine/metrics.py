@@ -61,6 +61,8 @@ class PromptMetrics:
     prefill_steps: int = 0
     prefill_seconds: float = 0.0
     prefilling: int = 0
+    #: Whether the engine's model takes prompts (PersonaPlex).
+    enabled: bool = False
 
 
 class TickTimes:

@@ -40,7 +40,8 @@ class MetricsView:
             prefilling = sum(1 for s in self._slots if s is not None and s.prompt_run
                              is not None and not s.prompt_run.done.is_set())
         return PromptMetrics(c.hits, c.misses, len(c), c.bytes, c.max_bytes, c.evictions,
-                             c.prefills, c.prefill_steps, c.prefill_seconds, prefilling)
+                             c.prefills, c.prefill_steps, c.prefill_seconds, prefilling,
+                             self.models.persona is not None)
 
     def metrics(self) -> EngineMetrics:
         persona = self.prompt_metrics()
