@@ -180,6 +180,17 @@ class EmbeddedTransport(MoshiTransport):
     async def say_audio(self, pcm: PCM, text: str = "") -> str:
         return await self._steer_call().say_audio(pcm, text, self._next_id())
 
+    async def set_persona(self, persona: str | None, voice: str | None) -> None:
+        from ..engine.persona import PersonaError, make_prompt
+
+        call = self._steer_call()
+        prompt = make_prompt(persona, voice)
+        if prompt is None:
+            raise PersonaError("set_persona needs a persona or a voice")
+        assert call.slot is not None
+        call.engine.change_persona(call.slot, prompt)
+        await call.engine.prompt_ready(call.slot)
+
     async def cancel_say(self, flush: bool = True) -> None:
         self._steer_call().cancel_say(flush)
     async def flush_caller(self) -> None:
