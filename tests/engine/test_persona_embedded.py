@@ -12,12 +12,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
-from voice_server_moshi.engine import shared  # noqa: E402
-from voice_server_moshi.engine.persona import PersonaError  # noqa: E402
-from voice_server_moshi.errors import ConnectError  # noqa: E402
-from voice_server_moshi.moshi.embedded import EmbeddedTransport  # noqa: E402
-from voice_server_moshi.moshi.remote import RemoteTransport  # noqa: E402
-from voice_server_moshi.moshi.settings import MoshiSettings  # noqa: E402
+from voice_server_moshi.engine import shared
+from voice_server_moshi.engine.persona import PersonaError
+from voice_server_moshi.errors import ConnectError
+from voice_server_moshi.moshi.embedded import EmbeddedTransport
+from voice_server_moshi.moshi.remote import RemoteTransport
+from voice_server_moshi.moshi.settings import MoshiSettings
 
 FRAME = np.zeros(1920, dtype=np.float32)
 
@@ -51,7 +51,7 @@ async def test_settings_persona_is_in_the_row_when_the_session_opens() -> None:
 @pytest.mark.slow
 async def test_moshi_refuses_the_persona_with_a_reason() -> None:
     t = EmbeddedTransport(MoshiSettings(checkpoint="dev", device="cpu", persona="Be brief."))
-    with pytest.raises(ConnectError, match="persona refused.*not trained for persona"):
+    with pytest.raises(ConnectError, match=r"persona refused.*not trained for persona"):
         await t.open("refused")
 
 
