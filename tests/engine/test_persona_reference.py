@@ -1,10 +1,12 @@
 """The prompt phases feed the LM exactly what NVIDIA's PersonaPlex code feeds, for the same
 checkpoint (dev-personaplex), voice and persona: token columns, and for a ``.pt`` voice the
-saved embeddings. Reference recorded from their code (tests/fixtures/personaplex/record.py,
+saved embeddings; an audio voice's codes (their Mimi and ours) and the ``.pt`` their code
+saves for it. Reference recorded from their code (tests/fixtures/personaplex/record.py,
 commit in the fixture); a prompt seen before is then restored, not stepped."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from voice_server_moshi.engine.core import Engine, EngineConfig, Sampling  # noq
 from voice_server_moshi.engine.devpersonaplex import DEV_PERSONAPLEX_VERSION  # noqa: E402
 from voice_server_moshi.engine.models import load_models  # noqa: E402
 from voice_server_moshi.engine.persona import make_prompt  # noqa: E402
+from voice_server_moshi.engine.voices import save_voice_pt  # noqa: E402
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "personaplex" / "prompt_phases.json"
 REFERENCE = json.loads(FIXTURE.read_text())
@@ -42,9 +45,14 @@ class Recorder:
         self.embeddings.append(args[0][ROW, 0].float().clone())
 
 
+WAV_NAME = "NATF2W"  # the audio voice, beside the .pt of the same voice
+
+
 @pytest.fixture(scope="module")
 def engine() -> Any:
     models = load_models("dev-personaplex", device="cpu", dtype="float32")
+    wav = models.persona.voices.directory / "NATF2.wav"
+    models.persona.voices.add_file(wav, models.mimi, models.lm, name=WAV_NAME)
     rec = Recorder(models.lm)
     eng = Engine(models, EngineConfig(slots=2, warmup_ticks=0,
                                       sampling=Sampling(use_sampling=False)))
@@ -66,8 +74,8 @@ def test_prompt_phases_feed_what_nvidia_feeds(engine: Any, name: str) -> None:
     case = REFERENCE["cases"][name]
     rec: Recorder = engine.recorder
     other = engine.try_open("other", lambda _e: None)  # row 0
-    slot = engine.try_open(name, lambda _e: None, persona=make_prompt(case["text"],
-                                                                      case["voice"]))
+    voice = WAV_NAME if "voice_file" in case else case["voice"]
+    slot = engine.try_open(name, lambda _e: None, persona=make_prompt(case["text"], voice))
     try:
         assert slot.index == ROW
         rec.columns.clear()
@@ -92,6 +100,21 @@ def test_prompt_phases_feed_what_nvidia_feeds(engine: Any, name: str) -> None:
     finally:
         slot.close()
         other.close()
+
+
+@pytest.mark.slow
+def test_a_voice_pt_is_what_nvidias_code_saves(engine: Any) -> None:
+    case = REFERENCE["cases"]["natf2_wav"]
+    lm = engine.models.lm
+    codes = engine.models.persona.voices.get(WAV_NAME).codes
+    buf = io.BytesIO()
+    save_voice_pt(buf, lm, codes)
+    buf.seek(0)
+    ours = torch.load(buf, weights_only=True)
+    theirs = case["saved_pt"]
+    assert ours["cache"].tolist() == theirs["cache"]
+    emb = ours["embeddings"].reshape(ours["embeddings"].shape[0], -1)
+    assert torch.allclose(emb, torch.tensor(theirs["embeddings"]), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
