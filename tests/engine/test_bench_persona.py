@@ -9,8 +9,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
-from voice_server_moshi.bench.persona import persona_bench  # noqa: E402
-from voice_server_moshi.engine.models import load_models  # noqa: E402
+from voice_server_moshi.bench.persona import persona_bench
+from voice_server_moshi.engine.models import load_models
 
 
 @pytest.mark.slow
