@@ -77,6 +77,32 @@ def test_prefill_never_holds_up_a_live_call(engine: Engine) -> None:
 
 
 @pytest.mark.slow
+def test_a_cached_persona_starts_with_a_plain_call(engine: Engine) -> None:
+    engine.warm(PROMPT)
+    plain: list[Any] = []
+    cached: list[Any] = []
+    a = engine.try_open("plain", plain.append)
+    b = engine.try_open("cached", cached.append, persona=PROMPT)
+    first: dict[str, int] = {}
+    try:
+        for tick in range(1, 6):
+            a.push(SILENCE)
+            b.push(SILENCE)
+            engine.tick()
+            for name, events in (("plain", plain), ("cached", cached)):
+                if name not in first and any(isinstance(e, SlotOutput) for e in events):
+                    first[name] = tick
+        assert b.prompt_run.cached
+        # Restored before the live tick, the cached call's first frame is in this tick; its
+        # row is past LMGen's start-up lag, so its first audio comes no later than a plain
+        # call's (one tick sooner here).
+        assert first["cached"] <= first["plain"] == 1 + engine.steering_spec.lag
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.slow
 async def test_a_call_closed_while_prefilling_releases_its_waiter(engine: Engine) -> None:
     slot = engine.try_open("gone", lambda _e: None,
                            persona=make_prompt("A persona nobody hears.", "NATM3"))

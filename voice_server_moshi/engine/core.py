@@ -250,6 +250,7 @@ class Engine(SlotAdmission, RowPacking, PersonaPrefill, MetricsView):
         """Run one tick now: every slot with a frame (or due a silence fill) steps once;
         then persona prefill steps (one, or as many as fit before ``prefill_until``)."""
         with self._tick_lock, self._torch_context():
+            self._start_prompts()  # a cached persona joins this tick (persona_engine.py)
             report = self._tick()
         self._prefill_in_slack(prefill_until)
         return report

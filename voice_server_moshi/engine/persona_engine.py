@@ -237,6 +237,16 @@ class PersonaPrefill:
                       steps=len(run.steps), lm_s=round(run.lm_seconds, 4),
                       wait_s=round(run.ready_at - run.opened_at, 4))
 
+    def _start_prompts(self) -> None:
+        """Start the prompts of calls just admitted (tick lock held, before a live tick):
+        a cached one is restored now, so its call joins this very tick."""
+        if self._persona is None:
+            return
+        for s in self._prefilling():
+            run = s.prompt_run
+            if run is not None and not run.started:
+                self._start_run(s, run)
+
     def _prefill_step(self) -> None:
         """One LM step for every prefilling row (tick lock held)."""
         rows: list[tuple[Slot, PromptRun]] = []
