@@ -34,15 +34,11 @@ from .._log import get_logger
 from .admission import SlotAdmission
 from .call_sampling import CallSampling
 from .config import FRAME_SAMPLES, TICK_S, EngineConfig, Sampling
-from .metrics import (
-    TICK_BUCKETS_S,
-    EngineMetrics,
-    TickTimes,
-    quantile,
-    rss_bytes,
-    streaming_state_bytes,
-)
+from .metrics import TICK_BUCKETS_S, EngineMetrics, TickTimes, streaming_state_bytes
+from .metrics_view import MetricsView
 from .models import LoadedModels
+from .packing import RowPacking, engine_layout
+from .persona_engine import PersonaPrefill
 from .row_sampler import RowSampler
 from .slot import PCM, Sink, Slot, SlotError, SlotEvent, SlotOutput, SlotState, SttOutput
 from .steering import SteeringSpec
@@ -67,7 +63,7 @@ class TickReport:
     seconds: float
 
 
-class Engine(SlotAdmission):
+class Engine(SlotAdmission, RowPacking, PersonaPrefill, MetricsView):
     """N call slots over one Mimi + one LMGen batch. Thread model: all torch work runs in
     the thread that calls :meth:`tick` (the engine's own thread after :meth:`start`);
     slots are opened, fed and closed from any thread."""
@@ -135,6 +131,8 @@ class Engine(SlotAdmission):
         self._idle_mask = torch.zeros(n, dtype=torch.bool, device=self.device)
         self.mimi.set_exec_mask(self._idle_mask)
         self.lm_gen.set_exec_mask(self._idle_mask)
+        self.rows = engine_layout(self.mimi, self.lm_gen, self._steer, self.sampler, self.stt)
+        self._persona_init(n, self.config.prompt_cache_bytes)
         self._state_bytes = streaming_state_bytes(self.mimi, self.lm_gen, models.lm)
         self._weights_bytes = sum(
             p.numel() * p.element_size()
@@ -248,10 +246,14 @@ class Engine(SlotAdmission):
 
     # ---------------------------------------------------------------- ticking
 
-    def tick(self) -> TickReport:
-        """Run one tick now: every slot with a frame (or due a silence fill) steps once."""
+    def tick(self, prefill_until: float | None = None) -> TickReport:
+        """Run one tick now: every slot with a frame (or due a silence fill) steps once;
+        then persona prefill steps (one, or as many as fit before ``prefill_until``)."""
         with self._tick_lock, self._torch_context():
-            return self._tick()
+            self._start_prompts()  # a cached persona joins this tick (persona_engine.py)
+            report = self._tick()
+        self._prefill_in_slack(prefill_until)
+        return report
 
     def _tick(self) -> TickReport:
         n = self.config.slots
@@ -259,18 +261,22 @@ class Engine(SlotAdmission):
         batch = np.zeros((n, FRAME_SAMPLES), dtype=np.float32)
         exec_l = [False] * n
         first_l = [False] * n
+        fresh_l = [False] * n
         members: list[Slot | None] = [None] * n
         with self._lock:
             flushing, self._stt_flush = self._stt_flush, []
             for i, s in enumerate(self._slots):
                 if s is None or any(s is f for f in flushing):
                     continue
+                if s.prompt_run is not None and not s.prompt_run.done.is_set():
+                    continue  # its persona prompt is prefilling (persona_engine.py)
                 frame, _filled = s._take()
                 if frame is None:
                     continue
                 batch[i] = frame
                 exec_l[i] = True
                 first_l[i] = s._first
+                fresh_l[i] = s._first and not s.prompted  # a prompted LM row continues
                 s._first = False
                 members[i] = s
         if flushing and self.stt is not None:
@@ -283,10 +289,12 @@ class Engine(SlotAdmission):
         exec_mask = torch.tensor(exec_l, dtype=torch.bool, device=dev)
         first_mask = torch.tensor(first_l, dtype=torch.bool, device=dev)
         any_first = any(first_l)
+        fresh_mask = (torch.tensor(fresh_l, dtype=torch.bool, device=dev) if any_first
+                      else first_mask)
         if any_first:
             # A call joins: its row starts from scratch in Mimi and the LM.
             self.mimi.reset_streaming(first_mask)
-            self.lm_gen.reset_streaming(first_mask)
+            self.lm_gen.reset_streaming(fresh_mask)
             self._steer.reset(first_mask)
             if self.sampler is not None:
                 for i, s in enumerate(members):
@@ -297,8 +305,9 @@ class Engine(SlotAdmission):
         codes = self.mimi.encode(x)
         if any_first:
             # Moshi ignores the first frame; redo the encoder's start-of-stream padding
-            # on the next one (what Kyutai's server does with skip_frames).
-            self.mimi.reset_streaming(first_mask)
+            # on the next one (what Kyutai's server does with skip_frames). A prompted
+            # row's LM reads its first frame: its encoder runs on, as NVIDIA's does.
+            self.mimi.reset_streaming(fresh_mask)
         self.lm_gen.set_exec_mask(exec_mask)
         # Steering (ADR 0070): each steered row's forcing for this step, applied by the
         # LMGen hooks; rows without a plan keep their sampled tokens.
@@ -391,7 +400,7 @@ class Engine(SlotAdmission):
                 self._stop.wait(delay)
                 continue
             try:
-                self.tick()
+                self.tick(prefill_until=next_t + period)
             except Exception as exc:
                 # The model failed mid-tick: every row in flight is suspect. Fail the
                 # calls (each gets an error); new calls reset their rows, so the engine
@@ -408,36 +417,3 @@ class Engine(SlotAdmission):
                 with self._lock:
                     self._late_ticks += 1
                 next_t = time.monotonic()
-
-    # ---------------------------------------------------------------- metrics
-
-    def metrics(self) -> EngineMetrics:
-        with self._lock:
-            ticks = self._tick_stats
-            times = sorted(ticks.recent)
-            return EngineMetrics(
-                slots=self.config.slots,
-                active_slots=sum(1 for s in self._slots if s is not None),
-                ready=self._ready,
-                ticks=ticks.ticks,
-                late_ticks=self._late_ticks,
-                underruns=self._underruns,
-                overruns=self._overruns,
-                trimmed=self._trimmed,
-                input_depths=tuple((s.index, len(s._queue)) for s in self._slots
-                                   if s is not None),
-                calls_started=self._calls_started,
-                calls_refused=self._calls_refused,
-                tick_count=ticks.ticks,
-                tick_sum_s=ticks.total_s,
-                tick_buckets=tuple(ticks.buckets),
-                tick_p50_s=quantile(times, 0.5),
-                tick_p99_s=quantile(times, 0.99),
-                state_bytes_per_slot=self._state_bytes // self.config.slots,
-                weights_bytes=self._weights_bytes,
-                device_memory_bytes=(torch.cuda.memory_allocated(self.device)
-                                     if self.device.type == "cuda" else None),
-                process_rss_bytes=rss_bytes(),
-                device=str(self.device),
-                dtype=str(self.models.dtype).removeprefix("torch."),
-            )

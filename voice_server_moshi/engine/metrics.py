@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -42,6 +42,27 @@ class EngineMetrics:
     process_rss_bytes: int | None
     device: str
     dtype: str
+    #: Personas (ADR 0130): the prompt cache and the prefills (zero without PersonaPlex).
+    persona: PromptMetrics = field(default_factory=lambda: PromptMetrics())
+
+
+@dataclass(frozen=True, slots=True)
+class PromptMetrics:
+    """The prompt cache's counters: lookups that hit / missed, entries and bytes kept,
+    evictions; prefills run to the end, their LM steps and LM seconds; calls prefilling now."""
+
+    hits: int = 0
+    misses: int = 0
+    entries: int = 0
+    bytes: int = 0
+    max_bytes: int = 0
+    evictions: int = 0
+    prefills: int = 0
+    prefill_steps: int = 0
+    prefill_seconds: float = 0.0
+    prefilling: int = 0
+    #: Whether the engine's model takes prompts (PersonaPlex).
+    enabled: bool = False
 
 
 class TickTimes:

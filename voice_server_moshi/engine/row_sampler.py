@@ -75,6 +75,12 @@ def install() -> None:
 class RowSampler:
     """Sampling state for every row of one ``LMGen`` batch. Used from the tick thread."""
 
+    #: Per-row state (:mod:`.row_state`): tensors with the batch on dim 0, lists by row.
+    ROW_TENSORS = ("temp_text", "temp_audio", "topk_text", "topk_audio", "pad_mult",
+                   "rep_penalty", "rep_context", "seed_text", "seed_audio", "steps",
+                   "history", "hist_pos")
+    ROW_LISTS = ("_applied",)
+
     def __init__(self, batch: int, device: torch.device, *, text_pad_id: int,
                  text_special_ids: tuple[int, ...], default: CallSampling) -> None:
         install()
@@ -128,6 +134,11 @@ class RowSampler:
         self.history[row] = -1
         self.hist_pos[row] = 0
         self._applied[row] = sampling
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute what depends on every row's sampling (after rows were set, copied or
+        restored)."""
         live = [s for s in self._applied if s is not None]
         self._penalised = any(s.repetition_penalty != 1.0 for s in live)
         # Top-k widths: the widest any row asks for. A row's draw does not depend on the

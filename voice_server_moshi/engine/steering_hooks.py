@@ -17,6 +17,9 @@ from .steering import CHOOSE, SteeringSpec, StepPlan
 class SteeringHooks:
     """The engine's ``on_text_hook`` / ``on_audio_hook``: apply this step's plans in place."""
 
+    #: Per-row state (:mod:`.row_state`).
+    ROW_TENSORS = ("last_text",)
+
     def __init__(self, batch: int, spec: SteeringSpec, device: torch.device) -> None:
         self.spec = spec
         self.batch = batch

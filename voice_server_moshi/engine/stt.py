@@ -141,6 +141,9 @@ class SttBatch:
     """One STT row per engine slot. All methods run in the engine's tick thread, inside
     its ``torch.no_grad()``; ``codes`` are the engine's Mimi codes ``[B, K, 1]``."""
 
+    #: Per-row state besides ``lm_gen``'s (:mod:`.row_state`): each row's step counter.
+    ROW_LISTS = ("_steps",)
+
     def __init__(self, models: SttModels, batch: int, silence_codes: torch.Tensor,
                  frame_rate: float = 12.5) -> None:
         from moshi.models.lm import LMGen

@@ -75,6 +75,23 @@ def _engine_families(m: EngineMetrics) -> Iterator[Metric]:
     if m.process_rss_bytes is not None:
         yield gauge("process_resident_memory_bytes", "Resident memory of the process.",
                     m.process_rss_bytes)
+    p = getattr(m, "persona", None)
+    if p is not None and p.enabled:  # the prompt cache and prefills (PersonaPlex, ADR 0130)
+        yield counter("moshi_engine_prompt_cache_hits", "Calls whose prompt came from the cache.",
+                      p.hits)
+        yield counter("moshi_engine_prompt_cache_misses", "Calls whose prompt was prefilled.",
+                      p.misses)
+        yield counter("moshi_engine_prompt_cache_evictions", "Prompts evicted (LRU by bytes).",
+                      p.evictions)
+        yield gauge("moshi_engine_prompt_cache_entries", "Prompts kept.", p.entries)
+        yield gauge("moshi_engine_prompt_cache_bytes", "Bytes of prompt state kept.", p.bytes)
+        yield counter("moshi_engine_prompt_prefills", "Prompt prefills run to the end.", p.prefills)
+        yield counter("moshi_engine_prompt_prefill_steps", "LM steps of prompt prefills.",
+                      p.prefill_steps)
+        yield counter("moshi_engine_prompt_prefill_seconds", "LM time of prompt prefills.",
+                      p.prefill_seconds)
+        yield gauge("moshi_engine_prompts_prefilling", "Calls whose prompt is prefilling now.",
+                    p.prefilling)
 
 
 class ServerCollector(Collector):
