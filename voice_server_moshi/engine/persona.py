@@ -13,6 +13,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import VoiceServerMoshiError
 
@@ -74,6 +75,20 @@ class PersonaSupport:
     @property
     def prompts(self) -> bool:
         return self.family == "personaplex"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The capability a front door advertises (``/capacity``'s ``persona``) and an
+        ingress checks calls against: ``prompts``, ``family``, ``voices``,
+        ``default_voice``, ``checkpoint``."""
+        return {"prompts": self.prompts, "family": self.family,
+                "voices": sorted(self.voices), "default_voice": self.default_voice,
+                "checkpoint": self.checkpoint}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PersonaSupport:
+        default = d.get("default_voice")
+        return cls(str(d.get("family", "moshi")), frozenset(str(v) for v in d.get("voices", ())),
+                   None if default is None else str(default), str(d.get("checkpoint", "")))
 
 
 def wrap_system_tags(text: str) -> str:
