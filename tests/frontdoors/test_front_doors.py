@@ -152,6 +152,25 @@ async def test_per_call_sampling_with_seeds(door: Door) -> None:
     assert bad.close_code == 1008
 
 
+async def test_a_persona_to_a_moshi_checkpoint_is_refused(door: Door) -> None:
+    """The dev checkpoint is Moshi, not PersonaPlex: NVIDIA's persona parameters are
+    refused with the reason before a slot is taken, never silently ignored (ADR 0130)."""
+    await idle(door)
+    async with httpx.AsyncClient(base_url=door.http, trust_env=False, timeout=10) as http:
+        persona = (await http.get("/capacity")).json()["persona"]
+    assert persona["prompts"] is False and persona["family"] == "moshi"
+    for query, what in (("?text_prompt=You%20enjoy%20having%20a%20good%20conversation.",
+                         "a persona"), ("?voice_prompt=NATF2.pt", "a voice prompt")):
+        c = Client(door.url + query)
+        await c.connect()
+        await c.closed(10)
+        assert c.first[:1] == b"\x05" and c.close_code == 1008
+        assert c.errors() == [f"bad request: {what} was sent, but checkpoint dev is a moshi "
+                              "model, not trained for persona or voice prompts: use a "
+                              "PersonaPlex checkpoint (e.g. nvidia/personaplex-7b-v1, or "
+                              "dev-personaplex)"]
+
+
 async def test_call_limits(door: Door) -> None:
     await idle(door)
     silent, garbled = Client(door.url), Client(door.url)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -81,6 +82,8 @@ class EngineReplica:
             "model": self.engine.models.description,
             "default_sampling": self.engine.default_sampling.as_dict(),
             "persona": self.engine.persona_support.as_dict(),
+            # The prompt cache and prefills (/metrics), PersonaPlex only.
+            "prompt": dataclasses.asdict(m.persona) if m.persona.enabled else None,
         }
 
     def _report(self) -> None:
