@@ -54,14 +54,9 @@ async def capacity(door: Door, limit_s: float = 120) -> dict[str, object]:
                 await asyncio.sleep(0.1)
 
 
-def persona_of(cap: dict[str, object]) -> object:
-    reps = cap.get("replicas")
-    return reps[0]["persona"] if isinstance(reps, list) else cap["persona"]
-
-
 async def test_a_persona_call_gets_its_handshake_audio_and_metadata(door: Door) -> None:
     cap = await capacity(door)
-    assert persona_of(cap) == {"prompts": True, "family": "personaplex",
+    assert cap["persona"] == {"prompts": True, "family": "personaplex",
                                "voices": sorted(NVIDIA_VOICES), "default_voice": "NATF2",
                                "checkpoint": "dev-personaplex"}
     text = f"You are a calm support agent on the {door.name} door."  # cold: never seen

@@ -193,6 +193,10 @@ class IngressCore:
             sum(int(r["slots"]) for r in reps), sum(int(r["free_slots"]) for r in reps),
             any(r["ready"] for r in reps), "no engine replica ready",
             extra={"replicas": [{k: r.get(k) for k in keys} for r in reps],
+                   # What the door's model takes of personas (ADR 0130); every replica
+                   # runs the same engine spec.
+                   "persona": (None if (support := self._persona_support()) is None
+                               else support.as_dict()),
                    "ingress": {"name": self.name, "active_calls": self.counters.active_calls,
                                "routed": self.counters.routed,
                                "routing_seconds_sum": self.counters.routing_seconds_sum}})

@@ -80,7 +80,8 @@ class LoadedModels:
         """What :func:`~.persona.check_persona` checks a call's prompt against."""
         if self.persona is not None:
             return self.persona.support()
-        return PersonaSupport(self.model_type, checkpoint=self.description)
+        return PersonaSupport(self.model_type,
+                              checkpoint=self.description.removeprefix("checkpoint "))
 
     def text_piece(self, token: int) -> str | None:
         """The text a token stands for, as Kyutai's server sends it; None for PAD/EPAD."""
