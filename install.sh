@@ -33,4 +33,9 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[dev]"
+# LiveKit's own PersonaPlex client (livekit-plugins-nvidia), a real peer for `serve` in the
+# tests. Its package also pulls NVIDIA's Riva client, which pins websockets<16 for Riva's
+# own streaming code (the PersonaPlex client speaks through aiohttp); --no-deps keeps the
+# websockets this project is tested on. Dev only: the package never imports either.
+.venv/bin/python -m pip install -q --no-deps "livekit-plugins-nvidia==1.8.9" "nvidia-riva-client==2.28.0"
 echo "install.sh: done. Try: .venv/bin/voice-server-moshi call" >&2

@@ -86,9 +86,17 @@ BENCHES: dict[str, tuple[str, str]] = {
         "voice_server_moshi.bench.pipecat:main",
         "Pipecat path vs the reference host on one call: added latency p50/p99, CPU per call",
     ),
+    "livekit": (
+        "voice_server_moshi.bench.livekit:main",
+        "LiveKit AgentSession path vs the reference host on one call: added latency, CPU",
+    ),
     "engine": (
         "voice_server_moshi.bench.engine:main",
         "batched engine: tick p50/p99, real-time margin, memory per slot, max real-time slots",
+    ),
+    "serve": (
+        "voice_server_moshi.bench.serve:main",
+        "real-time calls against a real serve: its tick vs bench engine's, lag percentiles",
     ),
     "steering": (
         "voice_server_moshi.bench.steering:main",

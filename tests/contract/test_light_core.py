@@ -12,7 +12,8 @@ def test_remote_path_imports_without_torch_or_moshi() -> None:
 
         class Block(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("torch", "moshi", "sentencepiece", "matplotlib"):
+                if name.split(".")[0] in ("torch", "moshi", "sentencepiece", "matplotlib",
+                                          "livekit", "pipecat"):
                     raise ImportError(f"{name} must not be imported by the remote path")
                 return None
 

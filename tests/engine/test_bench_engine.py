@@ -100,3 +100,28 @@ def test_stt_on_reports_the_added_tick_time_and_memory(
     assert row["added_cpu_p50_ms"] == pytest.approx(
         row["tick_cpu_p50_ms_with_stt"] - row["tick_cpu_p50_ms_without"], abs=1e-3)
     assert out["points"][0]["stt_state_bytes_per_slot"] == row["stt_state_bytes_per_slot"]
+
+
+def test_live_calls_below_the_slot_count_step_only_their_rows(
+        ckpt: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = run(capsys, ["--checkpoint", ckpt, "--device", "cpu", "--slots", "4",
+                       "--active", "1,4,8", "--seconds", "0.4"])
+    pts = {(p["slots"], p["active"]): p for p in out["points"]}
+    assert set(pts) == {(4, 1), (4, 4)}  # 8 live calls do not fit 4 slots
+    # Three calls left a full engine: the last one moved into row 0, one row steps.
+    assert pts[4, 1]["batch_width"] == 1 and pts[4, 1]["row_moves"] == 1
+    assert pts[4, 4]["batch_width"] == 4 and pts[4, 4]["row_moves"] == 0
+    assert pts[4, 1]["stall_recovery"]["trimmed_frames"] == 3  # one call's backlog
+    fixed = run(capsys, ["--checkpoint", ckpt, "--device", "cpu", "--slots", "4",
+                         "--active", "1", "--seconds", "0.24", "--fixed-batch"])
+    assert fixed["points"][0]["batch_width"] == 4  # the engine before ADR 0135
+    with pytest.raises(SystemExit):
+        bench.main(["--checkpoint", ckpt, "--active", "1"])  # which slot counts?
+
+
+@pytest.mark.slow
+def test_batched_equals_alone_with_rows_moving(capsys: pytest.CaptureFixture[str]) -> None:
+    eq = run(capsys, ["--equivalence", "--device", "cpu"])["equivalence"]
+    assert eq["tokens_equal"] and eq["max_abs_pcm_diff"] < 1e-5
+    assert eq["row_moves"] >= 3 and eq["batch_widths"] == [1, 2, 3, 4]
+    assert eq["rows_held"]["E"] == [0, 1]  # E outlived the call below it and moved down

@@ -15,12 +15,12 @@ pytest.importorskip("moshi")
 from moshi.models.lm import LMGen  # noqa: E402
 from moshi.utils.compile import no_compile  # noqa: E402
 
+from voice_server_moshi.engine.call_sampling import GREEDY  # noqa: E402
 from voice_server_moshi.engine.checkpoints import make_dev_checkpoint  # noqa: E402
 from voice_server_moshi.engine.core import (  # noqa: E402
     FRAME_SAMPLES,
     Engine,
     EngineConfig,
-    Sampling,
     SlotError,
     SlotEvent,
     SlotOutput,
@@ -28,8 +28,6 @@ from voice_server_moshi.engine.core import (  # noqa: E402
 from voice_server_moshi.engine.models import load_models  # noqa: E402
 from voice_server_moshi.engine.session import EngineCall  # noqa: E402
 from voice_server_moshi.errors import ServerBusyError  # noqa: E402
-
-GREEDY = Sampling(use_sampling=False)
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
+from voice_server_moshi.engine.call_sampling import GREEDY  # noqa: E402
 from voice_server_moshi.engine.core import (  # noqa: E402
     FRAME_SAMPLES,
     Engine,
     EngineConfig,
-    Sampling,
     SlotEvent,
     SlotOutput,
     SttOutput,
@@ -22,8 +22,6 @@ from voice_server_moshi.engine.core import (  # noqa: E402
 from voice_server_moshi.engine.models import LoadedModels, load_models  # noqa: E402
 
 from .test_stt import caller_audio  # noqa: E402
-
-GREEDY = Sampling(use_sampling=False)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
-from voice_server_moshi.engine.core import Engine, EngineConfig, Sampling  # noqa: E402
+from voice_server_moshi.engine.call_sampling import GREEDY  # noqa: E402
+from voice_server_moshi.engine.core import Engine, EngineConfig  # noqa: E402
 from voice_server_moshi.engine.devpersonaplex import DEV_PERSONAPLEX_VERSION  # noqa: E402
 from voice_server_moshi.engine.models import load_models  # noqa: E402
 from voice_server_moshi.engine.persona import make_prompt  # noqa: E402
@@ -55,7 +56,7 @@ def engine() -> Any:
     models.persona.voices.add_file(wav, models.mimi, models.lm, name=WAV_NAME)
     rec = Recorder(models.lm)
     eng = Engine(models, EngineConfig(slots=2, warmup_ticks=0,
-                                      sampling=Sampling(use_sampling=False)))
+                                      sampling=GREEDY))
     eng.warm_up()
     models.lm.transformer.register_forward_pre_hook(rec.hook)  # after the engine's own
     eng.recorder = rec

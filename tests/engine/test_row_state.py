@@ -11,19 +11,17 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
-from voice_server_moshi.engine.call_sampling import CallSampling  # noqa: E402
+from voice_server_moshi.engine.call_sampling import GREEDY, CallSampling  # noqa: E402
 from voice_server_moshi.engine.core import (  # noqa: E402
     FRAME_SAMPLES,
     Engine,
     EngineConfig,
-    Sampling,
     SlotEvent,
     SlotOutput,
     SttOutput,
 )
 from voice_server_moshi.engine.models import LoadedModels, load_models  # noqa: E402
 
-GREEDY = Sampling(use_sampling=False)
 FRAMES = 16
 MOVE_AT = 6
 
@@ -56,7 +54,8 @@ def trace(events: list[SlotEvent]) -> tuple[list[Any], list[Any], list[np.ndarra
 
 def run_x_in_row_3(models: LoadedModels, move: bool) -> tuple[list[SlotEvent], int]:
     """Three greedy callers fill rows 0-2, call X (sampled, seeded, steered) takes row 3.
-    At MOVE_AT the caller in row 0 leaves; with ``move`` X then moves to row 0."""
+    At MOVE_AT the caller in row 0 leaves and the engine moves X, the last live row, into
+    its place; without ``move`` that caller stays (silent) and X stays in row 3."""
     eng = make(models, 4)
     sampled = CallSampling(text_seed=11, audio_seed=12, text_temperature=0.9)
     others = [eng.try_open(f"o{i}", lambda e: None) for i in range(3)]
@@ -67,23 +66,28 @@ def run_x_in_row_3(models: LoadedModels, move: bool) -> tuple[list[SlotEvent], i
     for t in range(FRAMES):
         if t == 2:
             x.steering.say_text("hello there", request_id="hi")
-        if t == MOVE_AT:
+        if t == MOVE_AT and move:
             eng.finish(others[0])
-            eng.tick()  # the STT flush of the leaver, X idles through it
-            if move:
-                with eng._row_work():
-                    assert eng._move(x, 0)
         for s in [*others[1:], x] if t >= MOVE_AT else [*others, x]:
             s.push(frames[s][t])
         eng.tick()
     row = x.index
+    # Only the live rows step (on GPU widths are rounded up to a power of two).
+    assert eng._batch.width == (eng._batch.bucket(3) if move else 4)
     eng.finish(x)
     eng.tick()
     eng.detach()
     return got, row
 
 
-def test_a_call_moved_mid_call_says_exactly_what_it_would_have(models: LoadedModels) -> None:
+@pytest.mark.parametrize("widths", ["every", "gpu"])
+def test_a_call_moved_mid_call_says_exactly_what_it_would_have(
+        models: LoadedModels, widths: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if widths == "gpu":  # the GPU's power-of-two widths (an idle row inside the width)
+        from voice_server_moshi.engine import batch_width, packing
+
+        monkeypatch.setattr(packing, "buckets_for",
+                            lambda n, _dev: batch_width.buckets_for(n, torch.device("cuda")))
     moved, row = run_x_in_row_3(models, move=True)
     stayed, row_stayed = run_x_in_row_3(models, move=False)
     assert (row, row_stayed) == (0, 3)
@@ -147,3 +151,26 @@ def test_a_snapshot_of_other_models_is_refused_and_changes_nothing(
     assert all(torch.equal(before.tensors[k], after.tensors[k]) for k in before.tensors)
     assert call._first  # still starts fresh
     eng.detach()
+
+
+def test_batch_width_narrows_in_place_and_keeps_what_moshi_rebinds() -> None:
+    from types import SimpleNamespace
+
+    from voice_server_moshi.engine.batch_width import BatchWidth, buckets_for
+    from voice_server_moshi.engine.row_state import RowField
+
+    assert buckets_for(6, torch.device("cpu")) == (1, 2, 3, 4, 5, 6)
+    assert buckets_for(6, torch.device("cuda")) == (1, 2, 4, 6)  # one CUDA graph each
+    st = SimpleNamespace(batch_size=6, offsets=torch.arange(6), kv=torch.zeros(2, 6, 3))
+    bw = BatchWidth(6, [RowField("o", st, "offsets", 0), RowField("kv", st, "kv", 1)],
+                    [(st, "batch_size")], [], buckets_for(6, torch.device("cuda")))
+    full_kv = st.kv
+    bw.set(bw.bucket(3))
+    assert (bw.width, st.batch_size, tuple(st.kv.shape)) == (4, 4, (2, 4, 3))
+    st.kv[:, 1] = 7.0  # in place: lands in the full tensor
+    st.offsets = st.offsets + 100  # rebound, as LMGen does with its offsets each step
+    bw.set(6)
+    assert st.offsets.tolist() == [100, 101, 102, 103, 4, 5]
+    assert st.kv is full_kv and bool((full_kv[:, 1] == 7.0).all())
+    with pytest.raises(ValueError, match="not one of"):
+        bw.set(3)

@@ -11,11 +11,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
+from voice_server_moshi.engine.call_sampling import GREEDY  # noqa: E402
 from voice_server_moshi.engine.core import (  # noqa: E402
     FRAME_SAMPLES,
     Engine,
     EngineConfig,
-    Sampling,
     SlotEvent,
     SlotOutput,
 )
@@ -23,7 +23,6 @@ from voice_server_moshi.engine.models import load_models  # noqa: E402
 from voice_server_moshi.engine.steering import SteeringError  # noqa: E402
 from voice_server_moshi.engine.steering_audio import clip_encoder  # noqa: E402
 
-GREEDY = Sampling(use_sampling=False)
 TEXT = "hello there, this is a test"
 
 

@@ -21,7 +21,8 @@ pytest.importorskip("moshi")
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from voice_server_moshi.engine.core import Engine, EngineConfig, Sampling
+from voice_server_moshi.engine.call_sampling import GREEDY
+from voice_server_moshi.engine.core import Engine, EngineConfig
 from voice_server_moshi.engine.models import load_models
 from voice_server_moshi.server.app import BatchedServer, ServerConfig
 from voice_server_moshi.server.limits import CallLimits
@@ -32,7 +33,7 @@ from .test_server import Client, tone
 @pytest.fixture(scope="module")
 def engine(ckpt: str) -> Iterator[Engine]:
     eng = Engine(load_models(ckpt, device="cpu", dtype="float32"),
-                 EngineConfig(slots=4, sampling=Sampling(use_sampling=False)))
+                 EngineConfig(slots=4, sampling=GREEDY))
     eng.start()
     try:
         yield eng

@@ -27,8 +27,9 @@ import sphn
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from voice_server_moshi.engine.call_sampling import GREEDY
 from voice_server_moshi.engine.checkpoints import make_dev_checkpoint
-from voice_server_moshi.engine.core import Engine, EngineConfig, Sampling
+from voice_server_moshi.engine.core import Engine, EngineConfig
 from voice_server_moshi.engine.models import load_models
 from voice_server_moshi.server.app import BatchedServer, ServerConfig
 
@@ -207,7 +208,7 @@ async def test_four_calls_at_once_and_a_fifth_is_refused(served: tuple[str, int]
 @pytest.fixture
 async def inproc(ckpt: str) -> AsyncIterator[BatchedServer]:
     eng = Engine(load_models(ckpt, device="cpu", dtype="float32"),
-                 EngineConfig(slots=2, sampling=Sampling(use_sampling=False)))
+                 EngineConfig(slots=2, sampling=GREEDY))
     await asyncio.to_thread(eng.start)
     srv = BatchedServer(eng, ServerConfig(port=0, auth_token="s3cret", max_message_bytes=4096))
     await srv.start()

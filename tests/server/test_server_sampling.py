@@ -19,8 +19,9 @@ import sphn
 import websockets
 from websockets.exceptions import ConnectionClosed
 
+from voice_server_moshi.engine.call_sampling import GREEDY, CallSampling
 from voice_server_moshi.engine.checkpoints import dev_checkpoint_dir
-from voice_server_moshi.engine.core import Engine, EngineConfig, Sampling
+from voice_server_moshi.engine.core import Engine, EngineConfig
 from voice_server_moshi.engine.models import load_models
 from voice_server_moshi.server.app import BatchedServer, ServerConfig
 from voice_server_moshi.server.limits import CallLimits
@@ -82,7 +83,7 @@ async def call(url: str, frames: list[np.ndarray]) -> tuple[list[str], dict[str,
         return texts, meta
 
 
-async def start(sampling: Sampling | None, per_call: bool = True, slots: int = 3,
+async def start(sampling: CallSampling | None, per_call: bool = True, slots: int = 3,
                 static: str | None = None) -> BatchedServer:
     models = load_models(str(dev_checkpoint_dir()), device="cpu", dtype="float32")
     # Input-clocked and never dropping: the stream depends on the input, not on timing.
@@ -187,7 +188,7 @@ async def test_temperature_zero_is_the_greedy_output() -> None:
         mine, meta = await call(url(srv, greedy_q), voice(3))
     finally:
         await stop(srv)
-    ref_srv = await start(Sampling(use_sampling=False), per_call=False)
+    ref_srv = await start(GREEDY, per_call=False)
     try:
         ref, _ = await call(url(ref_srv), voice(3))
     finally:

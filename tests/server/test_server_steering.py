@@ -21,7 +21,8 @@ import sphn
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from voice_server_moshi.engine.core import Engine, EngineConfig, Sampling
+from voice_server_moshi.engine.call_sampling import GREEDY
+from voice_server_moshi.engine.core import Engine, EngineConfig
 from voice_server_moshi.engine.models import load_models
 from voice_server_moshi.errors import SteeringUnsupportedError
 from voice_server_moshi.events import AudioChunk, Steering, Transcript
@@ -41,7 +42,7 @@ TEXT = "hello there, this is a test"
 def engine(dev_checkpoint: Path) -> Iterator[Engine]:
     # Input-clocked (no silence fill), greedy: a call's outputs depend on its input only.
     eng = Engine(load_models(str(dev_checkpoint), device="cpu", dtype="float32"),
-                 EngineConfig(slots=2, sampling=Sampling(use_sampling=False),
+                 EngineConfig(slots=2, sampling=GREEDY,
                               # The "same as alone" comparison needs every frame: no
                               # backlog trimming (ADR 0065) on this slow shared CPU.
                               trim_window_ticks=None,

@@ -15,7 +15,8 @@ pytest.importorskip("moshi")
 from voice_server_moshi.adapter import VoiceModelConfig
 from voice_server_moshi.audio.wavio import read_wav
 from voice_server_moshi.bundled import bundled_clip_dir
-from voice_server_moshi.engine.core import Engine, EngineConfig, Sampling
+from voice_server_moshi.engine.call_sampling import GREEDY
+from voice_server_moshi.engine.core import Engine, EngineConfig
 from voice_server_moshi.engine.models import load_models
 from voice_server_moshi.events import Disconnected, Event, Transcript
 from voice_server_moshi.moshi.adapter import MoshiAdapter
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.slow
 async def served() -> AsyncIterator[BatchedServer]:
     models = await asyncio.to_thread(load_models, "dev", device="cpu", dtype="float32",
                                      stt="dev")
-    eng = Engine(models, EngineConfig(slots=2, sampling=Sampling(use_sampling=False)))
+    eng = Engine(models, EngineConfig(slots=2, sampling=GREEDY))
     await asyncio.to_thread(eng.start)
     srv = BatchedServer(eng, ServerConfig(port=0))
     await srv.start()

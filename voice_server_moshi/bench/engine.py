@@ -43,14 +43,17 @@ def _percentile(ms: list[float], q: float) -> float:
 
 
 def measure(models: Any, slots: int, seconds: float, max_wall_s: float,
-            cpu_threads: int | None) -> dict[str, Any]:
-    """Tick times with ``slots`` busy calls; returns the point and hands models back."""
+            cpu_threads: int | None, active: int | None = None,
+            live_rows_only: bool = True) -> dict[str, Any]:
+    """Tick times with ``slots`` busy calls (``active``: that many, below ``slots``, reached
+    by calls leaving a full engine, as on a server); returns the point and hands models
+    back."""
     import torch
 
     from ..engine.core import FRAME_SAMPLES, Engine, EngineConfig
 
     eng = Engine(models, EngineConfig(slots=slots, fill_after_ticks=None,
-                                      cpu_threads=cpu_threads))
+                                      cpu_threads=cpu_threads, live_rows_only=live_rows_only))
     t0 = time.perf_counter()
     eng.warm_up()
     warm_s = time.perf_counter() - t0
@@ -58,6 +61,14 @@ def measure(models: Any, slots: int, seconds: float, max_wall_s: float,
     rng = np.random.default_rng(slots)
     # A few distinct speech-like frames, cycled: input content does not change the cost.
     frames = (0.1 * rng.standard_normal((8, FRAME_SAMPLES))).astype(np.float32)
+    if active is not None and active < slots:
+        for c in calls:
+            c.push(frames[0])
+        eng.tick()
+        # The first calls leave: the live ones are moved down on the next tick (ADR 0135).
+        for c in calls[:slots - active]:
+            c.close()
+        calls = calls[slots - active:]
     n_ticks = max(3, round(seconds * 1000.0 / BUDGET_MS))
     times: list[float] = []
     # CPU time of the ticking thread: on CPU with one intra-op thread it is the tick's work,
@@ -83,6 +94,9 @@ def measure(models: Any, slots: int, seconds: float, max_wall_s: float,
     p99 = _percentile(steady, 99)
     point = {
         "slots": slots,
+        "active": len(calls),
+        "batch_width": eng._batch.width,
+        "row_moves": eng.row_moves,
         "ticks": len(times),
         "tick_p50_ms": _percentile(steady, 50),
         "tick_p99_ms": p99,
@@ -91,7 +105,7 @@ def measure(models: Any, slots: int, seconds: float, max_wall_s: float,
         "tick_cpu_p50_ms": _percentile(cpu[1:] if len(cpu) > 2 else cpu, 50),
         "realtime_margin_ms": round(BUDGET_MS - p99, 3),
         "realtime": p99 <= BUDGET_MS,
-        "per_call_p50_ms": round(_percentile(steady, 50) / slots, 4),
+        "per_call_p50_ms": round(_percentile(steady, 50) / len(calls), 4),
         "state_bytes_per_slot": m.state_bytes_per_slot,
         "device_memory_bytes": m.device_memory_bytes,
         "process_rss_bytes": m.process_rss_bytes,
@@ -227,62 +241,6 @@ def full_size_memory(context: int | None, dtype: str) -> dict[str, Any]:
             "slots_fitting_by_memory": fits}
 
 
-def equivalence(checkpoint: str, device: str, dtype: str) -> dict[str, Any]:
-    """Greedy calls that join, idle and leave a running 3-slot batch at staggered times,
-    against each call run alone: the largest PCM difference and whether every text and
-    audio token matched (ADR 0030)."""
-    from ..engine.core import FRAME_SAMPLES, Engine, EngineConfig, Sampling, SlotEvent
-    from ..engine.core import SlotOutput as Out
-    from ..engine.models import load_models
-
-    greedy = EngineConfig(slots=3, sampling=Sampling(use_sampling=False),
-                          fill_after_ticks=None)
-    plan = {"A": (0, 14), "B": (3, 10), "C": (5, 8), "D": (16, 9)}  # join tick, frames
-    rng = np.random.default_rng(0)
-    audio = {k: (0.2 * rng.standard_normal((n, FRAME_SAMPLES))).astype(np.float32)
-             for k, (_, n) in plan.items()}
-
-    def outputs(events: list[SlotEvent]) -> list[Out]:
-        return [e for e in events if isinstance(e, Out)]
-
-    eng = Engine(load_models(checkpoint, device=device, dtype=dtype), greedy)
-    eng.warm_up()
-    got: dict[str, list[SlotEvent]] = {k: [] for k in plan}
-    slots: dict[str, Any] = {}
-    fed = dict.fromkeys(plan, 0)
-    for tick in range(40):
-        for k, (start, n) in plan.items():
-            if tick == start:
-                slots[k] = eng.try_open(k, got[k].append)
-            if k in slots and fed[k] < n and not (k == "B" and tick in (6, 7)):
-                slots[k].push(audio[k][fed[k]])
-                fed[k] += 1
-        eng.tick()
-        for k, (_, n) in plan.items():
-            if k in slots and not slots[k].closed and len(outputs(got[k])) == n - 1:
-                slots[k].close()
-    models = eng.detach()
-    worst = 0.0
-    tokens_equal = True
-    for k in plan:
-        alone = Engine(models, EngineConfig(slots=1, sampling=Sampling(use_sampling=False)))
-        alone.warm_up()
-        mine: list[SlotEvent] = []
-        s = alone.try_open(k, mine.append)
-        for f in audio[k]:
-            s.push(f)
-            alone.tick()
-        models = alone.detach()
-        a, b = outputs(got[k]), outputs(mine)
-        tokens_equal &= [(o.text_token, o.audio_tokens) for o in a] == [
-            (o.text_token, o.audio_tokens) for o in b]
-        # Unequal lengths already made tokens_equal False; compare what both have.
-        pairs = zip(a, b, strict=False)
-        worst = max([worst] + [float(np.abs(x.pcm - y.pcm).max()) for x, y in pairs])
-    return {"calls": len(plan), "slots": 3, "max_abs_pcm_diff": worst,
-            "tokens_equal": tokens_equal}
-
-
 def search(models: Any, max_slots: int, seconds: float, max_wall_s: float,
            fixed: list[int] | None, cpu_threads: int | None,
            ) -> tuple[list[dict[str, Any]], int]:
@@ -323,6 +281,16 @@ def search(models: Any, max_slots: int, seconds: float, max_wall_s: float,
     return [points[k] for k in sorted(points)], lo
 
 
+def _counts(p: Any, text: str, flag: str) -> list[int]:
+    try:
+        out = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        p.error(f"{flag} must be comma-separated integers, got {text!r}")
+    if not out or out[0] < 1:
+        p.error(f"{flag} values must be >= 1")
+    return out
+
+
 def main(argv: list[str]) -> int:
     p = command_parser(
         "voice-server-moshi bench engine",
@@ -341,6 +309,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-slots", type=int, default=64)
     p.add_argument("--slots", default=None,
                    help="comma-separated slot counts to measure instead of searching")
+    p.add_argument("--active", default=None,
+                   help="comma-separated live-call counts to measure in each --slots count "
+                   "(e.g. --slots 32 --active 1,8,32): a tick should cost the live calls")
+    p.add_argument("--fixed-batch", action="store_true",
+                   help="with --active: step every slot on every tick (the engine before "
+                   "ADR 0135), for comparison")
     p.add_argument("--max-wall-s", type=float, default=60.0,
                    help="stop a slot count's run after this much wall time")
     p.add_argument("--cpu-threads", type=int, default=1,
@@ -364,20 +338,18 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.max_slots < 1 or args.seconds <= 0:
         p.error("--max-slots must be >= 1 and --seconds > 0")
-    fixed = None
-    if args.slots:
-        try:
-            fixed = sorted({int(x) for x in args.slots.split(",") if x.strip()})
-        except ValueError:
-            p.error(f"--slots must be comma-separated integers, got {args.slots!r}")
-        if not fixed or fixed[0] < 1:
-            p.error("--slots values must be >= 1")
+    fixed = _counts(p, args.slots, "--slots") if args.slots else None
+    active = _counts(p, args.active, "--active") if args.active else None
+    if active is not None and fixed is None:
+        p.error("--active needs --slots (the slot counts to hold those calls)")
 
     import torch
 
     from ..engine.models import load_models
 
     if args.equivalence:
+        from .engine_equivalence import equivalence
+
         eq = equivalence(args.checkpoint, args.device, args.dtype)
         sys.stdout.write(json.dumps({"bench": "engine", "equivalence": eq}, indent=2) + "\n")
         return 0 if eq["tokens_equal"] else 1
@@ -406,7 +378,15 @@ def main(argv: list[str]) -> int:
                                      "load_average_1m": round(os.getloadavg()[0], 2),
                                      "persona": res}, indent=2) + "\n")
         return 0
-    points, best = search(models, args.max_slots, args.seconds, args.max_wall_s, fixed, threads)
+    if active is not None and fixed is not None:
+        points = [measure(models, n, args.seconds, args.max_wall_s, threads, a,
+                          not args.fixed_batch)
+                  for n in fixed for a in active if a <= n]
+        best = max((q["slots"] for q in points if q["realtime"] and q["active"] == q["slots"]),
+                   default=0)
+    else:
+        points, best = search(models, args.max_slots, args.seconds, args.max_wall_s, fixed,
+                              threads)
     dev = models.device
     machine: dict[str, Any] = {
         "platform": platform.platform(),

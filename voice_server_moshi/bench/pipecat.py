@@ -38,14 +38,10 @@ import numpy as np
 from .._cli_help import command_parser
 from ..adapter import VoiceModelAdapter, VoiceModelConfig
 from ..audio import g711
-from ..corpus.agent import ScriptedAgentTransport, text_schedule
-from ..corpus.assemble import CorpusCall, build_call
-from ..corpus.store import bundled_clips
 from ..formats import AudioFormat
 from ..modes.clock import RealClock
-from ..moshi.adapter import MoshiAdapter
-from ..moshi.settings import MoshiSettings
 from ..registry import load_registry
+from .call_agent import bench_call
 
 SKIP_FRAMES = 10  # the first 200 ms: connect and prebuffer, not the steady state
 
@@ -210,15 +206,7 @@ def main(argv: list[str]) -> int:
     except ImportError as exc:
         sys.stderr.write(f"error: needs the pipecat extra: {exc}\n")
         return 2
-    call: CorpusCall = build_call(bundled_clips(), args.seed, 20.0, exchanges=2)
-    caller = call.caller[: int(8000 * args.seconds)]
-    pcm = (np.clip(caller, -1, 1) * 32767).astype(np.int16).tobytes()
-
-    def factory() -> VoiceModelAdapter:
-        if args.agent == "dev":
-            return MoshiAdapter(MoshiSettings(checkpoint="dev"))
-        return MoshiAdapter(MoshiSettings(), transport=ScriptedAgentTransport(
-            call.agent, 8000, text_schedule(call.agent_segments)))
+    pcm, call_s, factory = bench_call(args.seed, args.seconds, args.agent)
 
     async def run() -> dict[str, Any]:
         # Warm-up (imports, registry, first-use set-up, the engine): one short call each
@@ -251,7 +239,7 @@ def main(argv: list[str]) -> int:
     import pipecat as pc
 
     result = {
-        "bench": "pipecat", "agent": args.agent, "call_s": round(len(caller) / 8000, 2),
+        "bench": "pipecat", "agent": args.agent, "call_s": round(call_s, 2),
         "seed": args.seed, "pipecat": getattr(pc, "__version__", "?"),
         "machine": {"python": platform.python_version(), "cpus": _cpus(),
                     "load_avg_1m": round(_load(), 2)},

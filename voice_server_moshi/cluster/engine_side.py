@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from .._log import get_logger
+from .._threads import name_os_thread
 from ..callpath import wire
 from ..callpath.kinds import CallParams
 from ..callpath.local import LocalCall, LocalEngine
@@ -53,16 +54,6 @@ class _Reservation:
     attached: bool = False
     conn: ServerConnection | None = None
     started: float = field(default_factory=time.monotonic)
-
-
-def _name_os_thread(name: str) -> None:
-    """Name the calling thread for the OS (Linux ``prctl(PR_SET_NAME)``); Python before
-    3.14 leaves every thread called ``python``. Best effort."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        libc.prctl(15, name.encode()[:15], 0, 0, 0)
 
 
 class EngineDataServer:
@@ -93,7 +84,7 @@ class EngineDataServer:
     # -- lifecycle (any thread) ------------------------------------------------------------
 
     def _run(self) -> None:
-        _name_os_thread("engine-data")  # so per-thread CPU shows in /proc (bench cluster)
+        name_os_thread("engine-data")  # so per-thread CPU shows in /proc (bench cluster)
         self._loop.run_forever()
 
     def start(self) -> None:

@@ -93,6 +93,12 @@ class CallSampling:
     def greedy(self) -> bool:
         return self.text_temperature == 0.0 and self.audio_temperature == 0.0
 
+    def lmgen_params(self) -> dict[str, Any]:
+        """As ``LMGen``'s engine-wide keyword arguments (``use_sampling=False``: greedy)."""
+        return {"use_sampling": not self.greedy, "temp": self.audio_temperature,
+                "temp_text": self.text_temperature, "top_k": self.audio_topk,
+                "top_k_text": self.text_topk}
+
     def seeded(self) -> CallSampling:
         """This value with any missing seed drawn at random (done once per call)."""
         return replace(
@@ -160,3 +166,7 @@ def parse_sampling_query(query: Mapping[str, str], defaults: CallSampling) -> Ca
     if problems:
         raise SamplingError("; ".join(problems))
     return replace(defaults, **values)
+
+
+#: Greedy decoding, deterministic: what the equivalence tests and ``--greedy`` use.
+GREEDY = CallSampling(text_temperature=0.0, audio_temperature=0.0)

@@ -7,24 +7,13 @@ import math
 from dataclasses import dataclass
 
 from ..audio.moshi_frame import FRAME_S, FRAME_SAMPLES
+from .call_sampling import CallSampling
 
-__all__ = ["DEFAULT_TRIM_AFTER_MS", "FRAME_SAMPLES", "TICK_S", "EngineConfig", "Sampling",
+__all__ = ["DEFAULT_TRIM_AFTER_MS", "FRAME_SAMPLES", "TICK_S", "EngineConfig",
            "trim_window_ticks"]
 
 #: One engine tick: one Mimi frame.
 TICK_S = FRAME_S
-
-
-@dataclass(frozen=True, slots=True)
-class Sampling:
-    """LMGen's sampling parameters (Kyutai's defaults). ``use_sampling=False`` is greedy:
-    deterministic, what the equivalence tests use."""
-
-    use_sampling: bool = True
-    temp: float = 0.8
-    temp_text: float = 0.7
-    top_k: int = 250
-    top_k_text: int = 25
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +27,9 @@ class EngineConfig:
     #: Ticks of silence run through every slot before the first call (captures CUDA graphs).
     warmup_ticks: int = 4
     tick_s: float = TICK_S
+    #: Every call's sampling unless the call sets its own (``GREEDY``: deterministic);
     #: None: the checkpoint's ``lm_gen_config`` over Kyutai's defaults.
-    sampling: Sampling | None = None
+    sampling: CallSampling | None = None
     #: torch.compile of moshi's hot functions; None: on for CUDA, off for CPU.
     torch_compile: bool | None = None
     #: On CPU, torch's intra-op threads (process-wide). 1 by default: on a shared machine
@@ -58,6 +48,10 @@ class EngineConfig:
     trim_window_ticks: int | None = 12
     #: Bound of the persona prompt cache (PersonaPlex, ADR 0130), bytes; 0 keeps none.
     prompt_cache_bytes: int = 2 << 30
+    #: Step only the live calls' rows (ADR 0135): calls are kept in the first rows and a
+    #: tick steps that prefix (on GPU the next power-of-two width, each with its own CUDA
+    #: graphs). False: every tick steps every slot, the fixed batch of ADR 0030.
+    live_rows_only: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.slots <= 1024:

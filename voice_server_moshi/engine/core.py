@@ -31,15 +31,23 @@ import numpy as np
 import torch
 
 from .._log import get_logger
+from .._threads import name_os_thread
 from .admission import SlotAdmission
+from .batch_width import BatchWidth
 from .call_sampling import CallSampling
-from .config import FRAME_SAMPLES, TICK_S, EngineConfig, Sampling
-from .metrics import TICK_BUCKETS_S, EngineMetrics, TickTimes, streaming_state_bytes
-from .metrics_view import MetricsView
+from .config import FRAME_SAMPLES, TICK_S, EngineConfig
+from .metrics import (
+    TICK_BUCKETS_S,
+    EngineMeasures,
+    EngineMetrics,
+    TickTimes,
+    streaming_state_bytes,
+)
 from .models import LoadedModels
-from .packing import RowPacking, engine_layout
+from .packing import RowPacking, engine_rows
 from .persona_engine import PersonaPrefill
 from .row_sampler import RowSampler
+from .row_state import RowLayout
 from .slot import PCM, Sink, Slot, SlotError, SlotEvent, SlotOutput, SlotState, SttOutput
 from .steering import SteeringSpec
 from .steering_hooks import SteeringHooks
@@ -47,7 +55,7 @@ from .stt import SttBatch, make_stt_batch
 
 __all__ = [
     "FRAME_SAMPLES", "PCM", "TICK_BUCKETS_S", "TICK_S", "Engine", "EngineConfig",
-    "EngineMetrics", "Sampling", "Sink", "Slot", "SlotError", "SlotEvent", "SlotOutput",
+    "EngineMetrics", "Sink", "Slot", "SlotError", "SlotEvent", "SlotOutput",
     "SlotState", "SttOutput", "TickReport", "streaming_state_bytes",
 ]
 
@@ -63,7 +71,7 @@ class TickReport:
     seconds: float
 
 
-class Engine(SlotAdmission, RowPacking, PersonaPrefill, MetricsView):
+class Engine(SlotAdmission, RowPacking, PersonaPrefill, EngineMeasures):
     """N call slots over one Mimi + one LMGen batch. Thread model: all torch work runs in
     the thread that calls :meth:`tick` (the engine's own thread after :meth:`start`);
     slots are opened, fed and closed from any thread."""
@@ -98,9 +106,7 @@ class Engine(SlotAdmission, RowPacking, PersonaPrefill, MetricsView):
 
         params: dict[str, Any] = dict(models.lm_gen_config)
         if self.config.sampling is not None:
-            s = self.config.sampling
-            params.update(use_sampling=s.use_sampling, temp=s.temp, temp_text=s.temp_text,
-                          top_k=s.top_k, top_k_text=s.top_k_text)
+            params.update(self.config.sampling.lmgen_params())
         if float(params.get("cfg_coef", 1.0)) != 1.0:
             raise ValueError("checkpoints that need classifier-free guidance are not supported")
         cond = get_condition_tensors(models.model_type, models.lm, batch_size=n, cfg_coef=1.0)
@@ -131,7 +137,10 @@ class Engine(SlotAdmission, RowPacking, PersonaPrefill, MetricsView):
         self._idle_mask = torch.zeros(n, dtype=torch.bool, device=self.device)
         self.mimi.set_exec_mask(self._idle_mask)
         self.lm_gen.set_exec_mask(self._idle_mask)
-        self.rows = engine_layout(self.mimi, self.lm_gen, self._steer, self.sampler, self.stt)
+        # Live calls are kept in the first rows; a tick steps only those (ADR 0135).
+        self.rows, self._batch = engine_rows(n, self.device, self.config.live_rows_only,
+                                             self.mimi, self.lm_gen, self._steer,
+                                             self.sampler, self.stt)
         self._persona_init(n, self.config.prompt_cache_bytes)
         self._state_bytes = streaming_state_bytes(self.mimi, self.lm_gen, models.lm)
         self._weights_bytes = sum(
@@ -171,19 +180,14 @@ class Engine(SlotAdmission, RowPacking, PersonaPrefill, MetricsView):
         graphs on GPU), then reset every row. Idempotent."""
         if self._ready:
             return
-        n = self.config.slots
         t0 = time.perf_counter()
+        # On GPU every width captures its CUDA graphs now, not in the middle of calls.
+        widths = self._batch.buckets if self.device.type == "cuda" else (self.config.slots,)
         with self._tick_lock, self._torch_context():
-            everyone = torch.ones(n, dtype=torch.bool, device=self.device)
-            x = torch.zeros(n, 1, FRAME_SAMPLES, dtype=torch.float32, device=self.device)
-            for _ in range(self.config.warmup_ticks):
-                self.mimi.set_exec_mask(everyone)
-                codes = self.mimi.encode(x)
-                self.lm_gen.set_exec_mask(everyone)
-                tokens = self._lm_step(codes, everyone)
-                self.mimi.decode(tokens[:, 1:].clamp(min=0))
-                if self.stt is not None:
-                    self.stt.warm_up_step(codes)
+            for n in reversed(widths):
+                self._batch.set(n)
+                self._warm_width(n)
+            self._batch.set(self.config.slots)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.mimi.reset_streaming()
@@ -194,6 +198,18 @@ class Engine(SlotAdmission, RowPacking, PersonaPrefill, MetricsView):
             self.lm_gen.set_exec_mask(self._idle_mask)
         self._ready = True
         self.log.info("engine warmed up", seconds=round(time.perf_counter() - t0, 3))
+
+    def _warm_width(self, n: int) -> None:
+        everyone = torch.ones(n, dtype=torch.bool, device=self.device)
+        x = torch.zeros(n, 1, FRAME_SAMPLES, dtype=torch.float32, device=self.device)
+        for _ in range(self.config.warmup_ticks):
+            self.mimi.set_exec_mask(everyone)
+            codes = self.mimi.encode(x)
+            self.lm_gen.set_exec_mask(everyone)
+            tokens = self._lm_step(codes, everyone)
+            self.mimi.decode(tokens[:, 1:].clamp(min=0))
+            if self.stt is not None:
+                self.stt.warm_up_step(codes)
 
     def start(self) -> None:
         """Warm up if needed, then tick every ``tick_s`` of wall clock in a daemon thread."""
@@ -227,6 +243,9 @@ class Engine(SlotAdmission, RowPacking, PersonaPrefill, MetricsView):
             if self.stt is not None:
                 self.stt.close()
             self._ready = False
+            # Let go of the streaming state (the KV caches) now, not with this object.
+            self.rows = RowLayout(())
+            self._batch = BatchWidth(1, (), (), (), (1,))
         return self.models
 
     def finish(self, slot: Slot) -> bool:
@@ -256,16 +275,22 @@ class Engine(SlotAdmission, RowPacking, PersonaPrefill, MetricsView):
         return report
 
     def _tick(self) -> TickReport:
-        n = self.config.slots
         t0 = time.perf_counter()
-        batch = np.zeros((n, FRAME_SAMPLES), dtype=np.float32)
-        exec_l = [False] * n
-        first_l = [False] * n
-        fresh_l = [False] * n
-        members: list[Slot | None] = [None] * n
         with self._lock:
             flushing, self._stt_flush = self._stt_flush, []
-            for i, s in enumerate(self._slots):
+        if flushing and self.stt is not None:
+            self._batch.cover(max(s.index for s in flushing) + 1)
+            self._deliver_stt(flushing, self.stt.flush([s.index for s in flushing]))
+        self._pack()
+        with self._lock:
+            live = [i for i, s in enumerate(self._slots) if s is not None]
+            n = self._batch.bucket(live[-1] + 1) if live else 1
+            batch = np.zeros((n, FRAME_SAMPLES), dtype=np.float32)
+            exec_l = [False] * n
+            first_l = [False] * n
+            fresh_l = [False] * n
+            members: list[Slot | None] = [None] * n
+            for i, s in enumerate(self._slots[:n]):
                 if s is None or any(s is f for f in flushing):
                     continue
                 if s.prompt_run is not None and not s.prompt_run.done.is_set():
@@ -279,11 +304,10 @@ class Engine(SlotAdmission, RowPacking, PersonaPrefill, MetricsView):
                 fresh_l[i] = s._first and not s.prompted  # a prompted LM row continues
                 s._first = False
                 members[i] = s
-        if flushing and self.stt is not None:
-            self._deliver_stt(flushing, self.stt.flush([s.index for s in flushing]))
         executed = sum(exec_l)
         if executed == 0:
             return TickReport(0, 0, 0.0)
+        self._batch.set(n)
 
         dev = self.device
         exec_mask = torch.tensor(exec_l, dtype=torch.bool, device=dev)
@@ -387,6 +411,7 @@ class Engine(SlotAdmission, RowPacking, PersonaPrefill, MetricsView):
             return bool(self._stt_flush) or any(s is not None for s in self._slots)
 
     def _run(self) -> None:
+        name_os_thread("moshi-engine")  # its CPU and run-queue waits show in /proc
         period = self.config.tick_s
         next_t = time.monotonic()
         while not self._stop.is_set():
@@ -417,3 +442,4 @@ class Engine(SlotAdmission, RowPacking, PersonaPrefill, MetricsView):
                 with self._lock:
                     self._late_ticks += 1
                 next_t = time.monotonic()
+

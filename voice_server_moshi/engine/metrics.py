@@ -4,12 +4,20 @@ recent quantiles), streaming-state and process memory."""
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from .config import EngineConfig
+
+if TYPE_CHECKING:
+    from .models import LoadedModels
+    from .persona_cache import PromptCache
+    from .slot import Slot
 
 #: Tick-time histogram buckets (seconds) for the Prometheus metrics.
 TICK_BUCKETS_S: tuple[float, ...] = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.16, 0.32, 1.0)
@@ -136,3 +144,69 @@ def quantile(sorted_values: list[float], q: float) -> float | None:
         return None
     k = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
     return sorted_values[k]
+
+
+class EngineMeasures:
+    """The half of :class:`~voice_server_moshi.engine.core.Engine` that reports on it; the
+    engine sets these attributes up in its ``__init__``."""
+
+    config: EngineConfig
+    device: torch.device
+    models: LoadedModels
+    _lock: threading.Lock
+    _slots: list[Slot | None]
+    _tick_stats: TickTimes
+    _ready: bool
+    _late_ticks: int
+    _underruns: int
+    _overruns: int
+    _trimmed: int
+    _calls_started: int
+    _calls_refused: int
+    _state_bytes: int
+    _weights_bytes: int
+    prompt_cache: PromptCache
+
+    def prompt_metrics(self) -> PromptMetrics:
+        """The persona prompt cache and prefills (ADR 0130)."""
+        c = self.prompt_cache
+        with self._lock:
+            prefilling = sum(1 for s in self._slots if s is not None and s.prompt_run
+                             is not None and not s.prompt_run.done.is_set())
+        return PromptMetrics(c.hits, c.misses, len(c), c.bytes, c.max_bytes, c.evictions,
+                             c.prefills, c.prefill_steps, c.prefill_seconds, prefilling,
+                             self.models.persona is not None)
+
+    def metrics(self) -> EngineMetrics:
+        """A snapshot of the counters, tick times, memory and the prompt cache."""
+        persona = self.prompt_metrics()
+        with self._lock:
+            ticks = self._tick_stats
+            times = sorted(ticks.recent)
+            return EngineMetrics(
+                slots=self.config.slots,
+                active_slots=sum(1 for s in self._slots if s is not None),
+                ready=self._ready,
+                ticks=ticks.ticks,
+                late_ticks=self._late_ticks,
+                underruns=self._underruns,
+                overruns=self._overruns,
+                trimmed=self._trimmed,
+                input_depths=tuple((s.index, len(s._queue)) for s in self._slots
+                                   if s is not None),
+                calls_started=self._calls_started,
+                calls_refused=self._calls_refused,
+                tick_count=ticks.ticks,
+                tick_sum_s=ticks.total_s,
+                tick_buckets=tuple(ticks.buckets),
+                tick_p50_s=quantile(times, 0.5),
+                tick_p99_s=quantile(times, 0.99),
+                state_bytes_per_slot=self._state_bytes // self.config.slots,
+                weights_bytes=self._weights_bytes,
+                device_memory_bytes=(torch.cuda.memory_allocated(self.device)
+                                     if self.device.type == "cuda" else None),
+                process_rss_bytes=rss_bytes(),
+                device=str(self.device),
+                dtype=str(self.models.dtype).removeprefix("torch."),
+                persona=persona,
+            )

@@ -12,6 +12,9 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import torch
+
+from .batch_width import BatchWidth, buckets_for, width_parts
 from .row_state import RowHolder, RowLayout, RowSnapshot
 
 if TYPE_CHECKING:
@@ -20,21 +23,29 @@ if TYPE_CHECKING:
     from .steering_hooks import SteeringHooks
     from .stt import SttBatch
 
-__all__ = ["RowPacking", "RowSnapshot", "engine_layout"]
+__all__ = ["RowPacking", "RowSnapshot", "engine_rows"]
 
 
-def engine_layout(mimi: Any, lm_gen: Any, steer: SteeringHooks, sampler: RowSampler | None,
-                  stt: SttBatch | None) -> RowLayout:
-    """Every per-row state of an engine (its models must be streaming already)."""
+def engine_rows(slots: int, device: torch.device, live_rows_only: bool, mimi: Any,
+                lm_gen: Any, steer: SteeringHooks, sampler: RowSampler | None,
+                stt: SttBatch | None) -> tuple[RowLayout, BatchWidth]:
+    """Every per-row state of an engine (its models must be streaming already), and the
+    :class:`BatchWidth` that narrows it and everything else that has the batch size."""
     roots: list[tuple[str, Any]] = [("mimi", mimi), ("lm", lm_gen)]
     holders = [RowHolder("steering", steer, tensors=steer.ROW_TENSORS)]
+    sized: list[tuple[Any, str, tuple[str, ...]]] = [(steer, "batch", ())]
     if sampler is not None:
         holders.append(RowHolder("sampler", sampler, tensors=sampler.ROW_TENSORS,
                                  lists=sampler.ROW_LISTS, on_change=sampler.refresh))
+        sized.append((sampler, "batch", ("_exec",)))
     if stt is not None:
         roots.append(("stt", stt.lm_gen))
         holders.append(RowHolder("stt", stt, lists=stt.ROW_LISTS))
-    return RowLayout(roots, holders)
+        sized.append((stt, "batch", ("_none",)))
+    layout = RowLayout(roots, holders)
+    scratch, batch_sizes, graphed = width_parts([r for _, r in roots], sized)
+    buckets = buckets_for(slots, device) if live_rows_only else (slots,)
+    return layout, BatchWidth(slots, [*layout.fields, *scratch], batch_sizes, graphed, buckets)
 
 
 class RowPacking:
@@ -45,6 +56,9 @@ class RowPacking:
     _slots: list[Slot | None]
     _stt_flush: list[Slot]
     rows: RowLayout
+    _batch: BatchWidth
+    #: Calls moved to a lower row so far (one per departure below the last live row).
+    row_moves: int = 0
     sampler: RowSampler | None
     stt: SttBatch | None
 
@@ -60,7 +74,9 @@ class RowPacking:
         """A copy of ``slot``'s row state as it is between ticks (e.g. after a prompt's
         prefill), to :meth:`restore_row` into another call. Waits for a running tick."""
         with self._row_work():
-            return self.rows.snapshot(self._row_of(slot))
+            row = self._row_of(slot)
+            self._batch.cover(row + 1)
+            return self.rows.snapshot(row)
 
     def restore_row(self, slot: Slot, snap: RowSnapshot) -> None:
         """Start ``slot``'s call from ``snap``: its first frame continues the snapshotted
@@ -70,6 +86,7 @@ class RowPacking:
         ValueError if the snapshot is of other models, RuntimeError if the call started."""
         with self._row_work():
             row = self._row_of(slot)
+            self._batch.cover(row + 1)
             if not slot._first:
                 raise RuntimeError(f"call {slot.call_id} has started; restore a row before "
                                    "its first frame")
@@ -101,5 +118,26 @@ class RowPacking:
             # A persona prompt (ADR 0130) steps the row before the call's first frame.
             stepped = not slot._first or slot.prompt_run is not None
         if stepped:  # a call that never stepped resets its row on its first frame
+            self._batch.cover(src + 1)
             self.rows.copy(src, dst)
+        self.row_moves += 1
         return True
+
+    def _pack(self) -> int:
+        """Keep the live calls in the first rows (tick lock held): while a row below the
+        last live one is free, move the last live call into it, one state copy per call
+        that left (never per tick). Rows awaiting an STT flush are skipped until flushed.
+        Returns the moves made."""
+        moves = 0
+        for _ in range(len(self._slots)):
+            with self._lock:
+                flush = {f.index for f in self._stt_flush}
+                live = [i for i, s in enumerate(self._slots) if s is not None]
+                holes = [i for i, s in enumerate(self._slots[:live[-1]] if live else [])
+                         if s is None and i not in flush]
+                if not holes:
+                    return moves
+                slot = self._slots[live[-1]]
+            assert slot is not None
+            moves += self._move(slot, holes[0])
+        return moves

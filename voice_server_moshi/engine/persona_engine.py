@@ -32,6 +32,7 @@ from .steering import StepPlan
 if TYPE_CHECKING:
     from moshi.models.lm import LMGen
 
+    from .batch_width import BatchWidth
     from .models import LoadedModels
     from .row_sampler import RowSampler
     from .slot import Slot
@@ -55,6 +56,8 @@ class PersonaPrefill:
     _lock: threading.Lock
     _tick_lock: threading.Lock
     _slots: list[Slot | None]
+    #: The rows a step covers now (ADR 0135); a prefilling row is widened into it.
+    _batch: BatchWidth
 
     def _torch_context(self) -> contextlib.AbstractContextManager[None]:
         raise NotImplementedError
@@ -80,7 +83,9 @@ class PersonaPrefill:
 
     def _inject(self, _module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
                 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        x = torch.where(self._emb_mask[:, None, None], self._emb_buf.to(args[0].dtype), args[0])
+        x = args[0]
+        k = x.shape[0]  # the batch's width now (ADR 0135): its first k rows
+        x = torch.where(self._emb_mask[:k, None, None], self._emb_buf[:k].to(x.dtype), x)
         return (x, *args[1:]), kwargs
 
     # ------------------------------------------------------------- front-door API
@@ -182,7 +187,8 @@ class PersonaPrefill:
 
     def _start_run(self, slot: Slot, run: PromptRun) -> None:
         i = slot.index
-        mask = torch.zeros(len(self._slots), dtype=torch.bool, device=self.device)
+        self._batch.cover(i + 1)  # the row must be addressable (ADR 0135)
+        mask = torch.zeros(self._batch.width, dtype=torch.bool, device=self.device)
         mask[i] = True
         self.lm_gen.reset_streaming(mask)
         self._steer.reset(mask)
@@ -241,7 +247,8 @@ class PersonaPrefill:
         if not rows:
             return
         t0 = time.perf_counter()
-        n = len(self._slots)
+        self._batch.cover(max(s.index for s, _ in rows) + 1)
+        n = self._batch.width  # the rows stepped now (ADR 0135)
         dev = self.device
         exec_l = [False] * n
         plans: list[StepPlan | None] = [None] * n

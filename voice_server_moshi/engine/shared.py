@@ -13,7 +13,8 @@ import threading
 from dataclasses import dataclass
 
 from .._log import get_logger
-from .config import EngineConfig, Sampling
+from .call_sampling import CallSampling
+from .config import EngineConfig
 from .core import Engine
 from .models import load_models
 
@@ -26,7 +27,7 @@ class EngineKey:
     device: str
     dtype: str
     context: int | None
-    sampling: Sampling | None
+    sampling: CallSampling | None
     #: Caller-transcript STT checkpoint (ADR 0075); None: none.
     stt: str | None = None
     #: PersonaPlex voice files loaded beside the checkpoint's voices (ADR 0130).

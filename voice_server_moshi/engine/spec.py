@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .._log import get_logger
-from .config import DEFAULT_TRIM_AFTER_MS, EngineConfig, Sampling, trim_window_ticks
+from .call_sampling import GREEDY
+from .config import DEFAULT_TRIM_AFTER_MS, EngineConfig, trim_window_ticks
 from .persona_flags import WarmPersona, warm_personas_from_args, warm_prompts
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ class EngineSpec:
         return EngineConfig(slots=self.slots, queue_frames=self.queue_frames,
                             fill_after_ticks=self.fill_after_ticks, target_frames=target_frames,
                             trim_window_ticks=trim_window_ticks(self.trim_after_ms),
-                            sampling=Sampling(use_sampling=False) if self.greedy else None,
+                            sampling=GREEDY if self.greedy else None,
                             prompt_cache_bytes=self.prompt_cache_bytes)
 
     def build(self, *, target_frames: int = 0) -> Engine:

@@ -60,14 +60,20 @@ class OrderStatusAgent:
         digits = re.findall(r"\d{4}", " ".join(caller_words))
         return {"order_id": digits[-1] if digits else self.default_order}
 
-    def __call__(self, mode: Any, caller_words: list[str]) -> None:
+    def answer(self, caller_words: list[str]) -> str | None:
+        """Decide, call the tool, and return what the agent should say (None: nothing)."""
         args = self.decide(caller_words)
         if args is None:
-            return
+            return None
         result = lookup_order(**args)
         when = f" on {result['when']}" if result["when"] and result["status"] == "shipped" \
             else ""
         text = f"I looked up order {result['order_id']}: it {result['status']}{when}."
         self.calls.append(ToolCall("lookup_order", args, result, text))
         log.info("tool_call", tool="lookup_order", arguments=args, said=text)
-        mode.create_response(text=text)
+        return text
+
+    def __call__(self, mode: Any, caller_words: list[str]) -> None:
+        text = self.answer(caller_words)
+        if text is not None:
+            mode.create_response(text=text)

@@ -409,14 +409,15 @@ class FullDuplexMode:
             if a.kind == "started":
                 if a.barge_in:
                     self.counters["barge_ins"] += 1
-                    self._apply_barge_in_policy()
+                    self.apply_barge_in_policy()
                 self._call(self.host.on_user_turn_started, a.t_ms, a.barge_in)
             else:
                 self._ducking = False
                 self._call(self.host.on_user_turn_ended, a.t_ms)
         self.counters["backchannels"] = self.callers.verdicts["backchannel"]
 
-    def _apply_barge_in_policy(self) -> None:
+    def apply_barge_in_policy(self) -> None:
+        """What a barge-in does to the playout; public for hosts that interrupt the agent."""
         policy = self.settings.barge_in_policy
         if policy == "flush":
             n = self.playout.flush()

@@ -1,0 +1,30 @@
+"""`bench serve` against a real `serve` (dev checkpoint, CPU): its JSON and where a tick's
+time goes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("moshi")
+pytest.importorskip("sphn")
+
+from voice_server_moshi.bench import serve as bench
+
+
+@pytest.mark.slow
+def test_one_real_time_call_against_a_real_serve(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(["--slots", "1", "--calls", "1", "--seconds", "1.2"]) == 0
+    text = capsys.readouterr().out
+    out = json.loads(text[text.index('{\n  "bench"'):])
+    [p] = out["points"]
+    assert (p["slots"], p["calls"], p["run"]) == (1, 1, 1) and not p["errors"]
+    assert p["frames_sent"] == 15 and 0 < p["frames_received"] <= 14
+    assert p["serve_ticks"] > 0 and p["serve_tick_mean_ms"] > 0
+    b = p["tick_breakdown_ms"]
+    assert b["cpu"] > 0 and b["event_loop_cpu"] > 0  # the tick thread was found by name
+    assert p["engine_tick_mean_ms"] > 0
+    assert p["serve_over_engine"] == pytest.approx(
+        p["serve_tick_mean_ms"] / p["engine_tick_mean_ms"], rel=1e-2)

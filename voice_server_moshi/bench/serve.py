@@ -1,0 +1,170 @@
+"""``bench serve``: what ``serve`` adds around the model, at the live-call counts that matter.
+
+For each slot count S (``--slots``) it starts the real ``serve --slots S`` and, for each
+live-call count N <= S (``--calls``), drives N real-time Kyutai-protocol calls (Ogg/Opus
+every 80 ms on an absolute clock, the clients of ``bench cluster``) for ``--seconds``, and
+reads ``serve``'s own tick histogram from ``/metrics`` before and after: ``serve``'s mean
+tick at that load. It reports per load:
+
+* ``serve_tick_mean_ms``: the engine's tick inside ``serve`` (wall time, so it includes
+  waiting for the interpreter while the event loop does Opus and the protocol);
+* ``engine_tick_mean_ms``: ``bench engine``'s tick at the same S and N in the same run
+  (ticks back to back in this process, no server), and ``serve_over_engine``, the ratio;
+* ``tick_breakdown_ms``: per tick, the tick thread's CPU time, its wait for a core (the
+  kernel's run queue, ``/proc/.../schedstat``) and the rest of the tick's wall time
+  (``blocked``: mostly waiting for the interpreter lock), and the event-loop thread's CPU;
+* ``serve_over_slots_n``: the tick against ``serve --slots N`` with the same N calls (when
+  that slot count is measured too): what unused slots cost;
+* ``realtime_calls``: calls that got their frames back (all but the first, and one that
+  Opus's pre-skip can leave short) with a p99 lag <= 240 ms, the lag
+  being the time from sending caller frame k+1 to receiving the agent frame it produced;
+  ``lag_ms`` over every frame of every call.
+
+``--runs R`` repeats each load. The client runs in this process, on the same machine.
+Prints one JSON object on stdout (``--out`` also writes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._cli_help import command_parser
+from .cluster import _Call, _pct, _start, _stop
+
+LAG_LIMIT_MS = 240.0
+
+
+def _sched(pid: int, thread: str) -> tuple[float, float]:
+    """(CPU seconds, seconds waiting for a core) of ``pid``'s thread named ``thread``
+    ("main": the process's first thread)."""
+    cpu = wait = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            comm = (task / "comm").read_text().strip()
+            run, queued, _ = (task / "schedstat").read_text().split()
+        except (OSError, ValueError):
+            continue
+        if (thread == "main" and task.name == str(pid)) or comm == thread:
+            cpu, wait = cpu + int(run) / 1e9, wait + int(queued) / 1e9
+    return cpu, wait
+
+
+def _tick_totals(port: int) -> tuple[float, float]:
+    """``serve``'s tick histogram (sum in seconds, count) from its /metrics."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    vals = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("moshi_engine_tick_seconds_sum", "moshi_engine_tick_seconds_count"):
+            vals[name] = float(value)
+    return vals["moshi_engine_tick_seconds_sum"], vals["moshi_engine_tick_seconds_count"]
+
+
+async def _load(url: str, port: int, pid: int, calls: int, frames: int) -> dict[str, Any]:
+    s0, n0 = _tick_totals(port)
+    (t_cpu0, t_wait0), (m_cpu0, _) = _sched(pid, "moshi-engine"), _sched(pid, "main")
+    cs = [_Call(url) for _ in range(calls)]
+    await asyncio.gather(*(c.run(frames) for c in cs))
+    s1, n1 = _tick_totals(port)
+    (t_cpu1, t_wait1), (m_cpu1, _) = _sched(pid, "moshi-engine"), _sched(pid, "main")
+    ticks = max(1.0, n1 - n0)
+    cpu, wait = 1000 * (t_cpu1 - t_cpu0) / ticks, 1000 * (t_wait1 - t_wait0) / ticks
+    mean = 1000 * (s1 - s0) / ticks
+    lags = [lat for c in cs for lat in c.latencies_ms()]
+    # Moshi's first frame yields nothing and Opus's pre-skip can leave the last one short.
+    good = sum(1 for c in cs if not c.error and c.got and len(c.got) >= len(c.sent) - 2
+               and float(np.percentile(c.latencies_ms(), 99)) <= LAG_LIMIT_MS)
+    return {
+        "serve_ticks": int(n1 - n0),
+        "serve_tick_mean_ms": round(mean, 3) if n1 > n0 else None,
+        "tick_breakdown_ms": {"cpu": round(cpu, 3), "waiting_for_a_core": round(wait, 3),
+                              "blocked": round(max(0.0, mean - cpu - wait), 3),
+                              "event_loop_cpu": round(1000 * (m_cpu1 - m_cpu0) / ticks, 3)},
+        "realtime_calls": good,
+        "lag_ms": {"p50": _pct(lags, 50), "p99": _pct(lags, 99),
+                   "max": round(max(lags), 1) if lags else None},
+        "frames_sent": sum(len(c.sent) for c in cs),
+        "frames_received": sum(len(c.got) for c in cs),
+        "errors": [c.error for c in cs if c.error],
+    }
+
+
+def _engine_ticks(args: Any, pairs: list[tuple[int, int]]
+                  ) -> dict[tuple[int, int], dict[str, Any]]:
+    """``bench engine``'s point for each (slots, live calls), models loaded once."""
+    from ..engine.models import load_models
+    from .engine import measure
+
+    models = load_models(args.checkpoint, device=args.device, dtype="auto")
+    return {(s, n): measure(models, s, args.seconds, 120.0, 1, n) for s, n in pairs}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else round(a / b, 3)
+
+
+def main(argv: list[str]) -> int:
+    p = command_parser("voice-server-moshi bench serve", __doc__)
+    p.add_argument("--slots", default="16", help="comma-separated slot counts")
+    p.add_argument("--calls", default="1,16", help="comma-separated live-call counts")
+    p.add_argument("--checkpoint", default="dev")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seconds", type=float, default=10.0, help="audio per call")
+    p.add_argument("--runs", type=int, default=1, help="drives per load")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    try:
+        slot_counts = sorted({int(x) for x in args.slots.split(",") if x.strip()})
+        call_counts = sorted({int(x) for x in args.calls.split(",") if x.strip()})
+    except ValueError:
+        p.error("--slots and --calls are comma-separated integers")
+    if not slot_counts or not call_counts or min(slot_counts + call_counts) < 1:
+        p.error("--slots and --calls need values >= 1")
+    frames = max(10, round(args.seconds / 0.08))
+    cli = [sys.executable, "-m", "voice_server_moshi.cli"]
+    common = ["--checkpoint", args.checkpoint, "--device", args.device, "--port", "0",
+              "--no-input-timeout-s", "0"]
+    points: list[dict[str, Any]] = []
+    for s in slot_counts:
+        proc, info = _start([*cli, "serve", "--slots", str(s), *common], 300)
+        try:
+            for n in (n for n in call_counts if n <= s):
+                for run in range(args.runs):
+                    got = asyncio.run(_load(info["url"], info["port"], proc.pid, n, frames))
+                    points.append({"slots": s, "calls": n, "run": run + 1} | got)
+        finally:
+            _stop(proc)
+    engine = _engine_ticks(args, sorted({(q["slots"], q["calls"]) for q in points}))
+    for q in points:
+        e = engine[q["slots"], q["calls"]]
+        q["engine_tick_mean_ms"], q["engine_tick_cpu_p50_ms"] = (e["tick_mean_ms"],
+                                                                 e["tick_cpu_p50_ms"])
+        q["serve_over_engine"] = _ratio(q["serve_tick_mean_ms"], q["engine_tick_mean_ms"])
+        same = [r["serve_tick_mean_ms"] for r in points
+                if r["slots"] == r["calls"] == q["calls"] and r["run"] == q["run"]]
+        if same and q["slots"] != q["calls"]:
+            q["serve_over_slots_n"] = _ratio(q["serve_tick_mean_ms"], same[0])
+    result = {
+        "bench": "serve", "checkpoint": args.checkpoint, "device": args.device,
+        "seconds_per_call": args.seconds, "lag_limit_ms": LAG_LIMIT_MS,
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
+                 "platform": platform.platform(),
+                 "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
+        "points": points,
+    }
+    text = json.dumps(result, indent=2)
+    sys.stdout.write(text + "\n")
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
