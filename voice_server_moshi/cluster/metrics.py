@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from ..server.counters import ServerCounters, server_families
 from ..server.limits import CloseReason
-from ..server.metrics import PROMPT_METRICS
+from ..server.prompt_metrics import PROMPT_METRICS
 
 #: Endings that are a call limit (ADR 0065): ``moshi_ingress_calls_reaped_total``.
 _LIMIT_REASONS = frozenset({CloseReason.FIRST_AUDIO, CloseReason.NO_INPUT,

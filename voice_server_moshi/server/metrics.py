@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from ..engine.metrics import TICK_BUCKETS_S, EngineMetrics
 from .counters import ServerCounters, server_families
+from .prompt_metrics import PROMPT_METRICS
 
 __all__ = ["CONTENT_TYPE", "PROMPT_METRICS", "ServerCollector", "ServerCounters", "render_metrics",
            "server_families"]
@@ -109,27 +110,3 @@ def render(registry: CollectorRegistry) -> str:
 def render_metrics(m: EngineMetrics, c: ServerCounters) -> str:
     """The text format for one snapshot (kept for callers of the hand-written version)."""
     return render(new_registry(ServerCollector(lambda: m, c)))
-
-
-#: The prompt cache's and prefills' metrics (PersonaPlex, ADR 0130): name, family, help,
-#: :class:`~..engine.metrics.PromptMetrics` attribute. The cluster labels them per replica.
-PROMPT_METRICS: tuple[tuple[str, type[CounterMetricFamily] | type[GaugeMetricFamily], str,
-                            str], ...] = (
-    ("moshi_engine_prompt_cache_hits", CounterMetricFamily,
-     "Calls whose prompt came from the cache.", "hits"),
-    ("moshi_engine_prompt_cache_misses", CounterMetricFamily,
-     "Calls whose prompt was prefilled.", "misses"),
-    ("moshi_engine_prompt_cache_evictions", CounterMetricFamily,
-     "Prompts evicted (LRU by bytes).", "evictions"),
-    ("moshi_engine_prompt_cache_entries", GaugeMetricFamily, "Prompts kept.", "entries"),
-    ("moshi_engine_prompt_cache_bytes", GaugeMetricFamily, "Bytes of prompt state kept.",
-     "bytes"),
-    ("moshi_engine_prompt_prefills", CounterMetricFamily, "Prompt prefills run to the end.",
-     "prefills"),
-    ("moshi_engine_prompt_prefill_steps", CounterMetricFamily, "LM steps of prompt prefills.",
-     "prefill_steps"),
-    ("moshi_engine_prompt_prefill_seconds", CounterMetricFamily,
-     "LM time of prompt prefills.", "prefill_seconds"),
-    ("moshi_engine_prompts_prefilling", GaugeMetricFamily,
-     "Calls whose prompt is prefilling now.", "prefilling"),
-)
