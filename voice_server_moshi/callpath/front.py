@@ -118,6 +118,16 @@ class CallFront:
             session.refuse_bad_request(str(exc))
             await _flush(caller, session)
             return None
+        if session.params["call"].prompt is not None and link.grant.voice is None:
+            # An engine of a version before personas ignores the hello's persona: never
+            # run the call without it (a silently dropped persona is the one thing not
+            # to do; ADR 0130).
+            await link.aclose()
+            clog.warning("call refused: the engine ignored the persona")
+            session.refuse_bad_request("this engine did not apply the persona (an engine "
+                                       "version without persona support?)")
+            await _flush(caller, session)
+            return None
         granted.append(link.grant)
         if link.grant.caller_transcript:
             caller_protocol.install_server(session)  # 0x52: the client asks for last words
