@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import numpy as np
 import sphn
 import websockets
@@ -174,3 +175,14 @@ class Client:
     async def closed(self, limit_s: float) -> None:
         if self._reader is not None:
             await asyncio.wait({self._reader}, timeout=limit_s)
+
+
+async def idle(door: Door, limit_s: float = 120) -> dict[str, object]:
+    """``/capacity`` once every slot (two in all) is free and the door says it is ready."""
+    async with httpx.AsyncClient(base_url=door.http, trust_env=False, timeout=10) as http:
+        async with asyncio.timeout(limit_s):
+            while True:
+                cap = (await http.get("/capacity")).json()
+                if cap["ready"] and cap["slots"] == 2 and cap["free_slots"] == 2:
+                    return dict(cap)
+                await asyncio.sleep(0.1)

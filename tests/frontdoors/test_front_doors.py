@@ -25,7 +25,7 @@ import sphn
 
 from voice_server_moshi.bundled import bundled_clip_dir
 
-from .doors import DOORS, STATIC_PAGE, Client, Door, clip_frames, running, tone
+from .doors import DOORS, STATIC_PAGE, Client, Door, clip_frames, idle, running, tone
 
 pytestmark = pytest.mark.slow
 
@@ -40,17 +40,6 @@ def door(request: pytest.FixtureRequest,
         pytest.importorskip("ray.serve")
     with running(request.param, tmp_path_factory.mktemp("door")) as d:
         yield d
-
-
-async def idle(door: Door, limit_s: float = 120) -> dict[str, object]:
-    """Wait until every slot is free and the door says it is ready."""
-    async with httpx.AsyncClient(base_url=door.http, trust_env=False, timeout=10) as http:
-        async with asyncio.timeout(limit_s):
-            while True:
-                cap = (await http.get("/capacity")).json()
-                if cap["ready"] and cap["slots"] == 2 and cap["free_slots"] == 2:
-                    return dict(cap)
-                await asyncio.sleep(0.1)
 
 
 async def test_http_endpoints_and_metadata(door: Door) -> None:

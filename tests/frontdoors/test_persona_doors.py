@@ -10,7 +10,6 @@ checkpoint: :func:`.test_front_doors.test_a_persona_to_a_moshi_checkpoint_is_ref
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from urllib.parse import urlencode
 
@@ -22,7 +21,7 @@ pytest.importorskip("moshi")
 
 from voice_server_moshi.engine.persona import NVIDIA_VOICES
 
-from .doors import DOORS, Client, Door, running, tone
+from .doors import DOORS, Client, Door, idle, running, tone
 
 pytestmark = pytest.mark.slow
 
@@ -43,19 +42,8 @@ def door(request: pytest.FixtureRequest,
         yield d
 
 
-async def capacity(door: Door, limit_s: float = 120) -> dict[str, object]:
-    """``/capacity`` once every slot is free and the door is ready."""
-    async with httpx.AsyncClient(base_url=door.http, trust_env=False, timeout=10) as http:
-        async with asyncio.timeout(limit_s):
-            while True:
-                cap = (await http.get("/capacity")).json()
-                if cap["ready"] and cap["free_slots"] == cap["slots"] == 2:
-                    return dict(cap)
-                await asyncio.sleep(0.1)
-
-
 async def test_a_persona_call_gets_its_handshake_audio_and_metadata(door: Door) -> None:
-    cap = await capacity(door)
+    cap = await idle(door)
     assert cap["persona"] == {"prompts": True, "family": "personaplex",
                                "voices": sorted(NVIDIA_VOICES), "default_voice": "NATF2",
                                "checkpoint": "dev-personaplex"}
@@ -72,7 +60,7 @@ async def test_a_persona_call_gets_its_handshake_audio_and_metadata(door: Door) 
     await c.until(lambda: len(c.of(1)) >= 10)  # the agent's audio
     await c.close()
     assert c.close_code == 1000 and not c.errors()
-    await capacity(door)
+    await idle(door)
     warm = Client(door.url + "?" + urlencode({"text_prompt": WARM}))  # the default voice
     await warm.connect()
     assert (warm.metadata["voice"], warm.metadata["persona_cached"]) == ("NATF2", True)
@@ -87,11 +75,11 @@ async def test_a_persona_call_gets_its_handshake_audio_and_metadata(door: Door) 
 
 
 async def test_an_unknown_voice_is_refused_with_the_reason(door: Door) -> None:
-    await capacity(door)
+    await idle(door)
     c = Client(door.url + "?text_prompt=Hello&voice_prompt=..%2F..%2Fetc%2FNOPE.pt")
     await c.connect()
     await c.closed(10)
     assert c.first[:1] == b"\x05" and c.close_code == 1008
     assert c.errors() == ["bad request: unknown voice 'NOPE'; this engine has: "
                           + ", ".join(sorted(NVIDIA_VOICES))]
-    await capacity(door)  # no slot was taken
+    await idle(door)  # no slot was taken

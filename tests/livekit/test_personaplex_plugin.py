@@ -24,9 +24,10 @@ from livekit.plugins.nvidia.experimental.realtime import RealtimeModel
 
 from voice_server_moshi.callpath.front import grant_metadata
 from voice_server_moshi.engine.call_sampling import GREEDY
-from voice_server_moshi.engine.core import Engine, EngineConfig
+from voice_server_moshi.engine.core import EngineConfig
 from voice_server_moshi.engine.models import load_models
-from voice_server_moshi.server.app import BatchedServer, ServerConfig
+from voice_server_moshi.server.app import BatchedServer
+from voice_server_moshi.testing.serving import serving
 
 pytestmark = pytest.mark.slow
 
@@ -35,16 +36,10 @@ PERSONA = "You are a friendly receptionist at a dental clinic."
 
 @pytest.fixture
 async def server() -> AsyncIterator[BatchedServer]:
-    eng = Engine(load_models("dev-personaplex", device="cpu", dtype="float32"),
-                 EngineConfig(slots=2, sampling=GREEDY))
-    await asyncio.to_thread(eng.start)
-    srv = BatchedServer(eng, ServerConfig(port=0))
-    await srv.start()
-    try:
+    models = await asyncio.to_thread(load_models, "dev-personaplex", device="cpu",
+                                     dtype="float32")
+    async with serving(models, EngineConfig(slots=2, sampling=GREEDY)) as srv:
         yield srv
-    finally:
-        await srv.close()
-        await asyncio.to_thread(eng.stop)
 
 
 def tone_frame(k: int) -> rtc.AudioFrame:
