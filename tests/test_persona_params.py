@@ -3,6 +3,9 @@ parsed and produced, checked against what a model supports, and the adapter sett
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from voice_server_moshi.engine.persona import (
@@ -79,3 +82,32 @@ def test_settings_refuse_a_bad_voice_or_persona() -> None:
         parse_settings(MoshiSettings, {"persona": "x" * 5000}, section="moshi")
     ok = parse_settings(MoshiSettings, {"persona": "Be brief.", "voice": "NATF2"}, section="moshi")
     assert ok.voice == "NATF2"
+
+
+def test_warm_persona_flags(tmp_path: Path) -> None:
+    """``--warm-persona`` (default voice) and ``--warm-personas FILE`` (persona + voice),
+    checked before any model loads."""
+    import argparse
+
+    from voice_server_moshi.engine.persona_flags import add_persona_flags, warm_personas_from_args
+    from voice_server_moshi.engine.spec import EngineSpec
+
+    p = argparse.ArgumentParser()
+    add_persona_flags(p)
+    f = tmp_path / "warm.json"
+    f.write_text(json.dumps([{"persona": "Be brief.", "voice": "NATM1.pt"}, {"voice": "VARF0"}]))
+    args = p.parse_args(["--warm-persona", "Hello.", "--warm-personas", str(f),
+                         "--voices", "/v", "--prompt-cache-bytes", "1000"])
+    assert warm_personas_from_args(args) == (("Hello.", None), ("Be brief.", "NATM1.pt"),
+                                             (None, "VARF0"))
+    f.write_text(json.dumps([{"persona": 3}]))
+    with pytest.raises(ValueError, match="entry 0 must be"):
+        warm_personas_from_args(args)
+    f.write_text(json.dumps([{"voice": "../x/"}]))
+    with pytest.raises(ValueError, match="names no voice"):
+        warm_personas_from_args(args)
+    with pytest.raises(ValueError, match=r"warm\.json\.missing: "):
+        warm_personas_from_args(p.parse_args(["--warm-personas", str(tmp_path / "warm.json")
+                                              + ".missing"]))
+    spec = EngineSpec(voices="/v", prompt_cache_bytes=1000)
+    assert spec.engine_config().prompt_cache_bytes == 1000

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from .._log import get_logger
 from .call_sampling import GREEDY
 from .config import DEFAULT_TRIM_AFTER_MS, EngineConfig, trim_window_ticks
+from .persona import PersonaError
 from .persona_flags import WarmPersona, warm_personas_from_args, warm_prompts
 
 if TYPE_CHECKING:
@@ -82,6 +83,10 @@ class EngineSpec:
                              context=self.context, stt=self.stt, voices=self.voices)
         engine = Engine(models, config)
         for prompt in prompts:  # PersonaError (a ValueError) for one the model cannot take
-            seconds = engine.warm(prompt)
+            try:
+                seconds = engine.warm(prompt)
+            except PersonaError as exc:
+                raise PersonaError(f"cannot warm persona {prompt.text!r} (voice "
+                                   f"{prompt.voice or 'default'}): {exc}") from None
             log.info("persona warmed", voice=prompt.voice, seconds=round(seconds, 3))
         return engine
