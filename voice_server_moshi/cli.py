@@ -102,6 +102,14 @@ BENCHES: dict[str, tuple[str, str]] = {
         "voice_server_moshi.bench.serve_persona:main",
         "personas through a real serve: cached vs plain start, co-batched lag with a prefill",
     ),
+    "fuzz": (
+        "voice_server_moshi.bench.fuzz:main",
+        "live serve under a protocol fuzz beside a canary call: crashes, leaks, canary lag",
+    ),
+    "soak": (
+        "voice_server_moshi.bench.soak:main",
+        "serve at 3/4 of its real-time capacity, calls coming and going: memory, fds, lag drift",
+    ),
     "steering": (
         "voice_server_moshi.bench.steering:main",
         "forced lines vs Moshi's text stream (and Kyutai STT of its audio): match, pace, cost",

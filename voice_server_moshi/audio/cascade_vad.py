@@ -13,7 +13,10 @@ three references before it counts as *loud*:
   sent, in caller time) at any lag up to ``echo_lag_ms``, plus the echo path gain, learnt
   as the median of caller-minus-agent level over 100 ms blocks while the agent talks and
   the caller does not (``echo_margin_db`` above it). Before anything is learnt the gain is
-  taken as -10 dB (strong echo), so early echo is not taken for the caller.
+  taken as -10 dB (strong echo), so early echo is not taken for the caller. A block in which
+  nothing rose above the background reference is no evidence of an echo (the bed's peaks
+  over the agent are not its echo): it only caps the gain so that the echo reference stays
+  at the background's at that agent level.
 
 Two consecutive loud steps open a *candidate*: only then does Silero v6 run (the 32 ms
 windows from one before the candidate's onset; :mod:`.silero`), and the candidate becomes
@@ -21,9 +24,13 @@ speech at the first window overlapping it with probability >= ``p_start``; the s
 stamped at the candidate's first loud step (or earlier: a candidate that lapsed just
 before, or the steps before it still clear of the background; ``backtrack_ms``). A
 candidate lapses after ``gate_hold_ms`` without a loud step. Speech ends after
-``hangover_ms`` of steps below the references less ``hysteresis_db``, or when Silero, run
-on every ``end_check_every``-th window of speech, finds ``end_checks`` in a row below
-``p_continue`` (a moving background's own peaks clear the level gate). Silero thus rejects
+``hangover_ms`` of steps below the references less ``hysteresis_db`` (once a pause has
+lasted ``bridge_after_ms``, only a step clearing the references themselves resumes it), or
+when Silero, run on every ``end_check_every``-th window of speech, finds ``end_checks`` in a
+row below ``p_continue`` (a moving background's own peaks clear the level gate). Silero
+bridges a pause (p >= ``p_continue`` keeps the turn) over a stationary background for up to
+``bridge_max_ms``, and over any background in the first ``bridge_early_ms`` of speech for
+up to ``bridge_early_max_ms`` ("Wait, | sorry": a barge-in's first comma). Silero thus rejects
 loud non-speech (horns, music, clicks) and the level cues reject speech that is not the
 caller's (babble, echo); the model runs on a few windows per caller onset and on one window
 in two of caller speech, never on silence or noise alone, instead of 31 per second.
@@ -42,14 +49,13 @@ from .framing import SampleFramer
 from .resample import Resampler
 from .silero import CONTEXT, RATE, WINDOW, SileroProb
 from .silero_vad import as_float32
-from .step_levels import STEP, STEP_MS, step_levels, whole_steps
+from .step_levels import STEP, STEP_MS, LevelRing, step_levels, whole_steps
 from .vad import VadTransition
 
 __all__ = ["CascadeVad"]
 
 _SILENCE_DB = -100.0
 _HIST = CONTEXT + 8 * WINDOW  # samples kept for catching up on a candidate's onset
-_REF_STEPS = 1024  # echo reference ring (10 s of 10 ms levels)
 F32 = NDArray[np.float32]
 
 
@@ -69,6 +75,9 @@ class CascadeVad:
         bridge_after_ms: int = 100,
         bridge_max_ms: int = 1000,
         bridge_max_spread_db: float = 3.0,
+        bridge_early_ms: int = 600,
+        bridge_early_max_ms: int = 64,
+        warmup_windows: int = 3,
         min_level_dbfs: float = -55.0,
         hysteresis_db: float = 3.0,
         backtrack_ms: int = 300,
@@ -98,8 +107,11 @@ class CascadeVad:
         self.bridge_max_spread_db = bridge_max_spread_db
         self._bridge_after = max(1, bridge_after_ms // 10)
         self._bridge_max = max(1, bridge_max_ms // 32)
-        self._bridge = False
-        self._bridged = 0
+        self._bridge, self._bridged, self._bridge_cap = False, 0, 0
+        self._bridge_early = max(0, bridge_early_ms // 10)
+        self._bridge_early_max = max(1, bridge_early_max_ms // 32)
+        self._warmup = max(1, warmup_windows)
+        self._cand_first = 0  # the candidate's first loud step (before any rejection)
         self.background_spread_db = 0.0
         self.min_level_dbfs = min_level_dbfs
         self.hysteresis_db = hysteresis_db
@@ -119,9 +131,7 @@ class CascadeVad:
         self._g0 = initial_echo_gain_db
         self.max_echo_gain_db = max_echo_gain_db
         self._rs = Resampler(sample_rate, RATE) if sample_rate != RATE else None
-        self._rs_ref = Resampler(sample_rate, RATE) if sample_rate != RATE else None
         self._framer = SampleFramer(STEP, np.float32)
-        self._ref_framer = SampleFramer(STEP, np.float32)
         self._model = SileroProb()
         # Noise floor: minimum statistics in 100 ms blocks (as EnergyVad).
         self._blocks: deque[float] = deque(maxlen=max(1, floor_window_ms // 100))
@@ -133,8 +143,7 @@ class CascadeVad:
         self._bg_n = 0
         self.background_dbfs = _SILENCE_DB
         # Echo: agent levels by caller step; per-block caller-minus-agent differences.
-        self._ref = np.full(_REF_STEPS, _SILENCE_DB)
-        self._ref_pos = 0
+        self._agent = LevelRing(sample_rate)
         self._echo_d: deque[float] = deque(maxlen=60)
         self.echo_gain_db = initial_echo_gain_db
         self._blk_levels: list[float] = []
@@ -164,33 +173,13 @@ class CascadeVad:
         self.noise_floor_db = _SILENCE_DB
         self.windows_run = 0
 
-    # -- echo reference ------------------------------------------------------------------
-
     def agent_audio(self, samples: NDArray[np.int16] | NDArray[np.float32], t_ms: float) -> None:
         """The agent audio sent to the caller. It is placed at the caller time it is sent
         (not ``t_ms``, its agent stream time): an echo can only follow what was sent."""
-        x = as_float32(samples)
-        if self._rs_ref is not None:
-            x = np.asarray(self._rs_ref.process(x), dtype=np.float32)
-        steps = whole_steps(self._ref_framer, x)
-        if steps is None:
-            return
-        pos = max(self._ref_pos, self._j)
-        for level in step_levels(steps):
-            self._ref[pos % _REF_STEPS] = level
-            pos += 1
-        self._ref_pos = pos
+        self._agent.push(as_float32(samples), self._j)
 
     def _agent_max(self, j: int, first: int | None = None) -> float:
-        """The loudest agent step in [first, j] (default: the lag window ending at j)."""
-        lo = max(0, j - self._lag if first is None else first, self._ref_pos - _REF_STEPS + 1)
-        hi = min(j, self._ref_pos - 1)
-        if hi < lo:
-            return _SILENCE_DB
-        a, b = lo % _REF_STEPS, hi % _REF_STEPS
-        seg = self._ref[a : b + 1] if a <= b else np.concatenate((self._ref[a:],
-                                                                  self._ref[: b + 1]))
-        return float(seg.max())
+        return self._agent.max(j - self._lag if first is None else first, j)  # lag window
 
     # -- caller audio --------------------------------------------------------------------
 
@@ -266,18 +255,24 @@ class CascadeVad:
                 self._quiet_run += 1
                 if self._quiet_run >= self._hold:
                     if self._cand:  # its onset may still be the start of what follows
-                        self._lapsed = (self._cand_onset, j)
+                        self._lapsed = (self._cand_first, j)
                     self._cand = False
             return None
         self._speak_steps += 1
         if self._speak_steps > self._freeze_max:
             self._push_background(level)
-        if level < ref - self.hysteresis_db:
+        # In a pause (``bridge_after_ms`` below), resuming is a new onset and must clear the
+        # reference itself: a moving background's peaks, under it but over it less the
+        # hysteresis, held finished backchannels open past max_backchannel_ms.
+        keep = ref if self._below >= self._bridge_after else ref - self.hysteresis_db
+        if level < keep:
             self._below += 1
+            stationary = self.background_spread_db < self.bridge_max_spread_db
             if (self._below == self._bridge_after and not self._bridge
-                    and self.background_spread_db < self.bridge_max_spread_db):
+                    and (stationary or self._speak_steps <= self._bridge_early)):
                 self._open_window_run(j - self._below + 1)
                 self._bridge, self._bridged = True, 0
+                self._bridge_cap = self._bridge_max if stationary else self._bridge_early_max
             if self._below >= self._hang:
                 return self._end_speech((self._last_loud + 1) * STEP_MS)
         else:
@@ -308,11 +303,21 @@ class CascadeVad:
             # echo peaks follow agent peaks, so this tracks the echo path gain; the median
             # of blocks where the agent pauses or nothing comes back sits below it. A
             # passive echo path does not amplify: the estimate is capped (max_echo_gain_db).
-            d = max(self._blk_levels) - self._agent_max(j, j - self._lag - 9)
-            self._echo_d.append(min(d, self.max_echo_gain_db))
-            g = float(np.percentile(self._echo_d, 80))
-            # Under a second of evidence: no lower than the cautious prior.
-            self.echo_gain_db = g if len(self._echo_d) >= 10 else max(g, self._g0)
+            peak, a_peak = max(self._blk_levels), self._agent_max(j, j - self._lag - 9)
+            d = peak - a_peak
+            bg_ref = self.background_dbfs + self.background_db
+            if peak < bg_ref:
+                # Nothing rose above the background: the bed's peaks are no echo (learnt as
+                # one, a brown bed at 5 dB SNR made a -6 dB "echo" over the caller's words).
+                # The block only says an echo stays under the background at this agent
+                # level; where even the current estimate does, it says nothing.
+                skip = a_peak + self.echo_gain_db + self.echo_margin_db < bg_ref
+                d = math.nan if skip else min(d, bg_ref - self.echo_margin_db - a_peak)
+            if not math.isnan(d):
+                self._echo_d.append(min(d, self.max_echo_gain_db))
+                g = float(np.percentile(self._echo_d, 80))
+                # Under a second of evidence: no lower than the cautious prior.
+                self.echo_gain_db = g if len(self._echo_d) >= 10 else max(g, self._g0)
         self._blk_caller = False
         self._blk_levels = []
 
@@ -329,6 +334,7 @@ class CascadeVad:
         self._cand = True
         self._stale_until = -1
         self._rejected = 0
+        self._cand_first = self._cand_onset
         self._open_window_run(self._cand_onset)
 
     def _open_window_run(self, first_step: int) -> None:
@@ -339,6 +345,10 @@ class CascadeVad:
         want = max(onset // WINDOW - 1, first_kept, 0)
         if want - self._ran_upto > 30:
             self._model.reset_state()  # a second or more unheard: start it afresh
+            # Cold, it gave a first word at 5 dB p 0.06-0.46 (warm 0.6-0.94); warmed on a
+            # babble or crowd bed it took the bed's voices for the caller: stationary only.
+            if self.background_spread_db < self.bridge_max_spread_db:
+                want = max(onset // WINDOW - self._warmup, first_kept, 0)
         self._next_win = max(min(want, self._next_win), self._ran_upto, first_kept)
 
     def _onset_step(self) -> int:
@@ -347,7 +357,7 @@ class CascadeVad:
         still stand clear of the background (``backtrack_db``, or twice its spread), for
         at most ``backtrack_ms``: in noise a word's first syllables are under the loud
         reference, which only its louder part clears (at 5 dB SNR, 100-300 ms late)."""
-        onset = self._cand_onset
+        onset = self._cand_first
         # A candidate that lapsed just before this one (a first syllable Silero did not
         # take for speech at low SNR, then a pause) was this speech's start.
         lapsed_onset, lapsed_at = self._lapsed
@@ -429,7 +439,7 @@ class CascadeVad:
         """Silero on a pause in the caller's speech: a window still likely speech keeps the
         turn open (words apart in stationary noise), for at most ``_bridge_max`` windows."""
         gap = (self._j - self._below) * STEP
-        while self._bridged < self._bridge_max and (
+        while self._bridged < self._bridge_cap and (
                 got := self._next_probability()) is not None:
             w, p = got
             if (w + 1) * WINDOW > gap:

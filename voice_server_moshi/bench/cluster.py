@@ -105,7 +105,10 @@ class _Call:
         self.said_at: float | None = None
         self.say_marks: dict[str, float] = {}
 
-    async def run(self, n: int, *, hold_s: float = 0.0, say_at: int | None = None) -> None:
+    async def run(self, n: int, *, hold_s: float = 0.0, say_at: int | None = None,
+                  stop: asyncio.Event | None = None, answer_wait_s: float = 10.0) -> None:
+        """Send ``n`` frames in real time (fewer if ``stop`` is set first), then wait for
+        the answers (up to ``answer_wait_s`` + ``hold_s``) and close."""
         import sphn
         import websockets
 
@@ -137,7 +140,7 @@ class _Call:
         t = np.arange(FRAME) / 24000
         start = time.perf_counter()
         for k in range(n):
-            if self.closed_at is not None:
+            if self.closed_at is not None or (stop is not None and stop.is_set()):
                 break
             pcm = (0.3 * np.sin(2 * np.pi * (220 + 5 * (k % 9)) * t)).astype(np.float32)
             data = writer.append_pcm(pcm)
@@ -151,7 +154,7 @@ class _Call:
                 break
             # Paced on an absolute clock, like a phone line.
             await asyncio.sleep(max(0.0, start + (k + 1) * 0.08 - time.perf_counter()))
-        deadline = time.perf_counter() + 10 + hold_s
+        deadline = time.perf_counter() + answer_wait_s + hold_s
         while (len(self.got) < len(self.sent) - 1  # noqa: ASYNC110 (a bounded poll)
                and time.perf_counter() < deadline and self.closed_at is None):
             await asyncio.sleep(0.05)
@@ -169,8 +172,9 @@ class _Call:
         return [(g - s) * 1000 for g, s in zip(self.got, self.sent[1:], strict=False)]
 
 
-def _start(cmd: list[str], timeout_s: float) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+def _start(cmd: list[str], timeout_s: float, *, stderr: Any = subprocess.DEVNULL,
+           ) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr,
                             stdin=subprocess.PIPE, text=True,
                             env=dict(os.environ, HF_HUB_OFFLINE="1"))
     line: list[str] = []

@@ -11,6 +11,9 @@ and the full-duplex mode, with the scripted agent, on a virtual clock:
 * noise-only calls: user turns per minute (false starts);
 * echo-only calls: barge-ins and user turns raised (should be none);
 * the committed clean corpus (12 calls, 20 dB): onset p50/p90, to compare with ADR 0011;
+* the second noisy corpus (:mod:`~voice_server_moshi.corpus.noisy_b`: other espeak-ng
+  voices and rates, sox noise recipes, levels by P.56 active speech level), speech and
+  noise-only calls, under ``corpus_b`` (skipped, with the reason, without espeak-ng or sox);
 * CPU per call-second of each VAD alone (caller + echo reference, 20 ms chunks, thread time).
 """
 
@@ -24,9 +27,12 @@ from typing import Any
 from ..audio import g711
 from ..audio.wavio import to_int16
 from ..corpus.assemble import CorpusCall, standard_set
+from ..corpus.clips import ToolMissingError
 from ..corpus.evaluate import CallScore, score_call, summarize
 from ..corpus.noise import NOISE_KINDS
 from ..corpus.noisy import echo_set, noise_only_set, noisy_set
+from ..corpus.noisy_b import KINDS as KINDS_B
+from ..corpus.noisy_b import noise_only_set_b, noisy_set_b
 from ..corpus.run import run_corpus_call
 from ..corpus.store import bundled_clips
 from ..registry import Registry, load_registry
@@ -169,9 +175,33 @@ def _targets(r: dict[str, Any]) -> dict[str, Any]:
     return {k: {"value": v, "target": TARGETS[k], "met": met} for k, (v, met) in vals.items()}
 
 
+async def _corpus_b(vads: list[str], calls_per: int, snrs: tuple[float, ...],
+                    noise_seconds: float, registry: Registry, t0: float) -> dict[str, Any]:
+    """The second noisy corpus: speech rows and noise-only false starts per VAD."""
+    try:
+        speech = noisy_set_b(calls_per, snrs)
+        noise = noise_only_set_b(snrs, seconds=noise_seconds)
+    except ToolMissingError as exc:
+        return {"skipped": str(exc)}
+    out: dict[str, Any] = {
+        "corpus": {"speech_calls": len(speech), "calls_per_kind_and_snr": calls_per,
+                   "kinds": list(KINDS_B), "snrs_db": list(snrs),
+                   "speech_audio_s": round(sum(c.duration_ms for c in speech) / 1000, 1),
+                   "noise_only_calls": len(noise), "noise_only_s_each": noise_seconds},
+        "vads": {},
+    }
+    for vad in vads:
+        _progress(f"{vad}: corpus B, {len(speech)} speech, {len(noise)} noise-only calls", t0)
+        out["vads"][vad] = {
+            "speech": await _speech_rows(speech, vad, registry),
+            "noise_only_false_starts_per_min": await _noise_rows(noise, vad, registry),
+        }
+    return out
+
+
 async def run_noisy(vads: list[str], calls_per: int, snrs: tuple[float, ...],
                     kinds: tuple[str, ...] = NOISE_KINDS, echo_calls: int = 4,
-                    noise_seconds: float = 20.0) -> dict[str, Any]:
+                    noise_seconds: float = 20.0, corpus_b: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
     registry = load_registry()
     clips = bundled_clips()
@@ -202,6 +232,8 @@ async def run_noisy(vads: list[str], calls_per: int, snrs: tuple[float, ...],
         results[vad] = r
     return {
         "bench": "turns --noisy",
+        "corpus_b": await _corpus_b(vads, calls_per, snrs, noise_seconds, registry, t0)
+        if corpus_b else {"skipped": "not asked for"},
         "corpus": {
             "speech_calls": len(speech), "calls_per_kind_and_snr": calls_per,
             "kinds": list(kinds), "snrs_db": list(snrs),
@@ -223,22 +255,23 @@ def _progress(msg: str, t0: float) -> None:
 
 
 def summary_table(out: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per VAD with the issue's headline figures."""
+    """One row per VAD and corpus with the issue's headline figures."""
     rows = []
-    for name, r in out["vads"].items():
+    b = out.get("corpus_b", {}).get("vads", {})
+    for name, r in list(out["vads"].items()) + [(f"{k} (corpus B)", v) for k, v in b.items()]:
         a = r["speech"]["all"]
-        bab = r["speech"].get("babble/all", {})
+        bab = r["speech"].get("babble/all") or r["speech"].get("crowd/all", {})
         rows.append({
             "vad": name,
             "sentence_onsets": f"{a['sentence_onsets_caught']}/{a['sentence_onsets']}",
-            "babble": f"{bab.get('sentence_onsets_caught')}/{bab.get('sentence_onsets')}",
+            "babble_or_crowd": f"{bab.get('sentence_onsets_caught')}/{bab.get('sentence_onsets')}",
             "backchannels_caught": f"{a['backchannels_caught_by_vad']}/{a['backchannels']}",
             "backchannels_not_raised": a["backchannels_not_raised_ratio"],
             "barge_ins_raised": a["barge_ins_raised_ratio"],
             "onset_p50_p90_ms": [a["onset_abs_error_ms"]["p50"], a["onset_abs_error_ms"]["p90"]],
             "false_starts_per_min": r["noise_only_false_starts_per_min"]["all"],
-            "echo_barge_ins": r["echo_only"]["barge_ins_raised"],
-            "cpu_ms_per_call_s": r["cpu"]["cpu_ms_per_call_second"],
+            "echo_barge_ins": r["echo_only"]["barge_ins_raised"] if "echo_only" in r else None,
+            "cpu_ms_per_call_s": r["cpu"]["cpu_ms_per_call_second"] if "cpu" in r else None,
         })
     return rows
 

@@ -120,7 +120,7 @@ def encode_hello(hello: Hello) -> str:
 def _json_object(data: str | bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, 4300+ digits, deep
         raise WireError(f"{what} is not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise WireError(f"{what} must be a JSON object")
@@ -141,7 +141,7 @@ def decode_hello(data: str | bytes) -> Hello:
             return Hello(ticket=str(obj["ticket"]))
         return Hello(call_id=str(obj["call_id"]), wait_s=float(obj.get("wait_s", 0)),
                      params=CallParams.from_dict(obj.get("params") or {}))
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise WireError(f"bad hello: expected {{\"v\", \"ticket\"}} or {{\"v\", \"call_id\", "
                         f"\"wait_s\", \"params\"}} ({exc})") from None
 
@@ -155,7 +155,7 @@ def decode_grant(data: str | bytes) -> Grant:
     _check_version(obj, "grant")
     try:
         return Grant.from_dict(obj["grant"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise WireError(f"bad grant: {exc}") from None
 
 
@@ -209,8 +209,8 @@ def decode_request(data: bytes) -> PCM | CallRequest:
             return CancelSay(bool(_json_object(data[1:], "cancel (0x04)").get("flush", True)))
         if k == FINISH_CALLER:
             return FinishCaller()
-    except KeyError as exc:
-        raise WireError(f"kind 0x{k:02x}: missing {exc}") from None
+    except (KeyError, TypeError, AttributeError) as exc:  # found by test_wire_fuzz.py
+        raise WireError(f"kind 0x{k:02x}: missing or mistyped {exc}") from None
     raise WireError(f"unknown front-door message kind 0x{k:02x} (data-plane version "
                     f"{VERSION}: 0x01-0x05)")
 
@@ -259,7 +259,7 @@ def decode_event(data: bytes) -> CallEvent:
             return SteerAnswer(str(o["id"]), status, str(o.get("message", "")))
         if k == ERROR:
             return SlotError(data[1:].decode("utf-8", errors="replace"))
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError, RecursionError) as exc:
         if isinstance(exc, WireError):
             raise
         raise WireError(f"kind 0x{k:02x}: {exc}") from None

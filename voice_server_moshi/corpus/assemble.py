@@ -9,6 +9,7 @@ caller speech power (over the labelled speech) to noise power.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,8 @@ from .clips import Clip
 
 RATE = 8000
 F32 = npt.NDArray[np.float32]
+#: Makes ``n`` samples of a unit-power background from a seeded generator.
+BedMaker = Callable[[int, np.random.Generator], F32]
 #: The scripted agent's idle floor: Moshi's silence is quiet, not digital zero.
 AGENT_FLOOR_DBFS = -65.0
 
@@ -104,9 +107,15 @@ def build_call(
     clips: dict[str, Clip], seed: int, snr_db: float, exchanges: int = 4,
     background: str | None = None,
     talkers: list[F32] | None = None,
+    *,
+    bed: BedMaker | None = None,
+    speech_power: Callable[[F32], float] | None = None,
 ) -> CorpusCall:
     """One call; ``background`` (a :data:`.noise.NOISE_KINDS` kind) replaces the standard
-    set's band-limited noise, drawn from its own generator so the script is the same."""
+    set's band-limited noise, drawn from its own generator so the script is the same.
+    ``bed`` makes a background of another name (the second noisy corpus, :mod:`.noisy_b`);
+    ``speech_power`` measures the caller's labelled speech for the SNR (default: its mean
+    square; :mod:`.noisy_b` passes the P.56 active level)."""
     rng = np.random.default_rng(seed)
     by_kind: dict[str, list[Clip]] = {}
     for c in clips.values():
@@ -164,9 +173,13 @@ def build_call(
     caller = _render(caller_parts, n)
     agent = _render(agent_parts, n)
     speech = np.concatenate([caller[_at(g.start_ms) : _at(g.end_ms)] for g in csegs])
-    p_speech = float(np.mean(speech.astype(np.float64) ** 2))
-    if background is None:
-        bed = band_noise(n, rng)
+    p_speech = speech_power(speech) if speech_power is not None else \
+        float(np.mean(speech.astype(np.float64) ** 2))
+    if bed is not None and background is not None:
+        rng.standard_normal(n)
+        noise_bed = bed(n, np.random.default_rng([seed, 1000 + sum(map(ord, background))]))
+    elif background is None:
+        noise_bed = band_noise(n, rng)
     else:
         rng.standard_normal(n)  # what band_noise draws: the agent's floor stays the same
         from .noise import NOISE_KINDS
@@ -176,13 +189,15 @@ def build_call(
         if background not in kinds:
             raise ValueError(f"unknown background {background!r}; one of {', '.join(kinds)}")
         kind_rng = np.random.default_rng([seed, 1 + kinds.index(background)])
-        bed = make_background(background, n, kind_rng, talkers)
-    noise = bed * np.float32(np.sqrt(p_speech / 10 ** (snr_db / 10)))
+        noise_bed = make_background(background, n, kind_rng, talkers)
+    noise = noise_bed * np.float32(np.sqrt(p_speech / 10 ** (snr_db / 10)))
     caller = np.clip(caller + noise, -1, 1).astype(np.float32)
     if background is None:
         floor = band_noise(n, rng) * np.float32(10 ** (AGENT_FLOOR_DBFS / 20))
     else:
-        floor = make_background("pink", n, rng) * np.float32(10 ** (AGENT_FLOOR_DBFS / 20))
+        from .noise import background as make_floor
+
+        floor = make_floor("pink", n, rng) * np.float32(10 ** (AGENT_FLOOR_DBFS / 20))
     agent = np.clip(agent + floor, -1, 1).astype(np.float32)
     call_id = f"call-{seed:03d}-snr{snr_db:g}" if background is None else \
         f"call-{seed:03d}-{background}-snr{snr_db:g}"

@@ -150,16 +150,17 @@ class FullDuplexMode:
         if self._started:
             raise LifecycleError("full-duplex: start() called twice; one mode serves one call")
         self._started = True
-        # The mode keeps the caller's media continuous itself (ADR 0140).
-        await self.adapter.connect(dataclasses.replace(self.config, media_clock="host"))
+        # A real clock keeps caller media continuous here (ADR 0140); a virtual host waits
+        # on the model, so the adapter's stall fill keeps that model's input flowing.
+        real = not isinstance(self.clock, ManualClock)
+        cfg = dataclasses.replace(self.config, media_clock="host") if real else self.config
+        await self.adapter.connect(cfg)
         self._consumer = asyncio.get_running_loop().create_task(
             self._consume(), name="full-duplex:events"
         )
         self.clock.start()
-        if not isinstance(self.clock, ManualClock):
-            self._ticker = asyncio.get_running_loop().create_task(
-                self._run_clock(), name="full-duplex:clock"
-            )
+        if real:
+            self._ticker = asyncio.create_task(self._run_clock(), name="full-duplex:clock")
         self.log.info("mode_started", frame_ms=self.frame_ms, settings=str(self.settings))
 
     def push_caller_audio(self, chunk: bytes, media_ms: float | None = None) -> None:

@@ -77,7 +77,10 @@ class SteerUpdateReceived(SessionEvent):
     message: str = ""
 
 
-_installed: weakref.WeakKeyDictionary[ServerSession, ServerSteering] = (
+#: session -> its steering. The value is a weak reference too: a ServerSteering holds its
+#: session, so a strong value would keep every session (and its call's state) alive for
+#: the life of the process (found by the protocol fuzz: one per connection).
+_installed: weakref.WeakKeyDictionary[ServerSession, weakref.ref[ServerSteering]] = (
     weakref.WeakKeyDictionary())
 
 
@@ -87,7 +90,7 @@ class ServerSteering:
     def __init__(self, session: ServerSession) -> None:
         self.session = session
         self.seq = 0
-        _installed[session] = self
+        _installed[session] = weakref.ref(self)
         session.register_kind(protocol.Kind.TEXT, self._say_text)
         session.register_kind(SAY_AUDIO, self._say_audio)
         session.register_kind(CANCEL, self._cancel)
@@ -97,7 +100,8 @@ class ServerSteering:
     @staticmethod
     def of(session: ServerSession) -> ServerSteering | None:
         """The steering installed on ``session``, if any."""
-        return _installed.get(session)
+        ref = _installed.get(session)
+        return None if ref is None else ref()
 
     def update(self, rid: str, status: UpdateStatus, message: str = "") -> bool:
         """Queue a ``0x40`` update for request ``rid`` (``say-<seq>``)."""
