@@ -98,6 +98,10 @@ BENCHES: dict[str, tuple[str, str]] = {
         "voice_server_moshi.bench.serve:main",
         "real-time calls against a real serve: its tick vs bench engine's, lag percentiles",
     ),
+    "serve-persona": (
+        "voice_server_moshi.bench.serve_persona:main",
+        "personas through a real serve: cached vs plain start, co-batched lag with a prefill",
+    ),
     "fuzz": (
         "voice_server_moshi.bench.fuzz:main",
         "live serve under a protocol fuzz beside a canary call: crashes, leaks, canary lag",

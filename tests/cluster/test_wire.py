@@ -18,6 +18,7 @@ from voice_server_moshi.callpath.kinds import (
     SayText,
     SteerAnswer,
 )
+from voice_server_moshi.engine.persona import PersonaError
 from voice_server_moshi.engine.slot import SlotError, SlotOutput, SttOutput
 from voice_server_moshi.engine.steering import SteerEvent
 
@@ -58,6 +59,26 @@ def test_hello_and_grant_carry_the_call_and_are_versioned() -> None:
         wire.decode_hello(json.dumps({"v": 1, "params": {}}))
     with pytest.raises(wire.WireError, match="not JSON"):
         wire.decode_hello("{")
+
+
+def test_a_persona_travels_in_the_hello_and_the_grant() -> None:
+    """NVIDIA's query parameters become the call's persona, voice and seeds (ADR 0130);
+    the hello carries them to the engine, the grant carries back what was applied."""
+    params = CallParams.from_query({"text_prompt": " Be brief. ", "voice_prompt": "NATM1.pt",
+                                    "seed": "42", "audio_seed": "7", "other": "x"})
+    assert params == CallParams({"text_seed": "42", "audio_seed": "7"},
+                                persona="<system> Be brief. <system>", voice="NATM1")
+    hello = wire.decode_hello(wire.encode_hello(wire.Hello(call_id="c1", params=params)))
+    assert hello.params == params and hello.params.prompt is not None
+    assert CallParams.from_query({"seed": "-1"}) == CallParams()  # -1: NVIDIA's "none"
+    assert "persona" not in CallParams().as_dict()  # a plain call's hello is unchanged
+    grant = Grant({"text_seed": 42}, "dev-personaplex", "lm", "mimi", 2,
+                  persona="<system> Be brief. <system>", voice="NATM1", persona_cached=True)
+    assert wire.decode_grant(wire.encode_grant(grant)) == grant
+    with pytest.raises(PersonaError, match="seed must be an integer"):
+        CallParams.from_query({"seed": "soon"})
+    with pytest.raises(wire.WireError, match="voice must be a string"):
+        wire.decode_hello(json.dumps({"v": 1, "call_id": "c", "params": {"voice": 3}}))
 
 
 @pytest.mark.parametrize(("data", "says"), [

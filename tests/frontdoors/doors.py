@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import numpy as np
 import sphn
 import websockets
@@ -25,12 +26,12 @@ from voice_server_moshi.audio.resample import Resampler
 from voice_server_moshi.audio.wavio import read_wav
 
 FRAME = 1920
-#: Every door: the dev checkpoint and STT on CPU, greedy by default, two slots in all,
-#: deep input queues and no trimming (a slow shared CPU must not drop a frame), a short
-#: first-audio timeout (the limits test waits for it).
-COMMON = ["--port", "0", "--checkpoint", "dev", "--device", "cpu", "--greedy",
-          "--stt", "dev", "--queue-frames", "100", "--trim-after-ms", "0",
-          "--first-audio-timeout-s", "3"]
+#: Every door: CPU, greedy by default, deep input queues and no trimming (a slow shared
+#: CPU must not drop a frame), a short first-audio timeout (the limits test waits for it).
+COMMON = ["--port", "0", "--device", "cpu", "--greedy", "--queue-frames", "100",
+          "--trim-after-ms", "0", "--first-audio-timeout-s", "3"]
+#: The default model: the dev checkpoint and the dev STT.
+DEV_MODEL = ["--checkpoint", "dev", "--stt", "dev"]
 STATIC_PAGE = "<!doctype html><title>a web client</title>"
 DOORS: dict[str, list[str]] = {
     "serve": ["serve", "--slots", "2"],
@@ -54,8 +55,11 @@ class Door:
 
 
 @contextlib.contextmanager
-def running(name: str, log_dir: Path, start_limit_s: float = 300) -> Iterator[Door]:
-    """Run door ``name`` until the block ends, then stop it as Ctrl-C does (exit 0)."""
+def running(name: str, log_dir: Path, start_limit_s: float = 300,
+            model: list[str] | None = None, extra: list[str] | None = None) -> Iterator[Door]:
+    """Run door ``name`` until the block ends, then stop it as Ctrl-C does (exit 0).
+    ``model``: the model flags (default :data:`DEV_MODEL`); ``extra``: more flags, last
+    (so they override the door's, e.g. ``--replicas 1``)."""
     log_path = log_dir / "stderr.log"
     static = log_dir / "static"  # a web client beside the API (--static)
     static.mkdir()
@@ -63,7 +67,8 @@ def running(name: str, log_dir: Path, start_limit_s: float = 300) -> Iterator[Do
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "voice_server_moshi.cli", *DOORS[name], *COMMON,
-             "--static", str(static)],
+             *(DEV_MODEL if model is None else model), "--static", str(static),
+             *(extra or [])],
             env=dict(os.environ, HF_HUB_OFFLINE="1"), stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=log_file, text=True)
         line: list[str] = []
@@ -170,3 +175,14 @@ class Client:
     async def closed(self, limit_s: float) -> None:
         if self._reader is not None:
             await asyncio.wait({self._reader}, timeout=limit_s)
+
+
+async def idle(door: Door, limit_s: float = 120) -> dict[str, object]:
+    """``/capacity`` once every slot (two in all) is free and the door says it is ready."""
+    async with httpx.AsyncClient(base_url=door.http, trust_env=False, timeout=10) as http:
+        async with asyncio.timeout(limit_s):
+            while True:
+                cap = (await http.get("/capacity")).json()
+                if cap["ready"] and cap["slots"] == 2 and cap["free_slots"] == 2:
+                    return dict(cap)
+                await asyncio.sleep(0.1)

@@ -25,7 +25,7 @@ import sphn
 
 from voice_server_moshi.bundled import bundled_clip_dir
 
-from .doors import DOORS, STATIC_PAGE, Client, Door, clip_frames, running, tone
+from .doors import DOORS, STATIC_PAGE, Client, Door, clip_frames, idle, running, tone
 
 pytestmark = pytest.mark.slow
 
@@ -40,17 +40,6 @@ def door(request: pytest.FixtureRequest,
         pytest.importorskip("ray.serve")
     with running(request.param, tmp_path_factory.mktemp("door")) as d:
         yield d
-
-
-async def idle(door: Door, limit_s: float = 120) -> dict[str, object]:
-    """Wait until every slot is free and the door says it is ready."""
-    async with httpx.AsyncClient(base_url=door.http, trust_env=False, timeout=10) as http:
-        async with asyncio.timeout(limit_s):
-            while True:
-                cap = (await http.get("/capacity")).json()
-                if cap["ready"] and cap["slots"] == 2 and cap["free_slots"] == 2:
-                    return dict(cap)
-                await asyncio.sleep(0.1)
 
 
 async def test_http_endpoints_and_metadata(door: Door) -> None:
@@ -150,6 +139,25 @@ async def test_per_call_sampling_with_seeds(door: Door) -> None:
                             "text_topk must be in [1, 500], got 0"]
     await bad.closed(10)
     assert bad.close_code == 1008
+
+
+async def test_a_persona_to_a_moshi_checkpoint_is_refused(door: Door) -> None:
+    """The dev checkpoint is Moshi, not PersonaPlex: NVIDIA's persona parameters are
+    refused with the reason before a slot is taken, never silently ignored (ADR 0130)."""
+    await idle(door)
+    async with httpx.AsyncClient(base_url=door.http, trust_env=False, timeout=10) as http:
+        persona = (await http.get("/capacity")).json()["persona"]
+    assert persona["prompts"] is False and persona["family"] == "moshi"
+    for query, what in (("?text_prompt=You%20enjoy%20having%20a%20good%20conversation.",
+                         "a persona"), ("?voice_prompt=NATF2.pt", "a voice prompt")):
+        c = Client(door.url + query)
+        await c.connect()
+        await c.closed(10)
+        assert c.first[:1] == b"\x05" and c.close_code == 1008
+        assert c.errors() == [f"bad request: {what} was sent, but checkpoint dev is a moshi "
+                              "model, not trained for persona or voice prompts: use a "
+                              "PersonaPlex checkpoint (e.g. nvidia/personaplex-7b-v1, or "
+                              "dev-personaplex)"]
 
 
 async def test_call_limits(door: Door) -> None:

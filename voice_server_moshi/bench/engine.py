@@ -331,6 +331,10 @@ def main(argv: list[str]) -> int:
                    help="add a torch.profiler summary of one tick (top ops)")
     p.add_argument("--profile-slots", type=int, default=None,
                    help="slot count to profile (default: the largest real-time one, or 1)")
+    p.add_argument("--persona", default=None,
+                   help="PersonaPlex checkpoint: measure a persona prompt's prefill, cold and "
+                   "cached, and the co-batched calls' tick p99 while one prefills (--slots N)")
+    p.add_argument("--voice", default=None, help="with --persona: the voice (default NATF2)")
     args = p.parse_args(argv)
     if args.max_slots < 1 or args.seconds <= 0:
         p.error("--max-slots must be >= 1 and --seconds > 0")
@@ -365,6 +369,15 @@ def main(argv: list[str]) -> int:
         return 2
     load_s = time.perf_counter() - t0
     threads = args.cpu_threads or None
+    if args.persona is not None:
+        from .persona import persona_bench
+
+        res = persona_bench(models, args.persona, args.voice, (fixed or [4])[-1], args.seconds)
+        sys.stdout.write(json.dumps({"bench": "engine", "model": models.description,
+                                     "device": str(models.device), "load_s": round(load_s, 2),
+                                     "load_average_1m": round(os.getloadavg()[0], 2),
+                                     "persona": res}, indent=2) + "\n")
+        return 0
     if active is not None and fixed is not None:
         points = [measure(models, n, args.seconds, args.max_wall_s, threads, a,
                           not args.fixed_batch)

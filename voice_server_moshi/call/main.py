@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: none, Moshi runs embedded)")
     src.add_argument("--hf-repo", help="embedded, real weights from this Hugging Face repo "
                      "(default: none, the generated dev checkpoint)")
-    src.add_argument("--checkpoint", help="embedded, weights from this local directory "
+    src.add_argument("--checkpoint", help="embedded, weights from this local directory, or "
+                     "dev-personaplex (generated PersonaPlex-shaped, with voices) "
                      "(default: none, the generated dev checkpoint)")
     src.add_argument("--scripted-agent", action="store_true",
                      help="no model: the corpus's scripted agent answers (deterministic)")
@@ -69,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the call's text_seed and audio_seed (unless its config sets them): "
                    "the model's sampling repeats from run to run, embedded or through serve "
                    "(default 0)")
+    p.add_argument("--persona", help="PersonaPlex: who the agent is (a text prompt; "
+                   "needs a PersonaPlex checkpoint or server; default: none)")
+    p.add_argument("--voice", help="PersonaPlex: the agent's voice, e.g. NATF2, or a WAV "
+                   "file (embedded; default: the checkpoint's, NATF2)")
     p.add_argument("--no-plot", action="store_true",
                    help="skip the PNG (it needs matplotlib: pip install "
                    "'voice-server-moshi[plot]'; without it the call runs and says so)")
@@ -110,13 +115,18 @@ def _config(args: argparse.Namespace) -> HostConfig:
         moshi["url"] = args.url
     if args.hf_repo:
         moshi["checkpoint"] = args.hf_repo
-    if args.checkpoint:
+    if args.checkpoint == "dev-personaplex":
+        moshi["checkpoint"] = args.checkpoint
+    elif args.checkpoint:
         path = Path(args.checkpoint)
         if not path.is_dir():
             raise SettingsError("call", [f"--checkpoint {path}: not a directory"])
         moshi["checkpoint"] = str(path.resolve())
     if args.device:
         moshi["device"] = args.device
+    for key in ("persona", "voice"):
+        if getattr(args, key) is not None:
+            moshi[key] = getattr(args, key)
     if args.clock == "virtual" and "stall_fill_ms" not in cfg.adapter_settings:
         # The mode keeps Moshi's input continuous on the virtual clock; the adapter's
         # wall-clock fill would insert silence whenever a slow model lets virtual time lag

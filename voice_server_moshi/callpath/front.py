@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.call_sampling import CallSampling, SamplingError, parse_sampling_query
+from ..engine.persona import PersonaError, PersonaSupport, check_persona
 from ..errors import ServerBusyError
 from ..moshi import caller_protocol
 from ..moshi.session import QueryError, ServerSession
@@ -32,6 +33,9 @@ def grant_metadata(grant: Grant, *, instance_name: str,
     and seeds (:func:`~voice_server_moshi.server.metadata.call_metadata`), then ours."""
     ours: dict[str, Any] = {"slots": grant.slots, "model": grant.model,
                             "per_call_sampling": grant.per_call_sampling}
+    if grant.voice is not None:  # a persona prompt was applied (ADR 0130)
+        ours.update(persona=grant.persona, voice=grant.voice,
+                    persona_cached=grant.persona_cached)
     if grant.caller_transcript:  # docs/protocol.md: 0x50-0x53 (an STT beside Moshi)
         ours[caller_protocol.METADATA_KEY] = True
     return call_metadata(CallSampling(**grant.sampling), lm_model_file=grant.lm_model_file,
@@ -60,14 +64,21 @@ class CallFront:
     #: the engine would refuse never takes a slot.
     default_sampling: Callable[[], CallSampling] = CallSampling
     counters: ServerCounters = field(default_factory=ServerCounters)
+    #: What the engine's model takes of personas (ADR 0130): a persona or voice it cannot
+    #: take is refused before a slot is taken. None: not known here (the engine checks).
+    persona_support: Callable[[], PersonaSupport | None] = lambda: None
 
     def check_query(self, query: Mapping[str, str]) -> Mapping[str, Any]:
-        """A session's ``query_parser``: the call's parameters, checked (ADR 0080)."""
+        """A session's ``query_parser``: the call's parameters, checked (ADR 0080, 0130)."""
         try:
             parse_sampling_query(query, self.default_sampling())
-        except SamplingError as exc:
+            params = CallParams.from_query(query)
+            support = self.persona_support()
+            if support is not None:
+                check_persona(params.prompt, support)
+        except (SamplingError, PersonaError) as exc:
             raise QueryError(str(exc)) from None
-        return {"call": CallParams.from_query(query)}
+        return {"call": params}
 
     def new_session(self, granted: list[Grant], extra: Mapping[str, Any]) -> ServerSession:
         """A call's protocol session; its metadata comes from ``granted[0]``."""
@@ -100,6 +111,21 @@ class CallFront:
             counters.refused_busy += 1
             clog.info("call refused: server busy", detail=str(exc))
             session.refuse_busy(str(exc))
+            await _flush(caller, session)
+            return None
+        except PersonaError as exc:  # the engine's own check (one this door could not make)
+            clog.info("call refused: bad request", reason=str(exc))
+            session.refuse_bad_request(str(exc))
+            await _flush(caller, session)
+            return None
+        if session.params["call"].prompt is not None and link.grant.voice is None:
+            # An engine of a version before personas ignores the hello's persona: never
+            # run the call without it (a silently dropped persona is the one thing not
+            # to do; ADR 0130).
+            await link.aclose()
+            clog.warning("call refused: the engine ignored the persona")
+            session.refuse_bad_request("this engine did not apply the persona (an engine "
+                                       "version without persona support?)")
             await _flush(caller, session)
             return None
         granted.append(link.grant)

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..engine.call_sampling import SAMPLING_KEYS
+from ..engine.persona import PersonaPrompt, parse_persona_query
 from ..engine.slot import SlotError, SlotOutput, SttOutput
 
 __all__ = [
@@ -31,16 +32,39 @@ PCM = npt.NDArray[np.float32]
 class CallParams:
     """What a caller asked for when the call opened (checked by the front door, applied by
     the engine). ``sampling_query``: Kyutai's sampling query parameters as sent (ADR 0080);
-    the engine applies them over its own defaults and draws the seeds."""
+    the engine applies them over its own defaults and draws the seeds. ``persona`` (wrapped
+    in ``<system>`` tags) and ``voice`` (a voice name): NVIDIA's ``text_prompt`` and
+    ``voice_prompt`` (PersonaPlex, ADR 0130); their ``seed`` becomes both sampling seeds
+    unless the query sets those apart."""
 
     sampling_query: Mapping[str, str] = field(default_factory=dict)
+    persona: str | None = None
+    voice: str | None = None
 
     @classmethod
     def from_query(cls, query: Mapping[str, str]) -> CallParams:
-        return cls(sampling_query={k: query[k] for k in SAMPLING_KEYS if k in query})
+        """Raises :class:`~..engine.persona.PersonaError` for a malformed persona, voice or
+        seed."""
+        sampling = {k: query[k] for k in SAMPLING_KEYS if k in query}
+        req = parse_persona_query(query)
+        if req.seed is not None:  # NVIDIA's one seed, as the embedded transport applies it
+            sampling.setdefault("text_seed", str(req.seed))
+            sampling.setdefault("audio_seed", str(req.seed))
+        prompt = req.prompt or PersonaPrompt()
+        return cls(sampling_query=sampling, persona=prompt.text, voice=prompt.voice)
+
+    @property
+    def prompt(self) -> PersonaPrompt | None:
+        """The persona prompt asked for, unchecked; None without one."""
+        if self.persona is None and self.voice is None:
+            return None
+        return PersonaPrompt(self.persona, self.voice)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"sampling_query": dict(self.sampling_query)}
+        d: dict[str, Any] = {"sampling_query": dict(self.sampling_query)}
+        if self.prompt is not None:
+            d.update(persona=self.persona, voice=self.voice)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CallParams:
@@ -48,7 +72,11 @@ class CallParams:
         if not isinstance(q, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in q.items()):
             raise ValueError("sampling_query must be an object of strings")
-        return cls(sampling_query=dict(q))
+        persona, voice = d.get("persona"), d.get("voice")
+        for name, value in (("persona", persona), ("voice", voice)):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name} must be a string or null")
+        return cls(sampling_query=dict(q), persona=persona, voice=voice)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +95,12 @@ class Grant:
     per_call_sampling: bool = True
     #: Where the call runs, for the metadata (the cluster: its replica).
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: The persona prompt applied (ADR 0130): the wrapped text and the voice (the default
+    #: voice filled in); both None without one. ``persona_cached``: its row came from the
+    #: prompt cache (no prefill); None without a prompt.
+    persona: str | None = None
+    voice: str | None = None
+    persona_cached: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "sampling": dict(self.sampling), "extra": dict(self.extra)}
@@ -78,7 +112,14 @@ class Grant:
                    mimi_model_file=str(d["mimi_model_file"]), slots=int(d["slots"]),
                    caller_transcript=bool(d.get("caller_transcript", False)),
                    per_call_sampling=bool(d.get("per_call_sampling", True)),
-                   extra=dict(d.get("extra") or {}))
+                   extra=dict(d.get("extra") or {}),
+                   persona=_opt_str(d.get("persona")), voice=_opt_str(d.get("voice")),
+                   persona_cached=(None if d.get("persona_cached") is None
+                                   else bool(d["persona_cached"])))
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 # -- requests: server-side call -> engine ---------------------------------------------------
@@ -160,5 +201,6 @@ class EngineGateway(Protocol):
     """Where calls get their engine."""
 
     async def open(self, call_id: str, params: CallParams, wait_s: float) -> CallLink:
-        """Admit a call; raises ServerBusyError when no slot frees within ``wait_s``,
-        SamplingError for sampling the engine refuses."""
+        """Admit a call (with a persona: once its prompt is in the row); raises
+        ServerBusyError when no slot frees within ``wait_s``, SamplingError for sampling
+        the engine refuses, PersonaError for a persona or voice it cannot take."""

@@ -14,6 +14,7 @@ import numpy as np
 from .._log import get_logger
 from ..engine.call_sampling import parse_sampling_query
 from ..engine.core import Engine
+from ..engine.persona_run import PromptRun
 from ..engine.session import DEFAULT_MAX_QUEUED, EngineCall
 from ..errors import SteeringRequestError
 from .kinds import (
@@ -84,17 +85,26 @@ class LocalEngine:
         self.engine = engine
         self.max_queued_outputs = max_queued_outputs
 
-    def grant_for(self, sampling: dict[str, object]) -> Grant:
+    def grant_for(self, sampling: dict[str, object], run: PromptRun | None = None) -> Grant:
         models = self.engine.models
         return Grant(sampling=sampling, model=models.description,
                      lm_model_file=models.lm_file or models.description,
                      mimi_model_file=models.mimi_file or models.description,
                      slots=self.engine.slots, caller_transcript=self.engine.stt is not None,
-                     per_call_sampling=self.engine.sampler is not None)
+                     per_call_sampling=self.engine.sampler is not None,
+                     persona=None if run is None else run.prompt.text,
+                     voice=None if run is None else run.prompt.voice,
+                     persona_cached=None if run is None else run.cached)
 
     async def open(self, call_id: str, params: CallParams, wait_s: float) -> LocalCall:
+        """Checks the persona before a slot is taken (PersonaError) and returns once its
+        prompt is in the row (ADR 0130): the caller's handshake comes after."""
         sampling = parse_sampling_query(params.sampling_query,
                                         self.engine.default_sampling).seeded()
         call = EngineCall(self.engine, call_id, max_queued=self.max_queued_outputs)
-        await call.open(wait_s, sampling)
-        return LocalCall(call, self.grant_for(sampling.as_dict()))
+        try:
+            slot = await call.open(wait_s, sampling, params.prompt)
+        except BaseException:  # the caller left while its prompt prefilled: free the slot
+            call.close()
+            raise
+        return LocalCall(call, self.grant_for(sampling.as_dict(), slot.prompt_run))

@@ -14,6 +14,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from ..engine.persona import PersonaError
 from ..engine.slot import SlotError
 from ..errors import ServerBusyError
 from . import wire
@@ -95,8 +96,9 @@ class RemoteCall:
 async def connect_call(url: str, hello: wire.Hello, *, lease_end: Awaitable[Any] | None = None,
                        extra: Mapping[str, Any] | None = None,
                        ping_interval: float | None = None) -> RemoteCall:
-    """Open a data connection, say hello, read the grant. A full engine, or one that
-    cannot be reached, raises ServerBusyError."""
+    """Open a data connection, say hello, read the grant (with a persona: once its prompt
+    is in the row). A full engine, or one that cannot be reached, raises ServerBusyError;
+    a persona or voice the engine refused, PersonaError."""
     try:
         data = await websockets.connect(url, compression=None, proxy=None, open_timeout=5,
                                         ping_interval=ping_interval, ping_timeout=3,
@@ -109,12 +111,14 @@ async def connect_call(url: str, hello: wire.Hello, *, lease_end: Awaitable[Any]
         if isinstance(first, bytes):
             ev = wire.decode_event(first)
             message = ev.message if isinstance(ev, SlotError) else "engine refused the call"
+            if message.startswith(wire.PERSONA_REFUSED):
+                raise PersonaError(message.removeprefix(wire.PERSONA_REFUSED))
             raise ServerBusyError(message.removeprefix("server busy: "))
         grant = wire.decode_grant(first)
     except (ConnectionClosed, TimeoutError, wire.WireError) as exc:
         await data.close()
         raise ServerBusyError(f"engine unreachable ({exc}); try again later") from None
-    except ServerBusyError:
+    except (ServerBusyError, PersonaError):
         await data.close()
         raise
     if extra:

@@ -27,7 +27,9 @@ kind   direction    payload
                     "end_of_turn", "delay_ms", "final"}``
 0x13   engine->door answer to a say request: JSON ``{"id", "status", "message"}``
 0x14   engine->door reserved: progress of a call's set-up (persona prompts)
-0x15   engine->door the engine failed the call: UTF-8 reason (the call is over)
+0x15   engine->door the engine failed the call: UTF-8 reason (the call is over); in
+                    answer to a hello, ``"server busy: ..."`` (no slot) or
+                    ``"persona: ..."`` (a persona or voice the model cannot take)
 ====== ============ ========================================================================
 
 Anything else, or a message of the wrong size, is refused with a :class:`WireError` that
@@ -76,6 +78,8 @@ OUTPUT: Final = 0x11
 CALLER_TEXT: Final = 0x12
 STEER_ANSWER: Final = 0x13
 PROGRESS: Final = 0x14  # reserved (persona prompts)
+#: The ``0x15`` answer to a hello whose persona or voice the engine refused (ADR 0130).
+PERSONA_REFUSED: Final = "persona: "
 ERROR: Final = 0x15
 _PCM_BYTES: Final = FRAME_SAMPLES * 4
 _OUT_HEAD = struct.Struct("<BIiHH")

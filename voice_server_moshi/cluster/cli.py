@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .._cli_help import command_parser
+from ..engine.persona_flags import add_persona_flags
 from ..moshi import protocol
 from ..moshi.settings import DEFAULT_HF_REPO
 from ..server.auth import AUTH_ENV
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "default none")
     p.add_argument("--device", default="cpu", help="cpu, cuda (one GPU per replica)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    add_persona_flags(p)
     p.add_argument("--context", type=int, default=None)
     p.add_argument("--auth-token", default=None,
                    help=f"require this bearer token (or set {AUTH_ENV})")

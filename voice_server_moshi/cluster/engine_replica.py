@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,6 +31,7 @@ from ray import serve
 
 from .._log import get_logger
 from ..callpath.kinds import CallParams
+from ..engine.persona import PersonaError
 from ..engine.spec import EngineSpec
 from . import directory
 
@@ -79,6 +81,9 @@ class EngineReplica:
             "tick_buckets": list(m.tick_buckets), "tick_bucket_bounds": list(TICK_BUCKETS_S),
             "model": self.engine.models.description,
             "default_sampling": self.engine.default_sampling.as_dict(),
+            "persona": self.engine.persona_support.as_dict(),
+            # The prompt cache and prefills (/metrics), PersonaPlex only.
+            "prompt": dataclasses.asdict(m.persona) if m.persona.enabled else None,
         }
 
     def _report(self) -> None:
@@ -106,6 +111,9 @@ class EngineReplica:
             # Serve's router only routes here below max_ongoing_requests, so this is a
             # race with a call that is still ending: say so, the ingress retries.
             yield {"busy": str(exc), "replica": self.replica}
+            return
+        except PersonaError as exc:  # the ingress checked against an older report
+            yield {"refused": str(exc), "replica": self.replica}
             return
         self.log.info("call leased", call_id=call_id)
         try:

@@ -34,6 +34,7 @@ from ..callpath.kinds import CallParams
 from ..callpath.local import LocalCall, LocalEngine
 from ..callpath.remote import MAX_MESSAGE_BYTES
 from ..engine.core import Engine, SlotError
+from ..engine.persona import PersonaError
 from ..errors import ServerBusyError
 from ..server.metrics import ServerCounters, render_metrics
 from ..server.responses import json_response, response
@@ -132,8 +133,9 @@ class EngineDataServer:
     async def reserve(self, call_id: str, wait_s: float = 0.0,
                       params: CallParams | None = None) -> tuple[str, LocalCall]:
         """Take a free slot for ``call_id`` (waiting up to ``wait_s``) with the call's
-        ``params`` over this engine's defaults; raises ServerBusyError when none frees,
-        SamplingError for sampling this engine refuses."""
+        ``params`` over this engine's defaults (with a persona: returns once its prompt
+        is in the row); raises ServerBusyError when none frees, SamplingError for sampling
+        this engine refuses, PersonaError for a persona or voice it cannot take."""
         call = await self.gateway.open(call_id, params or CallParams(), wait_s)
         ticket = secrets.token_urlsafe(16)
         res = _Reservation(call, self._loop.create_future())
@@ -196,8 +198,10 @@ class EngineDataServer:
         return {"slots": self.engine.slots, "free_slots": free,
                 "active_slots": self.engine.slots - free, "ready": self.engine.ready,
                 "model": self.engine.models.description,
-                # A front door checks a call's sampling over these (ADR 0080).
-                "default_sampling": self.engine.default_sampling.as_dict()}
+                # A front door checks a call's sampling over these (ADR 0080) and its
+                # persona against this (ADR 0130).
+                "default_sampling": self.engine.default_sampling.as_dict(),
+                "persona": self.engine.persona_support.as_dict()}
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
@@ -229,6 +233,9 @@ class EngineDataServer:
         except ServerBusyError as exc:
             self.counters.refused_busy += 1
             await self._refuse(conn, f"server busy: {exc}", 1013, "server busy")
+            return
+        except PersonaError as exc:  # before the ValueError below: the reason goes back
+            await self._refuse(conn, f"{wire.PERSONA_REFUSED}{exc}", 1008, "bad request")
             return
         except (ValueError, TimeoutError, ConnectionClosed) as exc:  # WireError, SamplingError
             self.counters.protocol_errors += 1

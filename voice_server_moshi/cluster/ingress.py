@@ -32,6 +32,7 @@ from ..callpath.kinds import CallParams
 from ..callpath.remote import RemoteCall, connect_call
 from ..callpath.server_call import CallerGone, ServerCall
 from ..engine.call_sampling import CallSampling
+from ..engine.persona import PersonaError, PersonaSupport
 from ..errors import ServerBusyError
 from ..moshi import protocol
 from ..server.auth import DoorAuth, Refusal
@@ -45,6 +46,9 @@ log = get_logger(__name__)
 
 #: Directory snapshots are reused this long (admission and the HTTP endpoints).
 SNAPSHOT_MAX_AGE_S = 0.2
+#: More time for a lease to answer when its call brings a persona: the replica answers
+#: once the prompt is in the row (a cold prefill takes its steps in the ticks' slack).
+PROMPT_WAIT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +146,7 @@ class IngressCore:
         self._static = StaticFiles(spec.static_dir) if spec.static_dir else None
         self.front = CallFront(spec.limits, spec.max_message_bytes, spec.instance_name,
                                spec.admission_wait_s, default_sampling=self._default_sampling,
-                               counters=self.counters)
+                               counters=self.counters, persona_support=self._persona_support)
 
     def _default_sampling(self) -> CallSampling:
         """The replicas' per-call sampling defaults (from their last reports)."""
@@ -150,6 +154,13 @@ class IngressCore:
             if r.get("default_sampling"):
                 return CallSampling(**r["default_sampling"])
         return CallSampling()
+
+    def _persona_support(self) -> PersonaSupport | None:
+        """What the replicas' model takes of personas (from their last reports)."""
+        for r in self._snap:
+            if r.get("persona"):
+                return PersonaSupport.from_dict(r["persona"])
+        return None
 
     async def replicas(self) -> list[dict[str, Any]]:
         now = time.monotonic()
@@ -177,11 +188,15 @@ class IngressCore:
     async def _capacity(self) -> Capacity:
         reps = await self.replicas()
         keys = ("replica", "pid", "node", "slots", "free_slots", "active_slots", "ready",
-                "device", "tick_p50_s", "tick_p99_s", "age_s")
+                "device", "tick_p50_s", "tick_p99_s", "age_s", "persona")
         return Capacity(
             sum(int(r["slots"]) for r in reps), sum(int(r["free_slots"]) for r in reps),
             any(r["ready"] for r in reps), "no engine replica ready",
             extra={"replicas": [{k: r.get(k) for k in keys} for r in reps],
+                   # What the door's model takes of personas (ADR 0130); every replica
+                   # runs the same engine spec.
+                   "persona": (None if (support := self._persona_support()) is None
+                               else support.as_dict()),
                    "ingress": {"name": self.name, "active_calls": self.counters.active_calls,
                                "routed": self.counters.routed,
                                "routing_seconds_sum": self.counters.routing_seconds_sum}})
@@ -270,6 +285,8 @@ class IngressCore:
             reps = await self.replicas()
             if reps and any(int(r["free_slots"]) > 0 for r in reps if r["ready"]):
                 limit = max(self.spec.route_timeout_s, deadline - loop.time())
+                if "voice" in params:  # a persona: the lease answers once it is prefilled
+                    limit += PROMPT_WAIT_S
                 lease = self.engine.options(stream=True).lease.remote(call_id, params)
                 try:
                     first = await asyncio.wait_for(lease.__anext__(), limit)
@@ -279,6 +296,8 @@ class IngressCore:
                 except Exception as exc:  # the chosen replica died while granting
                     clog.warning("lease failed", error=f"{type(exc).__name__}: {exc}")
                     first = None
+                if first is not None and "refused" in first:
+                    raise PersonaError(str(first["refused"]))
                 if first is not None and "busy" not in first:
                     return lease, first
             if loop.time() >= deadline:

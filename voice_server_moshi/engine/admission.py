@@ -12,12 +12,18 @@ import asyncio
 import contextlib
 import threading
 from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..errors import ServerBusyError
 from .call_sampling import CallSampling
 from .config import EngineConfig
 from .slot import Sink, Slot, SlotError
 from .steering import SteeringSpec
+
+if TYPE_CHECKING:
+    from .persona import PersonaPrompt
+    from .persona_run import PromptRun
 
 
 class SlotAdmission:
@@ -41,6 +47,9 @@ class SlotAdmission:
     default_sampling: CallSampling
     _trimmed: int
 
+    #: persona_engine.PersonaPrefill's: the checked prompt's run, None without one.
+    _prompt_run: Callable[[PersonaPrompt | None], PromptRun | None]
+
     # -- what a slot needs of its engine (slot.SlotTable) -----------------------------
 
     @property
@@ -62,10 +71,15 @@ class SlotAdmission:
         self._trimmed += frames
 
     def try_open(self, call_id: str, sink: Sink,
-                 sampling: CallSampling | None = None) -> Slot:
+                 sampling: CallSampling | None = None,
+                 persona: PersonaPrompt | None = None) -> Slot:
         """Take a free slot now, or raise :class:`ServerBusyError`. ``sampling``: this
-        call's (validated) sampling; None takes the engine's default with fresh seeds."""
-        slot = self._take_slot(call_id, sink, sampling)
+        call's (validated) sampling; None takes the engine's default with fresh seeds.
+        ``persona``: its persona prompt (PersonaPlex, ADR 0130), checked before a slot is
+        taken (:class:`~.persona.PersonaError`); wait for :meth:`prompt_ready` before the
+        handshake."""
+        run = self._prompt_run(persona)
+        slot = self._take_slot(call_id, sink, sampling, run)
         if slot is None:
             with self._lock:
                 self._calls_refused += 1
@@ -76,17 +90,20 @@ class SlotAdmission:
         return slot
 
     async def open(self, call_id: str, sink: Sink, wait_s: float = 0.0,
-                   sampling: CallSampling | None = None) -> Slot:
-        """Take a slot, waiting up to ``wait_s`` seconds for one to free up (FIFO)."""
+                   sampling: CallSampling | None = None,
+                   persona: PersonaPrompt | None = None) -> Slot:
+        """Take a slot, waiting up to ``wait_s`` seconds for one to free up (FIFO);
+        ``persona`` as for :meth:`try_open` (checked before waiting)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, wait_s)
+        self._prompt_run(persona)  # an unusable prompt is refused before any wait
         while True:
-            slot = self._take_slot(call_id, sink, sampling)
+            slot = self._take_slot(call_id, sink, sampling, self._prompt_run(persona))
             if slot is not None:
                 return slot
             remaining = deadline - loop.time()
             if remaining <= 0:
-                return self.try_open(call_id, sink, sampling)  # raises, counting it
+                return self.try_open(call_id, sink, sampling, persona)  # raises, counting it
             fut: asyncio.Future[None] = loop.create_future()
             with self._lock:
                 self._waiters.append((loop, fut))
@@ -97,14 +114,15 @@ class SlotAdmission:
                 with self._lock, contextlib.suppress(ValueError):
                     self._waiters.remove((loop, fut))
 
-    def _take_slot(self, call_id: str, sink: Sink,
-                   sampling: CallSampling | None = None) -> Slot | None:
+    def _take_slot(self, call_id: str, sink: Sink, sampling: CallSampling | None = None,
+                   run: PromptRun | None = None) -> Slot | None:
         seeded = (sampling or self.default_sampling).seeded()
         with self._lock:
             for i, s in enumerate(self._slots):
                 if s is None:
                     slot = Slot(self, i, call_id, sink)
                     slot.sampling = seeded
+                    slot.prompt_run = run
                     self._slots[i] = slot
                     self._calls_started += 1
                     break
@@ -124,6 +142,11 @@ class SlotAdmission:
             slot._queue.clear()
             if self._slots[slot.index] is slot:
                 self._slots[slot.index] = None
+            run = slot.prompt_run
+            prompt_waiters = [] if run is None or run.done.is_set() else run.waiters
+            if run is not None:
+                run.done.set()  # abandoned: whoever waits for it sees the slot closed
+                run.waiters = []
             waiter = None
             while self._waiters:
                 loop, fut = self._waiters.popleft()
@@ -134,6 +157,9 @@ class SlotAdmission:
             slot.log.info("slot released", frames_in=slot.frames_in,
                           frames_out=slot.frames_out, underruns=slot.underruns,
                           overruns=slot.overruns, trimmed=slot.trimmed)
+        for loop, fut in prompt_waiters:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, fut)
         if waiter is not None:
             loop, fut = waiter
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits

@@ -21,7 +21,12 @@ from typing import Any
 
 from .._cli_help import command_parser
 from .._log import get_logger
+from .devcheckpoint import CONFIG_NAME as CONFIG_NAME  # the file names live beside the
 from .devcheckpoint import DEV_LM_CONFIG, DEV_MIMI_CONFIG, TEXT_CARD, build_weights, train_tokenizer
+from .devcheckpoint import MIMI_CONFIG_NAME as MIMI_CONFIG_NAME  # maker: devpersonaplex
+from .devcheckpoint import MIMI_WEIGHTS_NAME as MIMI_WEIGHTS_NAME  # writes them too, and
+from .devcheckpoint import MOSHI_WEIGHTS_NAME as MOSHI_WEIGHTS_NAME  # imports no checkpoints
+from .devcheckpoint import TOKENIZER_NAME as TOKENIZER_NAME
 
 log = get_logger(__name__)
 
@@ -30,11 +35,6 @@ log = get_logger(__name__)
 #: takes turns: bias-free Mimi decoder, quiet codes, a wired speaking/quiet state in the LM.)
 DEV_CHECKPOINT_VERSION = 3
 
-CONFIG_NAME = "config.json"
-MOSHI_WEIGHTS_NAME = "dev_moshi.safetensors"
-MIMI_WEIGHTS_NAME = "dev_mimi.safetensors"
-MIMI_CONFIG_NAME = "dev_mimi_config.json"
-TOKENIZER_NAME = "dev_tokenizer.model"
 README_NAME = "README.txt"
 
 
@@ -43,7 +43,7 @@ class DevCheckpointError(RuntimeError):
     resolve."""
 
 
-def _config(final_dir: Path) -> dict[str, Any]:
+def _config(final_dir: Path, lm_config: dict[str, Any] | None = None) -> dict[str, Any]:
     # ``file://`` makes moshi's hf_get read local files instead of asking the hub.
     cfg: dict[str, Any] = {
         "moshi_name": f"file://{final_dir / MOSHI_WEIGHTS_NAME}",
@@ -52,7 +52,7 @@ def _config(final_dir: Path) -> dict[str, Any]:
         "tokenizer_name": f"file://{final_dir / TOKENIZER_NAME}",
         "model_type": "moshi",
     }
-    cfg.update(DEV_LM_CONFIG)
+    cfg.update(DEV_LM_CONFIG if lm_config is None else lm_config)
     return cfg
 
 
@@ -163,6 +163,25 @@ def fill_cache_atomically(final: Path, write: Callable[[Path, Path, int], None],
     return final
 
 
+def _write_dev_personaplex(target: Path, final_dir: Path, seed: int) -> None:
+    from .devpersonaplex import DEV_PP_LM_CONFIG, write_dev_personaplex
+
+    write_dev_personaplex(target, seed)
+    # config.json last: its presence marks a complete checkpoint.
+    (target / CONFIG_NAME).write_text(json.dumps(_config(final_dir, DEV_PP_LM_CONFIG),
+                                                 indent=2, sort_keys=True))
+
+
+def dev_personaplex_dir() -> Path:
+    """Get or create the shared ``dev-personaplex`` checkpoint (:mod:`.devpersonaplex`)."""
+    from .devpersonaplex import DEV_PERSONAPLEX_VERSION
+
+    final = cache_root() / f"dev-personaplex-v{DEV_PERSONAPLEX_VERSION}"
+    return fill_cache_atomically(final, _write_dev_personaplex,
+                                 lambda d: _is_complete(d) and (d / "voices").is_dir(),
+                                 "dev-personaplex checkpoint")
+
+
 def dev_checkpoint_ready() -> bool:
     """Whether the shared dev checkpoint is already in the cache (else the first use
     generates it, which takes a while on a CPU)."""
@@ -223,8 +242,8 @@ def resolve_checkpoint(name: str) -> Any:
 def _resolve(name: str) -> Any:
     from moshi.models import loaders
 
-    if name == "dev":
-        d = dev_checkpoint_dir()
+    if name in ("dev", "dev-personaplex"):
+        d = dev_checkpoint_dir() if name == "dev" else dev_personaplex_dir()
         return loaders.CheckpointInfo.from_hf_repo(str(d), config_path=d / CONFIG_NAME)
     path = Path(name).expanduser()
     if path.is_dir():

@@ -46,6 +46,8 @@ class EngineConfig:
     #: that the embedded transport is pacing (faster than real time) is never trimmed.
     target_frames: int = 1
     trim_window_ticks: int | None = 12
+    #: Bound of the persona prompt cache (PersonaPlex, ADR 0130), bytes; 0 keeps none.
+    prompt_cache_bytes: int = 2 << 30
     #: Step only the live calls' rows (ADR 0135): calls are kept in the first rows and a
     #: tick steps that prefix (on GPU the next power-of-two width, each with its own CUDA
     #: graphs). False: every tick steps every slot, the fixed batch of ADR 0030.
@@ -68,6 +70,8 @@ class EngineConfig:
         if self.trim_window_ticks is not None and self.trim_window_ticks < 1:
             raise ValueError(f"trim_window_ticks must be >= 1 or None, got "
                              f"{self.trim_window_ticks}")
+        if self.prompt_cache_bytes < 0:
+            raise ValueError(f"prompt_cache_bytes must be >= 0, got {self.prompt_cache_bytes}")
         if not 0.001 <= self.tick_s <= 10:
             raise ValueError(f"tick_s must be in [0.001, 10], got {self.tick_s}")
 

@@ -45,6 +45,7 @@ from .metrics import (
 )
 from .models import LoadedModels
 from .packing import RowPacking, engine_rows
+from .persona_engine import PersonaPrefill
 from .row_sampler import RowSampler
 from .row_state import RowLayout
 from .slot import PCM, Sink, Slot, SlotError, SlotEvent, SlotOutput, SlotState, SttOutput
@@ -70,7 +71,7 @@ class TickReport:
     seconds: float
 
 
-class Engine(SlotAdmission, RowPacking, EngineMeasures):
+class Engine(SlotAdmission, RowPacking, PersonaPrefill, EngineMeasures):
     """N call slots over one Mimi + one LMGen batch. Thread model: all torch work runs in
     the thread that calls :meth:`tick` (the engine's own thread after :meth:`start`);
     slots are opened, fed and closed from any thread."""
@@ -140,6 +141,7 @@ class Engine(SlotAdmission, RowPacking, EngineMeasures):
         self.rows, self._batch = engine_rows(n, self.device, self.config.live_rows_only,
                                              self.mimi, self.lm_gen, self._steer,
                                              self.sampler, self.stt)
+        self._persona_init(n, self.config.prompt_cache_bytes)
         self._state_bytes = streaming_state_bytes(self.mimi, self.lm_gen, models.lm)
         self._weights_bytes = sum(
             p.numel() * p.element_size()
@@ -263,10 +265,14 @@ class Engine(SlotAdmission, RowPacking, EngineMeasures):
 
     # ---------------------------------------------------------------- ticking
 
-    def tick(self) -> TickReport:
-        """Run one tick now: every slot with a frame (or due a silence fill) steps once."""
+    def tick(self, prefill_until: float | None = None) -> TickReport:
+        """Run one tick now: every slot with a frame (or due a silence fill) steps once;
+        then persona prefill steps (one, or as many as fit before ``prefill_until``)."""
         with self._tick_lock, self._torch_context():
-            return self._tick()
+            self._start_prompts()  # a cached persona joins this tick (persona_engine.py)
+            report = self._tick()
+        self._prefill_in_slack(prefill_until)
+        return report
 
     def _tick(self) -> TickReport:
         t0 = time.perf_counter()
@@ -282,16 +288,20 @@ class Engine(SlotAdmission, RowPacking, EngineMeasures):
             batch = np.zeros((n, FRAME_SAMPLES), dtype=np.float32)
             exec_l = [False] * n
             first_l = [False] * n
+            fresh_l = [False] * n
             members: list[Slot | None] = [None] * n
             for i, s in enumerate(self._slots[:n]):
                 if s is None or any(s is f for f in flushing):
                     continue
+                if s.prompt_run is not None and not s.prompt_run.done.is_set():
+                    continue  # its persona prompt is prefilling (persona_engine.py)
                 frame, _filled = s._take()
                 if frame is None:
                     continue
                 batch[i] = frame
                 exec_l[i] = True
                 first_l[i] = s._first
+                fresh_l[i] = s._first and not s.prompted  # a prompted LM row continues
                 s._first = False
                 members[i] = s
         executed = sum(exec_l)
@@ -303,10 +313,12 @@ class Engine(SlotAdmission, RowPacking, EngineMeasures):
         exec_mask = torch.tensor(exec_l, dtype=torch.bool, device=dev)
         first_mask = torch.tensor(first_l, dtype=torch.bool, device=dev)
         any_first = any(first_l)
+        fresh_mask = (torch.tensor(fresh_l, dtype=torch.bool, device=dev) if any_first
+                      else first_mask)
         if any_first:
             # A call joins: its row starts from scratch in Mimi and the LM.
             self.mimi.reset_streaming(first_mask)
-            self.lm_gen.reset_streaming(first_mask)
+            self.lm_gen.reset_streaming(fresh_mask)
             self._steer.reset(first_mask)
             if self.sampler is not None:
                 for i, s in enumerate(members):
@@ -317,8 +329,9 @@ class Engine(SlotAdmission, RowPacking, EngineMeasures):
         codes = self.mimi.encode(x)
         if any_first:
             # Moshi ignores the first frame; redo the encoder's start-of-stream padding
-            # on the next one (what Kyutai's server does with skip_frames).
-            self.mimi.reset_streaming(first_mask)
+            # on the next one (what Kyutai's server does with skip_frames). A prompted
+            # row's LM reads its first frame: its encoder runs on, as NVIDIA's does.
+            self.mimi.reset_streaming(fresh_mask)
         self.lm_gen.set_exec_mask(exec_mask)
         # Steering (ADR 0070): each steered row's forcing for this step, applied by the
         # LMGen hooks; rows without a plan keep their sampled tokens.
@@ -412,7 +425,7 @@ class Engine(SlotAdmission, RowPacking, EngineMeasures):
                 self._stop.wait(delay)
                 continue
             try:
-                self.tick()
+                self.tick(prefill_until=next_t + period)
             except Exception as exc:
                 # The model failed mid-tick: every row in flight is suspect. Fail the
                 # calls (each gets an error); new calls reset their rows, so the engine

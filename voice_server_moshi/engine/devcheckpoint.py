@@ -14,6 +14,13 @@ from __future__ import annotations
 import io
 from typing import Any
 
+#: The files of a dev checkpoint directory (:mod:`.checkpoints` reads them).
+CONFIG_NAME = "config.json"
+MOSHI_WEIGHTS_NAME = "dev_moshi.safetensors"
+MIMI_WEIGHTS_NAME = "dev_mimi.safetensors"
+MIMI_CONFIG_NAME = "dev_mimi_config.json"
+TOKENIZER_NAME = "dev_tokenizer.model"
+
 #: Text vocabulary (``text_card``) of the dev LM; the tokenizer is trained to this size.
 TEXT_CARD = 128
 #: Audio codebook size of the dev Mimi (``bins``) and LM (``card``).
@@ -184,7 +191,10 @@ def _init_codebooks(mimi: Any, seed: int) -> None:
 
     gen = torch.Generator().manual_seed(seed + 1)
     sr = DEV_MIMI_CONFIG["sample_rate"]
-    seconds = 24  # 300 latent frames at 12.5 Hz, more than AUDIO_CARD centroids per level
+    bins = int(mimi.quantizer.rvq_first.vq.layers[0]._codebook.codebook_size)
+    # 24 s: 300 latent frames at 12.5 Hz, more than AUDIO_CARD centroids per level; a
+    # larger codebook (dev-personaplex's 2048) gets as many seconds as it needs.
+    seconds = 24 if bins <= 256 else bins // 12 + 4
     t = torch.arange(seconds * sr, dtype=torch.float32) / sr
     # Gliding tones under a syllable-rate envelope, plus noise: varied, speech-like input.
     f0 = 120 + 80 * torch.sin(2 * torch.pi * 0.3 * t) + 40 * torch.rand(1, generator=gen)
@@ -238,11 +248,12 @@ def _shape_decoder(mimi: Any, seed: int) -> None:
         # codes audible as texture but leaves quiet frames ~20 dB under speech.
         mimi.quantizer.rvq_rest.output_proj.weight.mul_(0.03)
         cb = mimi.quantizer.rvq_first.vq.layers[0]._codebook
-        gains = 10 ** (-GAIN_SPREAD_DB / 20 * torch.rand(AUDIO_CARD, generator=gen))
+        bins = int(cb.codebook_size)
+        gains = 10 ** (-GAIN_SPREAD_DB / 20 * torch.rand(bins, generator=gen))
         cb.embedding_sum.mul_(gains[:, None])
         cb.embedding_sum[:QUIET_CODES] = 0.0
         cb._embedding = None  # drop the cached centroids
-        codes = torch.randint(QUIET_CODES, AUDIO_CARD, (1, 8, 50), generator=gen)
+        codes = torch.randint(QUIET_CODES, bins, (1, 8, 50), generator=gen)
         rms = float(mimi.decode(codes).pow(2).mean().sqrt())
         # Three significant digits: the factor is computed through convolutions, and
         # rounding it keeps last-bit differences between kernels out of the bytes.
@@ -301,19 +312,24 @@ def build_weights(seed: int) -> tuple[bytes, bytes]:
 
 
 def _build_weights_one_thread(seed: int) -> tuple[bytes, bytes]:
+    mimi, lm = build_models(seed, DEV_MIMI_CONFIG, DEV_LM_CONFIG)
+    return _state_bytes(mimi.state_dict()), _state_bytes(lm.state_dict())
+
+
+def build_models(seed: int, mimi_config: dict[str, Any], lm_config: dict[str, Any]
+                 ) -> tuple[Any, Any]:
+    """The dev Mimi and LM of these configurations (their weights a pure function of
+    ``seed``), as modules; one intra-op thread expected (see :func:`build_weights`)."""
     import torch
     from moshi.models import loaders
     from moshi.models.lm import LMModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        mimi = loaders.get_mimi(None, DEV_MIMI_CONFIG, device="cpu", num_codebooks=8)
+        mimi = loaders.get_mimi(None, mimi_config, device="cpu", num_codebooks=8)
         _init_codebooks(mimi, seed)
         _shape_decoder(mimi, seed)
-        mimi_bytes = _state_bytes(mimi.state_dict())
-
         torch.manual_seed(seed + 2)
-        lm = LMModel(device="cpu", dtype=torch.float32, **DEV_LM_CONFIG)
+        lm = LMModel(device="cpu", dtype=torch.float32, **lm_config)
         _wire_turn_taking(lm)
-        lm_bytes = _state_bytes(lm.state_dict())
-    return mimi_bytes, lm_bytes
+    return mimi, lm

@@ -7,7 +7,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,6 +16,7 @@ from .config import EngineConfig
 
 if TYPE_CHECKING:
     from .models import LoadedModels
+    from .persona_cache import PromptCache
     from .slot import Slot
 
 #: Tick-time histogram buckets (seconds) for the Prometheus metrics.
@@ -49,6 +50,27 @@ class EngineMetrics:
     process_rss_bytes: int | None
     device: str
     dtype: str
+    #: Personas (ADR 0130): the prompt cache and the prefills (zero without PersonaPlex).
+    persona: PromptMetrics = field(default_factory=lambda: PromptMetrics())
+
+
+@dataclass(frozen=True, slots=True)
+class PromptMetrics:
+    """The prompt cache's counters: lookups that hit / missed, entries and bytes kept,
+    evictions; prefills run to the end, their LM steps and LM seconds; calls prefilling now."""
+
+    hits: int = 0
+    misses: int = 0
+    entries: int = 0
+    bytes: int = 0
+    max_bytes: int = 0
+    evictions: int = 0
+    prefills: int = 0
+    prefill_steps: int = 0
+    prefill_seconds: float = 0.0
+    prefilling: int = 0
+    #: Whether the engine's model takes prompts (PersonaPlex).
+    enabled: bool = False
 
 
 class TickTimes:
@@ -143,9 +165,21 @@ class EngineMeasures:
     _calls_refused: int
     _state_bytes: int
     _weights_bytes: int
+    prompt_cache: PromptCache
+
+    def prompt_metrics(self) -> PromptMetrics:
+        """The persona prompt cache and prefills (ADR 0130)."""
+        c = self.prompt_cache
+        with self._lock:
+            prefilling = sum(1 for s in self._slots if s is not None and s.prompt_run
+                             is not None and not s.prompt_run.done.is_set())
+        return PromptMetrics(c.hits, c.misses, len(c), c.bytes, c.max_bytes, c.evictions,
+                             c.prefills, c.prefill_steps, c.prefill_seconds, prefilling,
+                             self.models.persona is not None)
 
     def metrics(self) -> EngineMetrics:
-        """A snapshot of the counters, tick times and memory."""
+        """A snapshot of the counters, tick times, memory and the prompt cache."""
+        persona = self.prompt_metrics()
         with self._lock:
             ticks = self._tick_stats
             times = sorted(ticks.recent)
@@ -174,4 +208,5 @@ class EngineMeasures:
                 process_rss_bytes=rss_bytes(),
                 device=str(self.device),
                 dtype=str(self.models.dtype).removeprefix("torch."),
+                persona=persona,
             )

@@ -10,12 +10,16 @@ compute and memory as the real weights.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from .._log import get_logger
+from .persona import PersonaSupport
+from .personaplex import PersonaModel, hub_voices_dir, is_personaplex, load_personaplex_lm, marker
 from .stt import SttModels, load_stt
+from .voices import VoiceLibrary
 
 log = get_logger(__name__)
 
@@ -69,6 +73,15 @@ class LoadedModels:
     mimi_file: str = ""
     #: The caller-transcript STT batched beside Moshi, or None.
     stt: SttModels | None = None
+    #: PersonaPlex checkpoints: voices and default voice.
+    persona: PersonaModel | None = None
+
+    def persona_support(self) -> PersonaSupport:
+        """What :func:`~.persona.check_persona` checks a call's prompt against."""
+        if self.persona is not None:
+            return self.persona.support()
+        return PersonaSupport(self.model_type,
+                              checkpoint=self.description.removeprefix("checkpoint "))
 
     def text_piece(self, token: int) -> str | None:
         """The text a token stands for, as Kyutai's server sends it; None for PAD/EPAD."""
@@ -88,13 +101,23 @@ def load_models(
     context: int | None = None,
     architecture: Architecture = "checkpoint",
     stt: str | None = None,
+    voices: str | None = None,
+    extra_voices: tuple[str, ...] = (),
 ) -> LoadedModels:
     """Load Mimi + LM. ``context`` (LM steps of 80 ms) sets the KV cache, i.e. memory per
     slot; None keeps the checkpoint's (3000 for Moshi). ``stt``: a Kyutai STT checkpoint
     (``dev``, a directory, a repo; ``full``: kyutai/stt-1b-en_fr's sizes, random weights)
-    on the same device and dtype, for caller transcripts (ADR 0075)."""
-    models = _load_moshi(checkpoint, device=device, dtype=dtype, context=context,
-                         architecture=architecture)
+    on the same device and dtype, for caller transcripts (ADR 0075). ``voices``: a
+    PersonaPlex checkpoint's voice directory (default: the checkpoint's own, or NVIDIA's
+    ``voices.tgz``); ``extra_voices``: more voice files (``.pt`` or audio) by path."""
+    if architecture == "checkpoint" and is_personaplex(checkpoint):
+        models = _load_personaplex(checkpoint, device=device, dtype=dtype, context=context,
+                                  voices=voices, extra_voices=extra_voices)
+    else:
+        if voices is not None or extra_voices:
+            raise ValueError(f"voices are for PersonaPlex checkpoints; {checkpoint!r} is not one")
+        models = _load_moshi(checkpoint, device=device, dtype=dtype, context=context,
+                             architecture=architecture)
     if stt is not None:
         models.stt = load_stt(stt, device=models.device, dtype=models.dtype)
     return models
@@ -135,3 +158,41 @@ def _load_moshi(checkpoint: str, *, device: str, dtype: str, context: int | None
     return LoadedModels(mimi, lm, tok, info.model_type, dict(info.lm_gen_config), dev, dt,
                         f"checkpoint {checkpoint}",
                         lm_file=str(info.moshi_weights), mimi_file=str(info.mimi_weights))
+
+
+def _load_personaplex(checkpoint: str, *, device: str, dtype: str, context: int | None,
+                     voices: str | None, extra_voices: tuple[str, ...]) -> LoadedModels:
+    """A PersonaPlex checkpoint: Mimi and tokenizer through the ``moshi`` package's
+    ``CheckpointInfo``, the LM through :func:`.personaplex.load_personaplex_lm`, and the
+    voice library."""
+    from .checkpoints import resolve_checkpoint
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if context is not None and context < 8:
+        raise ValueError(f"context must be >= 8 steps, got {context}")
+    info = resolve_checkpoint(checkpoint)  # safetensors only, checked before any load
+    lm_config: dict[str, Any] = dict(info.lm_config)
+    if context is not None:
+        lm_config["context"] = context
+    mimi = info.get_mimi(device=dev)
+    lm = load_personaplex_lm(Path(info.moshi_weights), lm_config, dev, dt)
+    tok = info.get_text_tokenizer()
+    directory = Path(info.moshi_weights).parent
+    meta = marker(directory)
+    if voices is not None:
+        vdir = Path(voices).expanduser()
+    elif meta.get("voices"):
+        vdir = directory / str(meta["voices"])
+    else:
+        vdir = hub_voices_dir(checkpoint)
+    library = VoiceLibrary.from_directory(vdir, mimi, lm)
+    for path in extra_voices:
+        library.add_file(Path(path).expanduser(), mimi, lm)
+    default = meta.get("default_voice", "NATF2")
+    persona = PersonaModel(library, default if default in library.voices else None, checkpoint)
+    log.info("personaplex loaded", checkpoint=checkpoint, voices=len(library.voices),
+             device=str(dev), dtype=str(dt))
+    return LoadedModels(mimi, lm, tok, "personaplex", dict(info.lm_gen_config), dev, dt,
+                        f"checkpoint {checkpoint}", lm_file=str(info.moshi_weights),
+                        mimi_file=str(info.mimi_weights), persona=persona)

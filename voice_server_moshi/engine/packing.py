@@ -115,7 +115,8 @@ class RowPacking:
             self._slots[dst], self._slots[src] = slot, None
             slot.index = dst
             slot.log = slot.log.bind(slot=dst)
-            stepped = not slot._first
+            # A persona prompt (ADR 0130) steps the row before the call's first frame.
+            stepped = not slot._first or slot.prompt_run is not None
         if stepped:  # a call that never stepped resets its row on its first frame
             self._batch.cover(src + 1)
             self.rows.copy(src, dst)

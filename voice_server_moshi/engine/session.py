@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from .._log import get_logger
 from .call_sampling import CallSampling
 from .core import Engine
+from .persona import PersonaPrompt
 from .slot import PCM, Slot, SlotError, SlotEvent, SttOutput
 from .steering import SlotSteering
 
@@ -47,13 +48,17 @@ class EngineCall:
         self._paced_frames = 0
         self.log = log.bind(call_id=call_id)
 
-    async def open(self, wait_s: float = 0.0,
-                   sampling: CallSampling | None = None) -> Slot:
-        """Take a slot (waiting up to ``wait_s``); raises ServerBusyError when none frees."""
+    async def open(self, wait_s: float = 0.0, sampling: CallSampling | None = None,
+                   persona: PersonaPrompt | None = None) -> Slot:
+        """Take a slot (waiting up to ``wait_s``); raises ServerBusyError when none frees,
+        PersonaError (before taking one) when the model cannot take ``persona``. With a
+        persona, returns once its prompt is in the row (prefilled, or from the cache)."""
         if self.slot is not None or self._ended:
             raise RuntimeError("EngineCall.open() may be called once")
         self._loop = asyncio.get_running_loop()
-        self.slot = await self.engine.open(self.call_id, self._sink, wait_s, sampling)
+        self.slot = await self.engine.open(self.call_id, self._sink, wait_s, sampling,
+                                           persona)
+        await self.engine.prompt_ready(self.slot)
         self.log = self.log.bind(slot=self.slot.index)
         return self.slot
 

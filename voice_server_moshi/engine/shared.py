@@ -30,6 +30,8 @@ class EngineKey:
     sampling: CallSampling | None
     #: Caller-transcript STT checkpoint (ADR 0075); None: none.
     stt: str | None = None
+    #: PersonaPlex voice files loaded beside the checkpoint's voices (ADR 0130).
+    voices: tuple[str, ...] = ()
 
 
 _engines: dict[EngineKey, Engine] = {}
@@ -54,7 +56,7 @@ def get_engine_blocking(key: EngineKey, slots: int, *, start: bool = True) -> En
         if eng is not None:
             return eng
         models = load_models(key.checkpoint, device=key.device, dtype=key.dtype,
-                             context=key.context, stt=key.stt)
+                             context=key.context, stt=key.stt, extra_voices=key.voices)
         eng = Engine(models, EngineConfig(slots=slots, sampling=key.sampling))
         if start:
             eng.start()

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +26,9 @@ from .._log import get_logger
 from .call_sampling import CallSampling
 from .config import FRAME_SAMPLES, EngineConfig
 from .steering import SlotSteering, SteerEvent, SteeringSpec
+
+if TYPE_CHECKING:
+    from .persona_run import PromptRun
 
 log = get_logger("voice_server_moshi.engine.core")
 
@@ -145,6 +148,10 @@ class Slot:
         #: (a paced sender is ahead of real time: its backlog is wanted, not stale).
         self._ticks = 0
         self.paced_at = -(1 << 30)
+        #: The call's persona prompt (ADR 0130), None without one; ``prompted`` once it is
+        #: in the row (its first frame then continues the row instead of resetting it).
+        self.prompt_run: PromptRun | None = None
+        self.prompted = False
         self.log = log.bind(call_id=call_id, slot=index)
 
     @property

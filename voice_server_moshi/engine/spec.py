@@ -11,13 +11,18 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .._log import get_logger
 from .call_sampling import GREEDY
 from .config import DEFAULT_TRIM_AFTER_MS, EngineConfig, trim_window_ticks
+from .persona import PersonaError
+from .persona_flags import WarmPersona, warm_personas_from_args, warm_prompts
 
 if TYPE_CHECKING:
     from .core import Engine
 
 __all__ = ["EngineSpec"]
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +42,11 @@ class EngineSpec:
     trim_after_ms: float = DEFAULT_TRIM_AFTER_MS
     greedy: bool = False
     max_queued_outputs: int = 150
+    #: PersonaPlex (ADR 0130): the voice directory (None: the checkpoint's), the prompt
+    #: cache's bound, and the personas prefilled before serving ((text, voice) pairs).
+    voices: str | None = None
+    prompt_cache_bytes: int = 2 << 30
+    warm_personas: tuple[WarmPersona, ...] = ()
     #: Bumped to roll every replica (a redeploy) without any other change.
     generation: int = 0
 
@@ -48,7 +58,10 @@ class EngineSpec:
         return cls(checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
                    context=args.context, stt=getattr(args, "stt", None), slots=args.slots,
                    queue_frames=args.queue_frames, fill_after_ticks=fill,
-                   trim_after_ms=args.trim_after_ms, greedy=args.greedy)
+                   trim_after_ms=args.trim_after_ms, greedy=args.greedy,
+                   voices=getattr(args, "voices", None),
+                   prompt_cache_bytes=getattr(args, "prompt_cache_bytes", 2 << 30),
+                   warm_personas=warm_personas_from_args(args))
 
     def engine_config(self, *, target_frames: int = 1) -> EngineConfig:
         """``target_frames``: the standing input queue that is jitter, not a stall (one
@@ -58,7 +71,8 @@ class EngineSpec:
         return EngineConfig(slots=self.slots, queue_frames=self.queue_frames,
                             fill_after_ticks=self.fill_after_ticks, target_frames=target_frames,
                             trim_window_ticks=trim_window_ticks(self.trim_after_ms),
-                            sampling=GREEDY if self.greedy else None)
+                            sampling=GREEDY if self.greedy else None,
+                            prompt_cache_bytes=self.prompt_cache_bytes)
 
     def build(self, *, target_frames: int = 1) -> Engine:
         """Load the models and make the engine (not started). Needs the embedded extra."""
@@ -66,6 +80,15 @@ class EngineSpec:
         from .models import load_models
 
         config = self.engine_config(target_frames=target_frames)  # bad flags fail first
+        prompts = warm_prompts(self.warm_personas)
         models = load_models(self.checkpoint, device=self.device, dtype=self.dtype,
-                             context=self.context, stt=self.stt)
-        return Engine(models, config)
+                             context=self.context, stt=self.stt, voices=self.voices)
+        engine = Engine(models, config)
+        for prompt in prompts:  # PersonaError (a ValueError) for one the model cannot take
+            try:
+                seconds = engine.warm(prompt)
+            except PersonaError as exc:
+                raise PersonaError(f"cannot warm persona {prompt.text!r} (voice "
+                                   f"{prompt.voice or 'default'}): {exc}") from None
+            log.info("persona warmed", voice=prompt.voice, seconds=round(seconds, 3))
+        return engine

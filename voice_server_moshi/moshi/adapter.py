@@ -163,6 +163,15 @@ class MoshiAdapter(BaseAdapter):
     async def cancel_say(self, flush: bool = True) -> None:
         await self._steer_transport().cancel_say(flush)
 
+    async def set_persona(self, persona: str | None = None, voice: str | None = None) -> None:
+        """Tell the agent who it is now (PersonaPlex; LiveKit's ``update_instructions``, a
+        transfer): the call is re-prompted and the conversation so far is dropped from the
+        model's context (ADR 0130); the embedded transport only. Raises PersonaError."""
+        if self.state != "connected" or self.transport is None:
+            raise LifecycleError(f"moshi: set_persona needs a connected session (state "
+                                 f"{self.state!r})")
+        await self.transport.set_persona(persona, voice)
+
     # -- BaseAdapter ---------------------------------------------------------------------
 
     async def _open(self, config: VoiceModelConfig) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -41,6 +42,13 @@ __all__ = ["EmbeddedTransport"]
 log = get_logger(__name__)
 
 
+def _voice_file(voice: str | None) -> str | None:
+    """``voice`` when it names an audio file (loaded into the engine's voices), else None."""
+    if voice is None or not voice.lower().endswith((".wav", ".flac", ".mp3", ".ogg")):
+        return None
+    return str(Path(voice).expanduser().resolve())
+
+
 def _call_sampling(settings: MoshiSettings, default: CallSampling) -> CallSampling:
     """This call's sampling: the settings that are set, over the engine's default."""
     from dataclasses import replace
@@ -48,6 +56,9 @@ def _call_sampling(settings: MoshiSettings, default: CallSampling) -> CallSampli
     from ..engine.call_sampling import SAMPLING_KEYS
 
     given = {k: getattr(settings, k) for k in SAMPLING_KEYS if getattr(settings, k) is not None}
+    if settings.seed is not None:  # NVIDIA's one seed: both streams' unless set apart
+        given.setdefault("text_seed", settings.seed)
+        given.setdefault("audio_seed", settings.seed)
     return replace(default, **given)
 
 
@@ -76,7 +87,12 @@ class EmbeddedTransport(MoshiTransport):
             ) from None
         s = self.settings
         # Sampling is per call (ADR 0080): every call of one model shares one engine.
-        key = EngineKey(s.checkpoint, s.device, s.dtype, s.context, None, s.stt)
+        from ..engine.persona import PersonaError, make_prompt
+
+        prompt = make_prompt(s.persona, s.voice)  # checked by the settings already
+        file_voice = _voice_file(s.voice)
+        key = EngineKey(s.checkpoint, s.device, s.dtype, s.context, None, s.stt,
+                        (file_voice,) if file_voice else ())
         try:
             engine = await get_engine(key, s.slots)
         except Exception as exc:  # any loader failure (hub, files, CUDA) is a connect error
@@ -90,7 +106,9 @@ class EmbeddedTransport(MoshiTransport):
             raise ConnectError(f"invalid per-call sampling: {exc}") from None
         call = EngineCall(engine, call_id, max_queued=s.max_queued_events)
         try:
-            await call.open(s.admission_wait_s, sampling)
+            await call.open(s.admission_wait_s, sampling, prompt)
+        except PersonaError as exc:
+            raise ConnectError(f"persona refused: {exc}") from None
         except ServerBusyError as exc:
             raise ServerBusyError(
                 f"embedded engine busy: {exc} (moshi.slots={engine.slots}, "
@@ -161,6 +179,17 @@ class EmbeddedTransport(MoshiTransport):
 
     async def say_audio(self, pcm: PCM, text: str = "") -> str:
         return await self._steer_call().say_audio(pcm, text, self._next_id())
+
+    async def set_persona(self, persona: str | None, voice: str | None) -> None:
+        from ..engine.persona import PersonaError, make_prompt
+
+        call = self._steer_call()
+        prompt = make_prompt(persona, voice)
+        if prompt is None:
+            raise PersonaError("set_persona needs a persona or a voice")
+        assert call.slot is not None
+        call.engine.change_persona(call.slot, prompt)
+        await call.engine.prompt_ready(call.slot)
 
     async def cancel_say(self, flush: bool = True) -> None:
         self._steer_call().cancel_say(flush)

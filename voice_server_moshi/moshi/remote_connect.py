@@ -1,6 +1,6 @@
 """How the remote transport reaches a server: the URL (with the Rust backend's sampling
-query parameters), its redacted form for logs, the TLS context, and a websockets logger
-that never logs the bearer token."""
+query parameters and NVIDIA's persona ones), its redacted form for logs, the TLS context,
+and a websockets logger that never logs the bearer token."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import ssl
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ..engine.persona import persona_query
 from ..errors import ConnectError
 from .settings import MoshiSettings
 
@@ -41,6 +42,8 @@ def build_url(settings: MoshiSettings) -> str:
         value = getattr(settings, key)
         if value is not None:
             query[key] = str(value)
+    # Personas as NVIDIA's PersonaPlex server reads them (and serve, ADR 0130).
+    query.update(persona_query(settings.persona, settings.voice, settings.seed))
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 

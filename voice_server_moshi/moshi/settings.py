@@ -77,6 +77,22 @@ class MoshiSettings:
     repetition_penalty: float | None = field(
         default=None, metadata={"min": 1.0, "max": 3.0,
                                 "help": _SAMPLING_HELP + "1.0 is off"})
+    persona: str | None = field(
+        default=None,
+        metadata={"help": "PersonaPlex: who the agent is, e.g. 'You are the support line of "
+                  "Acme; be brief' (wrapped in <system> tags unless already); sent as "
+                  "text_prompt (remote) or prefilled into the call's row (embedded)"},
+    )
+    voice: str | None = field(
+        default=None,
+        metadata={"help": "PersonaPlex: the agent's voice, a name in the voice directory "
+                  "(NATF0..NATF3, NATM0..NATM3, VARF0..VARF4, VARM0..VARM4) or an audio file "
+                  "(.wav; embedded); sent as voice_prompt=NAME.pt (remote); unset: NATF2"},
+    )
+    seed: int | None = field(
+        default=None, metadata={"min": 0, "max": (1 << 64) - 1,
+                                "help": "PersonaPlex: NVIDIA's seed query parameter (remote); "
+                                "embedded: the seed of text_seed and audio_seed when unset"})
     checkpoint: str = field(
         default="dev",
         metadata={"help": "embedded weights: 'dev' (generated tiny checkpoint, babbles), a "
@@ -145,6 +161,9 @@ class MoshiSettings:
             raise ValueError("transport 'remote' needs url (e.g. ws://127.0.0.1:8998/api/chat)")
         if self.url is not None and not self.url.startswith(("ws://", "wss://")):
             raise ValueError(f"url must start with ws:// or wss://, got {self.url!r}")
+        from ..engine.persona import make_prompt  # pure: no torch
+
+        make_prompt(self.persona, self.voice)  # PersonaError (a ValueError) says why
 
     @property
     def resolved_transport(self) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..audio.moshi_frame import FRAME_SAMPLES, SAMPLE_RATE
+from ..engine.persona import PersonaError
 from ..errors import SteeringUnsupportedError
 
 #: Moshi's sample rate and frame: 80 ms at 24 kHz.
@@ -161,3 +162,10 @@ class MoshiTransport(ABC):
     async def cancel_say(self, flush: bool = True) -> None:
         """Stop the request being said (and with ``flush`` the queued ones)."""
         raise SteeringUnsupportedError(f"{type(self).__name__}: {NOT_STEERABLE}")
+
+    async def set_persona(self, persona: str | None, voice: str | None) -> None:
+        """Give the running call another persona and/or voice (PersonaPlex, ADR 0130): the
+        conversation so far leaves the model's context; returns once the new prompt is in."""
+        raise PersonaError(f"{type(self).__name__} cannot change the persona of a running "
+                           "call (NVIDIA's protocol has no message for it: start a new call "
+                           "with the new text_prompt/voice_prompt); the embedded transport can")

@@ -85,7 +85,8 @@ class BatchedServer:
         self.front = CallFront(cfg.limits, cfg.max_message_bytes, cfg.instance_name,
                                cfg.admission_wait_s,
                                default_sampling=lambda: engine.default_sampling,
-                               counters=self.counters)
+                               counters=self.counters,
+                               persona_support=lambda: engine.persona_support)
         #: /healthz, /readyz, /capacity, /metrics, auth, the static client (ADR 0110).
         self.http = HttpFront(cfg, self.counters, capacity=self.capacity,
                               metrics=self.metrics_text)
@@ -155,7 +156,8 @@ class BatchedServer:
         alive = engine.tick_thread_alive()
         return Capacity(engine.slots, engine.free_slots(), engine.ready and alive,
                         "warming up" if not engine.ready
-                        else "engine tick thread is not running")
+                        else "engine tick thread is not running",
+                        extra={"persona": engine.persona_support.as_dict()})
 
     async def metrics_text(self) -> str:
         return render(self._registry)

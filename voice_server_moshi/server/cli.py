@@ -15,6 +15,7 @@ import signal
 import sys
 
 from .._cli_help import command_parser
+from ..engine.persona_flags import add_persona_flags
 from ..moshi import protocol
 from ..moshi.settings import DEFAULT_HF_REPO
 from .auth import AUTH_ENV, TokenError, read_token_file
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "kyutai/stt-1b-en_fr; default none")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    add_persona_flags(p)
     p.add_argument("--context", type=int, default=None,
                    help="LM context in 80 ms steps (memory per slot); default the checkpoint's")
     p.add_argument("--auth-token-file", default=None, metavar="PATH",

@@ -21,8 +21,9 @@ from prometheus_client.registry import Collector
 
 from ..engine.metrics import TICK_BUCKETS_S, EngineMetrics
 from .counters import ServerCounters, server_families
+from .prompt_metrics import PROMPT_METRICS
 
-__all__ = ["CONTENT_TYPE", "ServerCollector", "ServerCounters", "render_metrics",
+__all__ = ["CONTENT_TYPE", "PROMPT_METRICS", "ServerCollector", "ServerCounters", "render_metrics",
            "server_families"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -75,6 +76,10 @@ def _engine_families(m: EngineMetrics) -> Iterator[Metric]:
     if m.process_rss_bytes is not None:
         yield gauge("process_resident_memory_bytes", "Resident memory of the process.",
                     m.process_rss_bytes)
+    p = getattr(m, "persona", None)
+    if p is not None and p.enabled:  # the prompt cache and prefills (PersonaPlex, ADR 0130)
+        for name, family, help_, attr in PROMPT_METRICS:
+            yield family(name, help_, value=getattr(p, attr))
 
 
 class ServerCollector(Collector):

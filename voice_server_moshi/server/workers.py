@@ -32,6 +32,7 @@ from .._log import get_logger
 from ..callpath.front import CallFront
 from ..callpath.remote import RemoteEngine
 from ..engine.call_sampling import CallSampling
+from ..engine.persona import PersonaSupport
 from .config import ServerConfig
 from .counters import ServerCounters
 from .endpoints import Capacity, HttpFront
@@ -57,11 +58,16 @@ class IngressWorker:
                               metrics=self.metrics_text)
         self.front = CallFront(config.limits, config.max_message_bytes, config.instance_name,
                                config.admission_wait_s, default_sampling=self._default_sampling,
-                               counters=self.counters)
+                               counters=self.counters, persona_support=self._persona_support)
 
     def _default_sampling(self) -> CallSampling:
         """The engine's per-call sampling defaults (read once, at start)."""
         return CallSampling(**self.engine_info.get("default_sampling", {}))
+
+    def _persona_support(self) -> PersonaSupport | None:
+        """What the engine's model takes of personas (read once, at start)."""
+        d = self.engine_info.get("persona")
+        return PersonaSupport.from_dict(d) if d else None
 
     async def run(self, stop: asyncio.Event, started: Any = None) -> None:
         install_redaction()
@@ -79,7 +85,8 @@ class IngressWorker:
 
     async def capacity(self) -> Capacity:
         cap = (await self._http.get(self.http_base + "/capacity")).json()
-        return Capacity(int(cap["slots"]), int(cap["free_slots"]), bool(cap["ready"]))
+        return Capacity(int(cap["slots"]), int(cap["free_slots"]), bool(cap["ready"]),
+                        extra={"persona": cap["persona"]} if "persona" in cap else {})
 
     async def metrics_text(self) -> str:
         return (await self._http.get(self.http_base + "/metrics")).text

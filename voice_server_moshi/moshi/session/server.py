@@ -146,10 +146,18 @@ class ServerSession(Session):
         try:
             self.params = dict(self.query_parser(q))
         except QueryError as exc:
-            self._queue(protocol.encode(protocol.ErrorMessage(f"bad request: {exc}")))
-            self.close(CLOSE_POLICY, "bad request")
+            self.refuse_bad_request(str(exc))
             return False
         return True
+
+    def refuse_bad_request(self, detail: str) -> None:
+        """A request the server cannot serve (a bad query parameter, or one the engine
+        refused at admission, e.g. an unknown voice): ``0x05`` "bad request: <detail>",
+        then close 1008."""
+        if self.state is not SessionState.CONNECTING:
+            raise RuntimeError(f"refuse_bad_request() on a session that is {self.state.value}")
+        self._queue(protocol.encode(protocol.ErrorMessage(f"bad request: {detail}")))
+        self.close(CLOSE_POLICY, "bad request")
 
     def refuse_busy(self, detail: str) -> None:
         """No free capacity: ``0x05`` "server busy: <detail>", then close 1013."""
