@@ -21,6 +21,7 @@ from voice_server_moshi.host.tool_example import OrderStatusAgent
 from voice_server_moshi.livekit import RealtimeModel
 from voice_server_moshi.livekit.example import answer_tool_calls
 from voice_server_moshi.livekit.harness import CallerInput, RecordingOutput, TextLog
+from voice_server_moshi.livekit.options import BetweenTurns
 from voice_server_moshi.livekit.session import MoshiRealtimeSession
 from voice_server_moshi.moshi.adapter import MoshiAdapter
 from voice_server_moshi.moshi.settings import MoshiSettings
@@ -40,6 +41,8 @@ class Run:
     duration_ms: float
     events: list[tuple[float, str, Any]] = field(default_factory=list)
     says: list[tuple[float, Any]] = field(default_factory=list)  # (call ms, handle)
+    speeches: list[Any] = field(default_factory=list)  # every SpeechHandle LiveKit made
+    interrupted: list[Any] = field(default_factory=list)  # those interrupted before close
 
     def of(self, name: str) -> list[Any]:
         return [e for _, n, e in self.events if n == name]
@@ -55,11 +58,10 @@ async def until(cond: Callable[[], bool]) -> None:
         await asyncio.sleep(0.01)
 
 
-async def wait_between_turns(rt: MoshiRealtimeSession, after_ms: float) -> None:
-    # With "play" a generation is always open once Moshi has spoken: LiveKit queues the
-    # say behind it until the next agent turn starts.
-    await until(lambda: rt.mode.t_ms >= after_ms
-                and (rt._gen is None or rt.between_turns == "play"))
+async def wait_in_flight(rt: MoshiRealtimeSession, after_ms: float) -> None:
+    # A say while a generation is in flight: LiveKit would queue it behind that one until
+    # Moshi's next agent turn; the session ends the generation so the say goes next.
+    await until(lambda: rt.mode.t_ms >= after_ms and rt._gen is not None)
 
 
 async def agent_call(model: RealtimeModel, seconds: float, *, interrupt_say: bool,
@@ -78,22 +80,23 @@ async def agent_call(model: RealtimeModel, seconds: float, *, interrupt_say: boo
     for name in ("user_state_changed", "user_input_transcribed", "conversation_item_added",
                  "error"):
         session.on(name, lambda ev, name=name: run.events.append((rt.mode.t_ms, name, ev)))
+    session.on("speech_created", lambda ev: run.speeches.append(ev.speech_handle))
     src = CallerInput(caller_pcm(seconds), 8000, heard_ms=lambda: rt.feed.fed_ms,
                       ready=rt.ready)
     run.duration_ms = src.duration_ms
     session.input.audio = src
     await asyncio.wait_for(rt.ready.wait(), 180)
-    # A say while Moshi is between turns (LiveKit queues it behind a turn in flight).
-    await wait_between_turns(rt, 8000)
+    await wait_in_flight(rt, 8000)
     run.says.append((rt.mode.t_ms, session.say(SAY)))
     if interrupt_say:
-        await wait_between_turns(rt, 18000)
+        await wait_in_flight(rt, 18000)
         run.says.append((rt.mode.t_ms, session.say(SAY)))
         await until(lambda: any(d.kind == "steering" and d.detail["status"] == "started"
                                 for d in rt.decisions[-20:])
                     and rt.mode.t_ms >= run.says[-1][0] + 400)
         session.interrupt()
     await src.done.wait()
+    run.interrupted = [h for h in run.speeches if h.interrupted]  # close interrupts the last
     await session.aclose()
     return run
 
@@ -131,6 +134,28 @@ def check_say(run: Run, dev_words: list[str]) -> float:
     return t_word - t_say
 
 
+def check_stream_say_interrupt(run: Run, dev_words: list[str]) -> None:
+    """The default ("play") meets all three at once: the whole stream went out, the says
+    cut in (the generation in flight ended for them) and interrupt stopped one at once."""
+    rt = run.rt
+    assert rt.between_turns == "play"
+    assert run.out.played_ms >= 0.9 * run.duration_ms
+    # Played + dropped is the whole call, to a frame per generation.
+    assert abs(run.out.played_ms + rt.dropped_ms - rt.mode.t_ms) <= 20 * (run.out.segments + 2)
+    assert any(d.kind == "make-way" for d in rt.decisions)
+    delay = check_say(run, dev_words)
+    assert delay <= 5000
+    # No speech interrupted but the test's own interrupt(): backchannels raise none.
+    assert run.interrupted == [run.says[-1][1]]
+    # interrupt(): LiveKit's speech was interrupted, the steering cancelled at once.
+    statuses = [d.detail["status"] for d in rt.decisions if d.kind == "steering"]
+    assert statuses.count("finished") >= 1 and "cancelled" in statuses
+    assert run.says[-1][1].interrupted and not run.says[0][1].interrupted
+    t_int = next(d.t_ms for d in rt.decisions if d.kind == "interrupt")
+    t_cancel = next(d.t_ms for d in rt.decisions if d.detail.get("status") == "cancelled")
+    assert t_cancel - t_int <= 200  # the model's next step (80 ms) plus the playout
+
+
 def sayable(dev_checkpoint: Any, text: str) -> list[str]:
     import sentencepiece
 
@@ -166,18 +191,7 @@ async def test_agent_session_on_the_embedded_dev_checkpoint(dev_checkpoint: Any)
     agents = [e.item for e in run.of("conversation_item_added")
               if isinstance(e.item, llm.ChatMessage) and e.item.role == "assistant"]
     assert agents and all(a.text_content for a in agents)
-    # "drop": the audio forwarded is the agent's turns and says, Moshi's silence between
-    # them is not: played + dropped is the whole call, to a frame per generation.
-    total = run.out.played_ms + rt.dropped_ms
-    assert abs(total - rt.mode.t_ms) <= 20 * (run.out.segments + 2)
-    assert check_say(run, sayable(dev_checkpoint, SAY)) <= 5000
-    # interrupt(): LiveKit's speech was interrupted, the steering cancelled at once.
-    statuses = [d.detail["status"] for d in rt.decisions if d.kind == "steering"]
-    assert statuses.count("finished") >= 1 and "cancelled" in statuses
-    assert run.says[-1][1].interrupted and not run.says[0][1].interrupted
-    t_int = next(d.t_ms for d in rt.decisions if d.kind == "interrupt")
-    t_cancel = next(d.t_ms for d in rt.decisions if d.detail.get("status") == "cancelled")
-    assert t_cancel - t_int <= 200  # the model's next step (80 ms) plus the playout
+    check_stream_say_interrupt(run, sayable(dev_checkpoint, SAY))
     assert rt.adapter.state == "closed"  # type: ignore[attr-defined]
 
 
@@ -205,18 +219,14 @@ async def served() -> AsyncIterator[Any]:
 @pytest.mark.slow
 async def test_agent_session_against_serve(served: Any, dev_checkpoint: Any) -> None:
     url = f"ws://127.0.0.1:{served.port}/api/chat"
-    # "play": Moshi's whole stream is forwarded, as the Pipecat service does.
     model = RealtimeModel(moshi={"url": url, "stall_fill_ms": 2000, **SEEDS}, clock="input",
-                          sample_rate=8000, between_turns="play", user_transcription=True)
-    run = await agent_call(model, CALL_S, interrupt_say=False)
+                          sample_rate=8000, user_transcription=True)
+    run = await agent_call(model, CALL_S, interrupt_say=True)
     assert not run.of("error")
     check_turn_events(run)
     check_transcripts(run)
-    assert run.out.played_ms >= 0.9 * run.duration_ms
     assert run.rt.capabilities.supports_say and run.rt.capabilities.user_transcription
-    # LiveKit queues the say behind the generation in flight: with "play" that is until
-    # the next agent turn starts.
-    assert check_say(run, sayable(dev_checkpoint, SAY)) <= 10000
+    check_stream_say_interrupt(run, sayable(dev_checkpoint, SAY))
 
 
 async def test_the_session_refuses_what_moshi_cannot_do_with_the_reason() -> None:
@@ -252,7 +262,9 @@ async def test_the_session_refuses_what_moshi_cannot_do_with_the_reason() -> Non
     assert rt.decisions[-1].kind == "disconnected"
 
 
-async def test_the_session_driven_directly_maps_the_modes_decisions() -> None:
+@pytest.mark.parametrize("between_turns", ["play", "drop"])
+async def test_the_session_driven_directly_maps_the_modes_decisions(
+        between_turns: BetweenTurns) -> None:
     # The corpus's scripted agent on a call with a backchannel and a barge-in (the
     # Pipecat service's call), input-clocked: the decisions do not depend on the load.
     from voice_server_moshi.corpus.agent import ScriptedAgentTransport, text_schedule
@@ -260,7 +272,8 @@ async def test_the_session_driven_directly_maps_the_modes_decisions() -> None:
     from voice_server_moshi.corpus.store import bundled_clips
 
     call = build_call(bundled_clips(), 12, 20.0, exchanges=2)
-    model = RealtimeModel(clock="input", sample_rate=8000, adapter_factory=lambda: MoshiAdapter(
+    model = RealtimeModel(clock="input", sample_rate=8000, between_turns=between_turns,
+                          adapter_factory=lambda: MoshiAdapter(
         MoshiSettings(), transport=ScriptedAgentTransport(
             call.agent, 8000, text_schedule(call.agent_segments))))
     assert not model.capabilities.supports_say and not model.capabilities.user_transcription
@@ -290,3 +303,10 @@ async def test_the_session_driven_directly_maps_the_modes_decisions() -> None:
     assert texts[0].split()[0].strip(",.?!") == call.agent_segments[0].text.split()[0].strip(
         ",.?!")
     assert rt.mode.t_ms >= call.duration_ms - 20
+    # "play" forwards everything from the first agent turn on; "drop" Moshi's turns only.
+    # (the audio before Moshi's first turn, to a few frames, is all "play" drops)
+    before_first = turns[0].t_ms + 60
+    if between_turns == "play":
+        assert rt.dropped_ms <= before_first
+    else:
+        assert rt.dropped_ms >= before_first + 1000

@@ -44,7 +44,7 @@ class RealtimeModel(llm.RealtimeModel):
         moshi: Mapping[str, Any] | Any | None = None,
         full_duplex: Mapping[str, Any] | Any | None = None,
         clock: Literal["real", "input"] = "real",
-        between_turns: BetweenTurns = "drop",
+        between_turns: BetweenTurns = "play",
         sample_rate: int = 24000,
         supports_say: bool | None = None,
         user_transcription: bool | None = None,

@@ -15,10 +15,11 @@ from ..modes.clock import Clock, ManualClock, RealClock
 __all__ = ["BetweenTurns", "ModelOptions", "capabilities", "session_capabilities"]
 
 #: What happens to Moshi's audio between agent turns (its silence, its breathing):
-#: "drop" (default) forwards only agent turns, so LiveKit's agent state follows Moshi's
-#: turns and the room plays silence in between; "play" keeps each turn's generation open
-#: until the next agent turn starts, so the whole stream is forwarded as the Pipecat
-#: service does (LiveKit then reads the agent as speaking for the whole call).
+#: "play" (default) keeps each turn's generation open until the next agent turn starts
+#: (or a say is scheduled), so the whole stream is forwarded as the Pipecat service does
+#: (LiveKit then reads the agent as speaking for the whole call); "drop" forwards only
+#: agent turns and says, so LiveKit's agent state follows Moshi's turns and the room plays
+#: silence in between.
 BetweenTurns = Literal["drop", "play"]
 
 

@@ -20,6 +20,10 @@ agent transcript, final words              the open generation's text stream
 the request until the steered speech and its agent turn end; ``interrupt()`` cancels
 steering, applies the mode's barge-in policy and ends the generation in flight. Whatever
 Moshi cannot do raises :class:`~livekit.agents.llm.RealtimeError` with the reason.
+
+A ``session.say`` ends the generation in flight as soon as LiveKit schedules it (the
+steered speech is what Moshi plays next; :mod:`.says`), so it does not wait behind Moshi's
+turn; no turn generation opens until the say's own does.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from .caller_text import CallerText
 from .generation import Generation, GenerationKind
 from .options import ModelOptions, session_capabilities
 from .refusals import check_chat_ctx, check_instructions, check_tool_choice, check_tools
+from .says import WaitingSays
 
 __all__ = ["Decision", "MoshiRealtimeSession"]
 
@@ -91,7 +96,7 @@ class MoshiRealtimeSession(llm.RealtimeSession[Any]):
         self.ready = asyncio.Event()
         self._gen: Generation | None = None
         self._in_turn = False
-        self._muted = False  # after interrupt(): no audio until the next agent turn
+        self._muted = False  # after interrupt(): no audio until Moshi's turn is over
         self._early_words: list[tuple[float, str]] = []
         self._caller = CallerText()
         self._chat_ctx = llm.ChatContext.empty()
@@ -106,6 +111,7 @@ class MoshiRealtimeSession(llm.RealtimeSession[Any]):
         self.agent_out_consumed: list[int] = []  # caller frames the mode had consumed
         self.feed.record_timing = False  # set with record_timing by benchmarks
         self._feeder: asyncio.Task[None] | None = None
+        self.says = WaitingSays(self._make_way)  # follows the AgentSession's says
         self._starter = self._spawn(self._start(), "moshi-start")
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -143,6 +149,7 @@ class MoshiRealtimeSession(llm.RealtimeSession[Any]):
         if not self.mode.ended:
             await self.mode.stop("livekit-close")
         self._close_generation()
+        self.says.stop()
         for task in list(self._tasks):
             task.cancel()
 
@@ -150,6 +157,23 @@ class MoshiRealtimeSession(llm.RealtimeSession[Any]):
     def capabilities(self) -> llm.RealtimeCapabilities:
         base = self._model.capabilities
         return session_capabilities(base, self.adapter) if self.ready.is_set() else base
+
+    # -- the AgentSession's speeches -----------------------------------------------------
+
+    def on(self, event: str, callback: Callable[..., Any] | None = None) -> Callable[..., Any]:
+        if callback is not None:
+            self.says.follow_owner(callback)
+        return super().on(event, callback)
+
+    def _make_way(self, why: str) -> None:
+        """End the generation in flight so LiveKit gets to the waiting say now; a say still
+        being steered keeps its generation until its steering ends."""
+        gen = self._gen
+        if not self.says.waiting or gen is None or (gen.kind == "say"
+                                                     and not gen.steering_done):
+            return
+        self._close_generation()
+        self._decide("make-way", self.mode.t_ms, why=why, ended=gen.kind)
 
     # -- caller side -------------------------------------------------------------------
 
@@ -219,6 +243,7 @@ class MoshiRealtimeSession(llm.RealtimeSession[Any]):
 
     def say(self, text: str | AsyncIterable[str]) -> asyncio.Future[llm.GenerationCreatedEvent]:
         fut: asyncio.Future[llm.GenerationCreatedEvent] = asyncio.Future()
+        self.says.handed()
         self._spawn(self._say(text, fut), "moshi-say")
         return fut
 
@@ -340,6 +365,8 @@ class _Host:
         s._decide("agent-started", t_ms, steered=steered)
         s._in_turn = True
         gen = s._gen
+        if s.says.waiting and gen is None:
+            return  # a say is about to open its generation: it carries this turn
         if gen is None or gen.kind != "say" or gen.steering_done:
             s._open("turn", user_initiated=False)  # a say's generation carries its turn
 
@@ -348,7 +375,11 @@ class _Host:
         s._decide("agent-stopped", t_ms, interrupted=interrupted)
         s._in_turn = False
         gen = s._gen
-        if gen is None or s.between_turns == "play":
+        if s.between_turns == "play":
+            if gen is None and s._muted and not s.says.waiting:  # interrupt()ed turn over
+                s._open("turn", user_initiated=False)  # "play" forwards the stream again
+            return
+        if gen is None:
             return
         if gen.kind == "turn" or gen.steering_done:
             s._close_generation()
@@ -364,6 +395,8 @@ class _Host:
         gen.steering_done = True
         if status != "finished" or (not s._in_turn and s.between_turns == "drop"):
             s._close_generation()
+        else:
+            s._make_way("say-steered")
 
     def on_transcript(self, role: Role, text: str, final: bool, t_ms: float) -> None:
         s = self.s
