@@ -199,21 +199,14 @@ async def test_agent_session_on_the_embedded_dev_checkpoint(dev_checkpoint: Any)
 async def served() -> AsyncIterator[Any]:
     pytest.importorskip("torch")
     from voice_server_moshi.engine.call_sampling import CallSampling
-    from voice_server_moshi.engine.core import Engine, EngineConfig
+    from voice_server_moshi.engine.core import EngineConfig
     from voice_server_moshi.engine.models import load_models
-    from voice_server_moshi.server.app import BatchedServer, ServerConfig
+    from voice_server_moshi.testing.serving import serving
 
     models = await asyncio.to_thread(load_models, "dev", device="cpu", dtype="float32",
                                      stt="dev")
-    eng = Engine(models, EngineConfig(slots=2, sampling=CallSampling()))
-    await asyncio.to_thread(eng.start)
-    srv = BatchedServer(eng, ServerConfig(port=0))
-    await srv.start()
-    try:
+    async with serving(models, EngineConfig(slots=2, sampling=CallSampling())) as srv:
         yield srv
-    finally:
-        await srv.close()
-        await asyncio.to_thread(eng.stop)
 
 
 @pytest.mark.slow

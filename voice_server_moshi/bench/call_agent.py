@@ -4,6 +4,7 @@ and deterministic, so the figures are the paths') or the embedded dev checkpoint
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 
 import numpy as np
@@ -15,7 +16,7 @@ from ..corpus.store import bundled_clips
 from ..moshi.adapter import MoshiAdapter
 from ..moshi.settings import MoshiSettings
 
-__all__ = ["bench_call"]
+__all__ = ["add_call_args", "bench_call"]
 
 
 def bench_call(seed: int, seconds: float, agent: str
@@ -32,3 +33,10 @@ def bench_call(seed: int, seconds: float, agent: str
             call.agent, 8000, text_schedule(call.agent_segments)))
 
     return pcm, len(caller) / 8000, factory
+
+
+def add_call_args(p: argparse.ArgumentParser) -> None:
+    """The call a framework bench plays (``bench pipecat``, ``bench livekit``)."""
+    p.add_argument("--agent", choices=["scripted", "dev"], default="scripted")
+    p.add_argument("--seconds", type=float, default=10.0, help="length of the call")
+    p.add_argument("--seed", type=int, default=12, help="corpus call seed (2 exchanges)")

@@ -28,7 +28,7 @@ from typing import Any
 
 from .._cli_help import command_parser
 from ..adapter import VoiceModelAdapter
-from .call_agent import bench_call
+from .call_agent import add_call_args, bench_call
 from .pipecat import _cpus, _in_to_out, _load, _pairs, _reference, _stats
 
 
@@ -70,9 +70,7 @@ async def _agent_session(pcm: bytes, factory: Callable[[], VoiceModelAdapter]
 
 def main(argv: list[str]) -> int:
     p = command_parser("voice-server-moshi bench livekit", __doc__)
-    p.add_argument("--agent", choices=["scripted", "dev"], default="scripted")
-    p.add_argument("--seconds", type=float, default=10.0, help="length of the call")
-    p.add_argument("--seed", type=int, default=12, help="corpus call seed (2 exchanges)")
+    add_call_args(p)
     args = p.parse_args(argv)
     try:
         import livekit.agents as lk

@@ -41,7 +41,7 @@ from ..audio import g711
 from ..formats import AudioFormat
 from ..modes.clock import RealClock
 from ..registry import load_registry
-from .call_agent import bench_call
+from .call_agent import add_call_args, bench_call
 
 SKIP_FRAMES = 10  # the first 200 ms: connect and prebuffer, not the steady state
 
@@ -195,9 +195,7 @@ async def _twilio(pcm: bytes, factory: Callable[[], VoiceModelAdapter],
 
 def main(argv: list[str]) -> int:
     p = command_parser("voice-server-moshi bench pipecat", __doc__)
-    p.add_argument("--agent", choices=["scripted", "dev"], default="scripted")
-    p.add_argument("--seconds", type=float, default=10.0, help="length of the call")
-    p.add_argument("--seed", type=int, default=12, help="corpus call seed (2 exchanges)")
+    add_call_args(p)
     p.add_argument("--pipecat-pacing", action="store_true",
                    help="also run the Twilio path with Pipecat's own output pacing")
     args = p.parse_args(argv)
