@@ -201,6 +201,10 @@ async def test_four_calls_at_once_and_a_fifth_is_refused(served: tuple[str, int]
         metrics = (await http.get("/metrics")).text
         assert "moshi_server_refused_busy_total 1" in metrics
         assert 'moshi_engine_tick_seconds_bucket{le="+Inf"}' in metrics
+        # The rows the last tick stepped (the four calls, packed) and the moves so far.
+        assert "moshi_engine_row_moves_total" in metrics
+        width = [ln for ln in metrics.splitlines() if ln.startswith("moshi_engine_batch_width")]
+        assert width and 1 <= float(width[0].split()[1]) <= 4
 
 
 # -- in-process: auth, limits, bad input --------------------------------------------------

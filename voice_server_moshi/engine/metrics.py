@@ -15,6 +15,7 @@ import torch
 from .config import EngineConfig
 
 if TYPE_CHECKING:
+    from .batch_width import BatchWidth
     from .models import LoadedModels
     from .persona_cache import PromptCache
     from .slot import Slot
@@ -52,6 +53,10 @@ class EngineMetrics:
     dtype: str
     #: Personas (ADR 0130): the prompt cache and the prefills (zero without PersonaPlex).
     persona: PromptMetrics = field(default_factory=lambda: PromptMetrics())
+    #: Rows the last tick stepped (the live calls, packed first; ADR 0135).
+    batch_width: int = 0
+    #: Calls moved to a lower row so far (one state copy per departure below the last).
+    row_moves: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +170,8 @@ class EngineMeasures:
     _calls_refused: int
     _state_bytes: int
     _weights_bytes: int
+    _batch: BatchWidth
+    row_moves: int
     prompt_cache: PromptCache
 
     def prompt_metrics(self) -> PromptMetrics:
@@ -209,4 +216,6 @@ class EngineMeasures:
                 device=str(self.device),
                 dtype=str(self.models.dtype).removeprefix("torch."),
                 persona=persona,
+                batch_width=self._batch.width,
+                row_moves=self.row_moves,
             )

@@ -67,6 +67,12 @@ def _engine_families(m: EngineMetrics) -> Iterator[Metric]:
         "moshi_engine_tick_seconds",
         "Time of one engine tick (Mimi encode, LM step, Mimi decode for all slots).",
         buckets=buckets, sum_value=m.tick_sum_s)
+    width = getattr(m, "batch_width", None)
+    if width is not None:  # in-process engines (a cluster's replica snapshot has none)
+        yield gauge("moshi_engine_batch_width",
+                    "Rows the last tick stepped: the live calls, packed first.", width)
+        yield counter("moshi_engine_row_moves",
+                      "Calls moved to a lower row when a call below them left.", m.row_moves)
     yield gauge("moshi_engine_state_bytes_per_slot",
                 "Streaming state (KV cache, conv buffers) per slot.", m.state_bytes_per_slot)
     yield gauge("moshi_engine_weights_bytes", "Model weights.", m.weights_bytes)
