@@ -57,5 +57,6 @@ async def test_moshi_refuses_the_persona_with_a_reason() -> None:
 
 async def test_remote_transport_cannot_change_a_running_persona() -> None:
     t = RemoteTransport(MoshiSettings(url="ws://127.0.0.1:9/api/chat"))
+    assert t.persona_refusal is not None and "NVIDIA's protocol" in t.persona_refusal
     with pytest.raises(PersonaError, match="no message for it"):
         await t.set_persona("x", None)

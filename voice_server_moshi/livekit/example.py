@@ -48,7 +48,7 @@ async def entrypoint(ctx: JobContext) -> None:
     await ctx.connect()
     session = moshi_session(os.environ.get("MOSHI_URL", "ws://127.0.0.1:8998/api/chat"))
     answer_tool_calls(session, OrderStatusAgent())
-    # Moshi takes no instructions (the checkpoint has no text prompt): an empty string.
+    # Moshi takes no instructions; on PersonaPlex (embedded) they would be the persona.
     await session.start(agent=Agent(instructions=""), room=ctx.room)
 
 

@@ -50,7 +50,8 @@ def capabilities(*, supports_say: bool, user_transcription: bool) -> llm.Realtim
         can_disable_turn_detection=False,
         supports_overlapping_speech=True,  # Moshi decides when to yield
         mutable_chat_context=False,
-        mutable_instructions=False,  # the dev/Moshi checkpoints take none (personas: later)
+        # Known once a call connects (session_capabilities): PersonaPlex, embedded.
+        mutable_instructions=False,
         mutable_tools=False,
         per_response_tool_choice=False,
         supports_say=supports_say,  # steering (ADR 0070)
@@ -61,5 +62,7 @@ def session_capabilities(base: llm.RealtimeCapabilities, adapter: VoiceModelAdap
                          ) -> llm.RealtimeCapabilities:
     """A connected session's capabilities: what its peer declared."""
     caps = adapter.capabilities
+    personas = getattr(adapter, "persona_refusal", "") is None  # instructions -> persona
     return dataclasses.replace(base, supports_say=caps.steering,
-                               user_transcription=caps.caller_transcript)
+                               user_transcription=caps.caller_transcript,
+                               mutable_instructions=personas)

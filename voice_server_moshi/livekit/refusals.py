@@ -1,25 +1,44 @@
 """What Moshi cannot take from LiveKit, refused with the reason (never a silent no-op).
 
 Moshi (and the dev checkpoint) hears audio and says audio: it takes no text prompt, no
-tools, and no text context. Empty requests (an agent with no instructions or tools, a
-context that holds only this call's own turns) are accepted: there is nothing to refuse.
+tools, and no text context. A PersonaPlex checkpoint on the embedded transport takes the
+Agent's instructions as its persona (:func:`apply_persona`). Empty requests (an agent with
+no instructions or tools, a context that holds only this call's own turns) are accepted:
+there is nothing to refuse.
 """
 
 from __future__ import annotations
 
 from livekit.agents import llm
 
-__all__ = ["check_chat_ctx", "check_instructions", "check_tool_choice", "check_tools"]
+from ..adapter import VoiceModelAdapter
+from ..errors import VoiceServerMoshiError
+
+__all__ = ["apply_persona", "check_chat_ctx", "check_instructions", "check_tool_choice",
+           "check_tools"]
 
 
-def check_instructions(instructions: str) -> None:
-    # The persona work makes instructions mutable for checkpoints that take a text prompt;
-    # until then any non-empty instruction is refused here, in one place.
-    if instructions.strip():
+def check_instructions(adapter: VoiceModelAdapter) -> None:
+    """Refuse, with the reason, instructions this call cannot take as its persona: a Moshi
+    checkpoint takes no text prompt, and a remote peer has no mid-call persona change."""
+    reason = getattr(adapter, "persona_refusal", f"{type(adapter).__name__} takes no persona")
+    if reason is not None:
         raise llm.RealtimeError(
-            "moshi: this checkpoint takes no instructions (no text prompt; "
+            f"moshi: this call takes no instructions as its persona ({reason}; "
             "mutable_instructions is False): create the Agent with instructions=''",
             code="instructions_unsupported")
+
+
+async def apply_persona(adapter: VoiceModelAdapter, persona: str) -> None:
+    """Make ``persona`` the call's (PersonaPlex, ADR 0130): the call is re-prompted, its
+    conversation so far leaves the model's context; the voice stays moshi.voice."""
+    check_instructions(adapter)
+    voice = getattr(getattr(adapter, "settings", None), "voice", None)
+    try:
+        await adapter.set_persona(persona, voice)  # type: ignore[attr-defined]
+    except (ValueError, VoiceServerMoshiError) as exc:  # PersonaError: too long, ...
+        raise llm.RealtimeError(f"moshi: the persona was refused: {exc}",
+                                code="instructions_unsupported") from None
 
 
 def check_tools(tools: list[llm.Tool]) -> None:

@@ -50,7 +50,7 @@ from ..registry import Registry
 from .caller_text import CallerText
 from .generation import Generation, GenerationKind
 from .options import ModelOptions, session_capabilities
-from .refusals import check_chat_ctx, check_instructions, check_tool_choice, check_tools
+from .refusals import apply_persona, check_chat_ctx, check_tool_choice, check_tools
 from .says import WaitingSays
 
 __all__ = ["Decision", "MoshiRealtimeSession"]
@@ -100,6 +100,9 @@ class MoshiRealtimeSession(llm.RealtimeSession[Any]):
         self._early_words: list[tuple[float, str]] = []
         self._caller = CallerText()
         self._chat_ctx = llm.ChatContext.empty()
+        #: The persona in force (PersonaPlex): moshi.persona, then the Agent's instructions.
+        self.persona: str | None = getattr(getattr(self.adapter, "settings", None), "persona",
+                                           None)
         self._own_ids: set[str] = set()
         self._closing = False
         self._video_warned = False
@@ -206,8 +209,14 @@ class MoshiRealtimeSession(llm.RealtimeSession[Any]):
         return llm.ToolContext.empty()
 
     async def update_instructions(self, instructions: str) -> None:
-        # The seam for personas: a checkpoint that takes a text prompt applies it here.
-        check_instructions(instructions)
+        # PersonaPlex: the Agent's instructions are the call's persona and win over
+        # moshi.persona (ADR 0125); empty ones, or the persona in force, change nothing.
+        text = instructions.strip()
+        if not text or text == self.persona:
+            return
+        await asyncio.shield(self._starter)  # a persona needs the connected call
+        await apply_persona(self.adapter, text)
+        self.persona = text
 
     async def update_chat_ctx(self, chat_ctx: llm.ChatContext) -> None:
         check_chat_ctx(self._chat_ctx, chat_ctx, self._own_ids)

@@ -163,6 +163,13 @@ class MoshiAdapter(BaseAdapter):
     async def cancel_say(self, flush: bool = True) -> None:
         await self._steer_transport().cancel_say(flush)
 
+    @property
+    def persona_refusal(self) -> str | None:
+        """Why :meth:`set_persona` cannot change this call's persona now (None: it can)."""
+        if self.state != "connected" or self.transport is None:
+            return f"set_persona needs a connected session (state {self.state!r})"
+        return self.transport.persona_refusal
+
     async def set_persona(self, persona: str | None = None, voice: str | None = None) -> None:
         """Tell the agent who it is now (PersonaPlex; LiveKit's ``update_instructions``, a
         transfer): the call is re-prompted and the conversation so far is dropped from the

@@ -180,6 +180,16 @@ class EmbeddedTransport(MoshiTransport):
     async def say_audio(self, pcm: PCM, text: str = "") -> str:
         return await self._steer_call().say_audio(pcm, text, self._next_id())
 
+    @property
+    def persona_refusal(self) -> str | None:
+        if self.call is None or self._closed or self.call.closed:
+            return "the embedded session is not open"
+        support = self.call.engine.persona_support
+        if not support.prompts:
+            return (f"checkpoint {support.checkpoint or self.settings.checkpoint!r} is a "
+                    f"{support.family} checkpoint, not trained for personas (PersonaPlex is)")
+        return None
+
     async def set_persona(self, persona: str | None, voice: str | None) -> None:
         from ..engine.persona import PersonaError, make_prompt
 

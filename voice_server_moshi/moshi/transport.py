@@ -163,6 +163,13 @@ class MoshiTransport(ABC):
         """Stop the request being said (and with ``flush`` the queued ones)."""
         raise SteeringUnsupportedError(f"{type(self).__name__}: {NOT_STEERABLE}")
 
+    @property
+    def persona_refusal(self) -> str | None:
+        """Why :meth:`set_persona` cannot change this call's persona (None: it can)."""
+        return (f"{type(self).__name__} cannot change the persona of a running call "
+                "(NVIDIA's protocol has no message for it): set moshi.persona before the "
+                "call, or use the embedded transport")
+
     async def set_persona(self, persona: str | None, voice: str | None) -> None:
         """Give the running call another persona and/or voice (PersonaPlex, ADR 0130): the
         conversation so far leaves the model's context; returns once the new prompt is in."""
