@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,19 +22,9 @@ from voice_server_moshi.engine.core import (  # noqa: E402
 )
 from voice_server_moshi.engine.models import LoadedModels, load_models  # noqa: E402
 
+MakeEngine = Callable[[int], Engine]  # tests/engine/conftest.py's make_engine
+
 from .test_stt import caller_audio  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def models() -> LoadedModels:
-    return load_models("dev", device="cpu", dtype="float32", stt="dev")
-
-
-def make(models: LoadedModels, slots: int) -> Engine:
-    eng = Engine(models, EngineConfig(slots=slots, sampling=GREEDY, fill_after_ticks=None,
-                                      warmup_ticks=1))
-    eng.warm_up()
-    return eng
 
 
 def frames(x: np.ndarray) -> np.ndarray:
@@ -67,14 +58,14 @@ def moshi(events: list[SlotEvent]) -> list[tuple[int, tuple[int, ...]]]:
 
 
 def test_caller_words_batched_equal_alone_and_the_flush_ends_each_call(
-        models: LoadedModels) -> None:
+        make_engine: MakeEngine) -> None:
     a = frames(caller_audio("u1", gap_s=0.2))
     b = frames(caller_audio("i2", lead_s=0.3, gap_s=0.1))
-    eng = make(models, 1)
+    eng = make_engine(1)
     alone_a = run(eng, {"a": (0, a)})["a"]
     alone_b = run(eng, {"b": (0, b)})["b"]
     eng.detach()
-    eng = make(models, 2)
+    eng = make_engine(2)
     # b joins 5 ticks after a, in the other row; a then b finish at different ticks.
     both = run(eng, {"a": (0, a), "b": (5, b)})
     eng.detach()
@@ -89,10 +80,10 @@ def test_caller_words_batched_equal_alone_and_the_flush_ends_each_call(
         assert any(o.text for o in outs) and all(o.end_of_turn is not None for o in outs)
 
 
-def test_a_new_call_in_a_flushing_row_starts_clean(models: LoadedModels) -> None:
+def test_a_new_call_in_a_flushing_row_starts_clean(make_engine: MakeEngine) -> None:
     a = frames(caller_audio("u3", gap_s=0.1))
     b = frames(caller_audio("u5", lead_s=0.2))
-    eng = make(models, 1)
+    eng = make_engine(1)
     alone_b = run(eng, {"b": (0, b)})["b"]
     # a finishes and b takes the row before the next tick: that tick flushes a, then
     # resets the row for b.
@@ -102,9 +93,9 @@ def test_a_new_call_in_a_flushing_row_starts_clean(models: LoadedModels) -> None
     assert stt(got["a"])[-1][2]
 
 
-def test_stt_does_not_change_moshi(models: LoadedModels) -> None:
+def test_stt_does_not_change_moshi(make_engine: MakeEngine) -> None:
     a = frames(caller_audio("i3"))
-    eng = make(models, 1)
+    eng = make_engine(1)
     with_stt = run(eng, {"a": (0, a)})["a"]
     eng.detach()
     plain = load_models("dev", device="cpu", dtype="float32")

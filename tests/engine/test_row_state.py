@@ -3,6 +3,7 @@ Mimi's streaming state, the STT row, its sampling and its steering (dev checkpoi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -11,24 +12,19 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("moshi")
 
-from voice_server_moshi.engine.call_sampling import GREEDY, CallSampling  # noqa: E402
+from voice_server_moshi.engine.call_sampling import CallSampling  # noqa: E402
 from voice_server_moshi.engine.core import (  # noqa: E402
     FRAME_SAMPLES,
     Engine,
-    EngineConfig,
     SlotEvent,
     SlotOutput,
     SttOutput,
 )
-from voice_server_moshi.engine.models import LoadedModels, load_models  # noqa: E402
+
+MakeEngine = Callable[[int], Engine]  # tests/engine/conftest.py's make_engine
 
 FRAMES = 16
 MOVE_AT = 6
-
-
-@pytest.fixture(scope="module")
-def models() -> LoadedModels:
-    return load_models("dev", device="cpu", dtype="float32", stt="dev")
 
 
 def audio(seed: int, n: int = FRAMES) -> np.ndarray:
@@ -38,13 +34,6 @@ def audio(seed: int, n: int = FRAMES) -> np.ndarray:
     return x.astype(np.float32).reshape(n, FRAME_SAMPLES)
 
 
-def make(models: LoadedModels, slots: int) -> Engine:
-    eng = Engine(models, EngineConfig(slots=slots, sampling=GREEDY, fill_after_ticks=None,
-                                      warmup_ticks=1))
-    eng.warm_up()
-    return eng
-
-
 def trace(events: list[SlotEvent]) -> tuple[list[Any], list[Any], list[np.ndarray]]:
     outs = [e for e in events if isinstance(e, SlotOutput)]
     stt = [(e.step, e.token) for e in events if isinstance(e, SttOutput)]
@@ -52,11 +41,11 @@ def trace(events: list[SlotEvent]) -> tuple[list[Any], list[Any], list[np.ndarra
             [o.pcm for o in outs])
 
 
-def run_x_in_row_3(models: LoadedModels, move: bool) -> tuple[list[SlotEvent], int]:
+def run_x_in_row_3(make_engine: MakeEngine, move: bool) -> tuple[list[SlotEvent], int]:
     """Three greedy callers fill rows 0-2, call X (sampled, seeded, steered) takes row 3.
     At MOVE_AT the caller in row 0 leaves and the engine moves X, the last live row, into
     its place; without ``move`` that caller stays (silent) and X stays in row 3."""
-    eng = make(models, 4)
+    eng = make_engine(4)
     sampled = CallSampling(text_seed=11, audio_seed=12, text_temperature=0.9)
     others = [eng.try_open(f"o{i}", lambda e: None) for i in range(3)]
     got: list[SlotEvent] = []
@@ -82,14 +71,14 @@ def run_x_in_row_3(models: LoadedModels, move: bool) -> tuple[list[SlotEvent], i
 
 @pytest.mark.parametrize("widths", ["every", "gpu"])
 def test_a_call_moved_mid_call_says_exactly_what_it_would_have(
-        models: LoadedModels, widths: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        make_engine: MakeEngine, widths: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if widths == "gpu":  # the GPU's power-of-two widths (an idle row inside the width)
         from voice_server_moshi.engine import batch_width, packing
 
         monkeypatch.setattr(packing, "buckets_for",
                             lambda n, _dev: batch_width.buckets_for(n, torch.device("cuda")))
-    moved, row = run_x_in_row_3(models, move=True)
-    stayed, row_stayed = run_x_in_row_3(models, move=False)
+    moved, row = run_x_in_row_3(make_engine, move=True)
+    stayed, row_stayed = run_x_in_row_3(make_engine, move=False)
     assert (row, row_stayed) == (0, 3)
     a, b = trace(moved), trace(stayed)
     assert len(a[0]) == FRAMES - 1 and any(step[3] for step in a[0])  # steered frames
@@ -99,9 +88,9 @@ def test_a_call_moved_mid_call_says_exactly_what_it_would_have(
 
 
 def test_a_snapshot_restored_into_another_engine_continues_the_call(
-        models: LoadedModels) -> None:
+        make_engine: MakeEngine) -> None:
     x = audio(5)
-    eng = make(models, 3)
+    eng = make_engine(3)
     got: list[SlotEvent] = []
     eng.try_open("pad", lambda e: None)  # the call is not in row 0
     call = eng.try_open("x", got.append)
@@ -113,7 +102,7 @@ def test_a_snapshot_restored_into_another_engine_continues_the_call(
     eng.detach()
     assert snap.nbytes > 0 and set(snap.values) == {"sampler._applied", "stt._steps"}
 
-    eng2 = make(models, 2)  # another slot count; the new call lands in row 0
+    eng2 = make_engine(2)  # another slot count; the new call lands in row 0
     got2: list[SlotEvent] = []
     call2 = eng2.try_open("y", got2.append)
     eng2.restore_row(call2, snap.to("cpu"))
@@ -131,14 +120,14 @@ def test_a_snapshot_restored_into_another_engine_continues_the_call(
 
 
 def test_a_snapshot_of_other_models_is_refused_and_changes_nothing(
-        models: LoadedModels) -> None:
-    eng = make(models, 1)
+        make_engine: MakeEngine) -> None:
+    eng = make_engine(1)
     call = eng.try_open("x", lambda e: None)
     snap = eng.snapshot_row(call)
     eng.detach()
     bad = type(snap)({k: v for k, v in snap.tensors.items() if not k.startswith("stt/")},
                      snap.values)
-    eng = make(models, 1)
+    eng = make_engine(1)
     call = eng.try_open("y", lambda e: None)
     before = eng.snapshot_row(call)
     with pytest.raises(ValueError, match="does not fit"):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 import sphn
 import websockets
 from websockets.exceptions import ConnectionClosed
@@ -54,12 +55,20 @@ class Door:
         return f"http://127.0.0.1:{self.port}"
 
 
+def door_id(name: str) -> str:
+    """A door's short test id (``serve-workers`` for ``serve --ingress-workers 2``)."""
+    return name.replace(" --ingress-workers 2", "-workers")
+
+
 @contextlib.contextmanager
 def running(name: str, log_dir: Path, start_limit_s: float = 300,
             model: list[str] | None = None, extra: list[str] | None = None) -> Iterator[Door]:
     """Run door ``name`` until the block ends, then stop it as Ctrl-C does (exit 0).
     ``model``: the model flags (default :data:`DEV_MODEL`); ``extra``: more flags, last
-    (so they override the door's, e.g. ``--replicas 1``)."""
+    (so they override the door's, e.g. ``--replicas 1``). The cluster is skipped without
+    Ray Serve (the light install)."""
+    if name == "cluster":
+        pytest.importorskip("ray.serve")
     log_path = log_dir / "stderr.log"
     static = log_dir / "static"  # a web client beside the API (--static)
     static.mkdir()

@@ -25,19 +25,26 @@ import sphn
 
 from voice_server_moshi.bundled import bundled_clip_dir
 
-from .doors import DOORS, STATIC_PAGE, Client, Door, clip_frames, idle, running, tone
+from .doors import (
+    DOORS,
+    STATIC_PAGE,
+    Client,
+    Door,
+    clip_frames,
+    door_id,
+    idle,
+    running,
+    tone,
+)
 
 pytestmark = pytest.mark.slow
 
 TEXT = "hello there, this is a test"
 
 
-@pytest.fixture(scope="module", params=list(DOORS),
-                ids=lambda name: name.replace(" --ingress-workers 2", "-workers"))
+@pytest.fixture(scope="module", params=list(DOORS), ids=door_id)
 def door(request: pytest.FixtureRequest,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Door]:
-    if request.param == "cluster":
-        pytest.importorskip("ray.serve")
     with running(request.param, tmp_path_factory.mktemp("door")) as d:
         yield d
 

@@ -21,7 +21,7 @@ pytest.importorskip("moshi")
 
 from voice_server_moshi.engine.persona import NVIDIA_VOICES
 
-from .doors import DOORS, Client, Door, idle, running, tone
+from .doors import DOORS, Client, Door, door_id, idle, running, tone
 
 pytestmark = pytest.mark.slow
 
@@ -31,12 +31,9 @@ MODEL = ["--checkpoint", "dev-personaplex", "--warm-persona", WARM]
 EXTRA = {"cluster": ["--replicas", "1", "--slots", "2"]}
 
 
-@pytest.fixture(scope="module", params=list(DOORS),
-                ids=lambda name: name.replace(" --ingress-workers 2", "-workers"))
+@pytest.fixture(scope="module", params=list(DOORS), ids=door_id)
 def door(request: pytest.FixtureRequest,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Door]:
-    if request.param == "cluster":
-        pytest.importorskip("ray.serve")
     with running(request.param, tmp_path_factory.mktemp("pdoor"), model=MODEL,
                  extra=EXTRA.get(request.param)) as d:
         yield d

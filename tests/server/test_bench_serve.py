@@ -16,11 +16,16 @@ from voice_server_moshi.bench import serve as bench
 
 @pytest.mark.slow
 def test_one_real_time_call_against_a_real_serve(capsys: pytest.CaptureFixture[str]) -> None:
-    assert bench.main(["--slots", "1", "--calls", "1", "--seconds", "1.2"]) == 0
+    assert bench.main(["--slots", "1", "--calls", "1", "--seconds", "1.2",
+                       "--ingress-workers", "0,1"]) == 0
     text = capsys.readouterr().out
     out = json.loads(text[text.index('{\n  "bench"'):])
-    [p] = out["points"]
-    assert (p["slots"], p["calls"], p["run"]) == (1, 1, 1) and not p["errors"]
+    p, w = out["points"]
+    assert (p["ingress_workers"], p["slots"], p["calls"], p["run"]) == (0, 1, 1, 1)
+    assert w["ingress_workers"] == 1 and not p["errors"] and not w["errors"]
+    # With a worker, Opus and the protocol run in its process: its CPU is counted there.
+    assert p["tick_breakdown_ms"]["ingress_workers_cpu"] == 0
+    assert w["tick_breakdown_ms"]["ingress_workers_cpu"] > 0 and w["serve_ticks"] > 0
     assert p["frames_sent"] == 15 and 0 < p["frames_received"] <= 14
     assert p["serve_ticks"] > 0 and p["serve_tick_mean_ms"] > 0
     b = p["tick_breakdown_ms"]
@@ -28,3 +33,6 @@ def test_one_real_time_call_against_a_real_serve(capsys: pytest.CaptureFixture[s
     assert p["engine_tick_mean_ms"] > 0
     assert p["serve_over_engine"] == pytest.approx(
         p["serve_tick_mean_ms"] / p["engine_tick_mean_ms"], rel=1e-2)
+    assert p["engine_paced_tick_mean_ms"] > 0
+    assert p["serve_over_engine_paced"] == pytest.approx(
+        p["serve_tick_mean_ms"] / p["engine_paced_tick_mean_ms"], rel=1e-2)

@@ -26,7 +26,12 @@ def test_bench_serve_persona_reports_start_and_co_batched(
         [call] = start["calls"][name]
         assert call["error"] is None and call["connect_ms"] > 0 and call["first_audio_ms"] > 0
     assert set(start["cached_minus_plain_ticks"]) == {"connect_ms", "first_audio_ms"}
-    cb = out["co_batched"]
-    assert cb["without_prefill"]["cold_call_connect_ms"] is None
-    assert cb["with_cold_prefill"]["cold_call_connect_ms"] > 0  # waited for its prefill
-    assert cb["lag_p99_ratio"] > 0 and cb["serve_tick_mean_ratio"] > 0
+    [pair] = out["co_batched"]["pairs"]
+    cached, cold = pair["with_cached_newcomer"], pair["with_cold_prefill"]
+    # The cold newcomer's handshake waited for its prefill; the cached one's did not.
+    assert cold["newcomer_connect_ms"] > cached["newcomer_connect_ms"]
+    for window in ("with_cached_newcomer", "with_cold_prefill"):  # each on its own fresh serve
+        # p99 of that window's ticks only: not below their mean
+        assert pair[window]["serve_tick_p99_ms"] >= pair[window]["serve_tick_mean_ms"] * 0.9
+    for m in ("serve_tick_p99_ms", "serve_tick_mean_ms", "lag_p99_ms"):
+        assert pair[f"{m}_ratio"] > 0 and out["co_batched"]["median_ratios"][f"{m}_ratio"] > 0

@@ -29,9 +29,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from voice_server_moshi.engine.call_sampling import GREEDY
 from voice_server_moshi.engine.checkpoints import make_dev_checkpoint
-from voice_server_moshi.engine.core import Engine, EngineConfig
+from voice_server_moshi.engine.core import EngineConfig
 from voice_server_moshi.engine.models import load_models
 from voice_server_moshi.server.app import BatchedServer, ServerConfig
+from voice_server_moshi.testing.serving import serving
 
 FRAME = 1920
 
@@ -205,6 +206,11 @@ async def test_four_calls_at_once_and_a_fifth_is_refused(served: tuple[str, int]
         assert "moshi_engine_row_moves_total" in metrics
         width = [ln for ln in metrics.splitlines() if ln.startswith("moshi_engine_batch_width")]
         assert width and 1 <= float(width[0].split()[1]) <= 4
+        # Tick quantiles over the recent ticks, finer than the histogram's buckets.
+        q = {ln.split()[0]: float(ln.split()[1]) for ln in metrics.splitlines()
+             if ln.startswith("moshi_engine_tick_recent_")}
+        assert 0 < q["moshi_engine_tick_recent_p50_seconds"] <= q[
+            "moshi_engine_tick_recent_p99_seconds"]
 
 
 # -- in-process: auth, limits, bad input --------------------------------------------------
@@ -212,16 +218,10 @@ async def test_four_calls_at_once_and_a_fifth_is_refused(served: tuple[str, int]
 
 @pytest.fixture
 async def inproc(ckpt: str) -> AsyncIterator[BatchedServer]:
-    eng = Engine(load_models(ckpt, device="cpu", dtype="float32"),
-                 EngineConfig(slots=2, sampling=GREEDY))
-    await asyncio.to_thread(eng.start)
-    srv = BatchedServer(eng, ServerConfig(port=0, auth_token="s3cret", max_message_bytes=4096))
-    await srv.start()
-    try:
+    async with serving(load_models(ckpt, device="cpu", dtype="float32"),
+                       EngineConfig(slots=2, sampling=GREEDY),
+                       ServerConfig(port=0, auth_token="s3cret", max_message_bytes=4096)) as srv:
         yield srv
-    finally:
-        await srv.close()
-        await asyncio.to_thread(eng.stop)
 
 
 async def test_auth_endpoints_and_limits(inproc: BatchedServer) -> None:

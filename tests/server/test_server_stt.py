@@ -16,13 +16,14 @@ from voice_server_moshi.adapter import VoiceModelConfig
 from voice_server_moshi.audio.wavio import read_wav
 from voice_server_moshi.bundled import bundled_clip_dir
 from voice_server_moshi.engine.call_sampling import GREEDY
-from voice_server_moshi.engine.core import Engine, EngineConfig
+from voice_server_moshi.engine.core import EngineConfig
 from voice_server_moshi.engine.models import load_models
 from voice_server_moshi.events import Disconnected, Event, Transcript
 from voice_server_moshi.moshi.adapter import MoshiAdapter
 from voice_server_moshi.moshi.remote import RemoteTransport
 from voice_server_moshi.moshi.settings import MoshiSettings
-from voice_server_moshi.server.app import BatchedServer, ServerConfig
+from voice_server_moshi.server.app import BatchedServer
+from voice_server_moshi.testing.serving import serving
 
 pytestmark = pytest.mark.slow
 
@@ -31,15 +32,8 @@ pytestmark = pytest.mark.slow
 async def served() -> AsyncIterator[BatchedServer]:
     models = await asyncio.to_thread(load_models, "dev", device="cpu", dtype="float32",
                                      stt="dev")
-    eng = Engine(models, EngineConfig(slots=2, sampling=GREEDY))
-    await asyncio.to_thread(eng.start)
-    srv = BatchedServer(eng, ServerConfig(port=0))
-    await srv.start()
-    try:
+    async with serving(models, EngineConfig(slots=2, sampling=GREEDY)) as srv:
         yield srv
-    finally:
-        await srv.close()
-        await asyncio.to_thread(eng.stop)
 
 
 async def test_the_remote_transport_receives_caller_transcripts(served: BatchedServer) -> None:

@@ -44,10 +44,11 @@ def _percentile(ms: list[float], q: float) -> float:
 
 def measure(models: Any, slots: int, seconds: float, max_wall_s: float,
             cpu_threads: int | None, active: int | None = None,
-            live_rows_only: bool = True) -> dict[str, Any]:
+            live_rows_only: bool = True, paced: bool = False) -> dict[str, Any]:
     """Tick times with ``slots`` busy calls (``active``: that many, below ``slots``, reached
-    by calls leaving a full engine, as on a server); returns the point and hands models
-    back."""
+    by calls leaving a full engine, as on a server); ``paced``: one tick per 80 ms of wall
+    clock, as a server runs them, instead of back to back (on a CPU a tick after a pause
+    finds its caches cold); returns the point and hands models back."""
     import torch
 
     from ..engine.core import FRAME_SAMPLES, Engine, EngineConfig
@@ -75,7 +76,7 @@ def measure(models: Any, slots: int, seconds: float, max_wall_s: float,
     # and unlike wall time it barely moves when other processes share the cores.
     cpu: list[float] = []
     depth_max = 0
-    wall0 = time.perf_counter()
+    wall0 = next_t = time.perf_counter()
     for k in range(n_ticks):
         for c in calls:
             c.push(frames[k % len(frames)])
@@ -88,6 +89,9 @@ def measure(models: Any, slots: int, seconds: float, max_wall_s: float,
         cpu.append((time.thread_time() - tc) * 1000.0)
         if time.perf_counter() - wall0 > max_wall_s and k >= 2:
             break
+        if paced:
+            next_t += BUDGET_MS / 1000.0
+            time.sleep(max(0.0, next_t - time.perf_counter()))
     recovery = stall_recovery(eng, calls, frames[0])
     m = eng.metrics()
     steady = times[1:] if len(times) > 2 else times  # the first tick of fresh rows resets
@@ -95,6 +99,7 @@ def measure(models: Any, slots: int, seconds: float, max_wall_s: float,
     point = {
         "slots": slots,
         "active": len(calls),
+        "paced": paced,
         "batch_width": eng._batch.width,
         "row_moves": eng.row_moves,
         "ticks": len(times),
@@ -315,6 +320,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--fixed-batch", action="store_true",
                    help="with --active: step every slot on every tick (the engine before "
                    "ADR 0135), for comparison")
+    p.add_argument("--paced", action="store_true",
+                   help="with --active: one tick per 80 ms, as a server runs them (default: "
+                   "back to back, the best case)")
     p.add_argument("--max-wall-s", type=float, default=60.0,
                    help="stop a slot count's run after this much wall time")
     p.add_argument("--cpu-threads", type=int, default=1,
@@ -380,7 +388,7 @@ def main(argv: list[str]) -> int:
         return 0
     if active is not None and fixed is not None:
         points = [measure(models, n, args.seconds, args.max_wall_s, threads, a,
-                          not args.fixed_batch)
+                          not args.fixed_batch, args.paced)
                   for n in fixed for a in active if a <= n]
         best = max((q["slots"] for q in points if q["realtime"] and q["active"] == q["slots"]),
                    default=0)

@@ -158,7 +158,7 @@ def run(args: Any) -> dict[str, Any]:
 def _verdict(before: dict[str, Any], after: dict[str, Any],
              during: dict[str, Any]) -> dict[str, Any]:
     """Whether the canary kept its call within the promise: no error, not closed, every
-    frame answered, lag p90 within one frame (80 ms) of its baseline alone. Undetermined
+    frame of its own answered, lag p90 within one frame (80 ms) of its baseline alone. Undetermined
     when the machine could not run the canary in real time even alone (a shared or busy
     host: frames dropped, or lag p90 over 500 ms, before or after the fuzz)."""
     realtime = all(b["engine_dropped_frames"] == 0 and (b["lag_ms"]["p90"] or 1e9) < 500
@@ -170,9 +170,11 @@ def _verdict(before: dict[str, Any], after: dict[str, Any],
     base = max(before["lag_ms"]["p90"], after["lag_ms"]["p90"])
     # "no audio for ...": the no-input reap after the canary stopped talking, not an error.
     error = during["error"] and not during["error"].startswith("no audio for")
+    # The canary's own frames: Moshi's first frame yields nothing and Opus's pre-skip can
+    # leave the last short. (The engine's dropped-frame count is every call's: the fuzzing
+    # connections' floods and audio ahead of real time are dropped by design.)
     ok = (not error and not during["closed_by_server"]
-          and during["engine_dropped_frames_during_fuzz"] == 0
-          and (during["answered_share"] or 0) >= 0.99
+          and during["frames_answered"] >= during["frames_sent"] - 2
           and during["lag_ms"]["p90"] is not None and during["lag_ms"]["p90"] <= base + 80)
     return {"within_promise": ok, "why": "lag p90 within 80 ms of the baseline, no error, "
             "no frame dropped" if ok else "the canary was affected"}

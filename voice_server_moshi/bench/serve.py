@@ -10,15 +10,23 @@ tick at that load. It reports per load:
   waiting for the interpreter while the event loop does Opus and the protocol);
 * ``engine_tick_mean_ms``: ``bench engine``'s tick at the same S and N in the same run
   (ticks back to back in this process, no server), and ``serve_over_engine``, the ratio;
+  ``engine_paced_tick_mean_ms`` / ``serve_over_engine_paced``: the same engine ticking once
+  per 80 ms (``bench engine --paced``), as a server does: on a CPU a tick after a pause
+  finds its caches cold, which no server code can avoid;
 * ``tick_breakdown_ms``: per tick, the tick thread's CPU time, its wait for a core (the
   kernel's run queue, ``/proc/.../schedstat``) and the rest of the tick's wall time
-  (``blocked``: mostly waiting for the interpreter lock), and the event-loop thread's CPU;
+  (``blocked``: mostly waiting for the interpreter lock), the event-loop thread's CPU, and
+  the ingress worker processes' CPU (0 without workers);
 * ``serve_over_slots_n``: the tick against ``serve --slots N`` with the same N calls (when
   that slot count is measured too): what unused slots cost;
 * ``realtime_calls``: calls that got their frames back (all but the first, and one that
   Opus's pre-skip can leave short) with a p99 lag <= 240 ms, the lag
   being the time from sending caller frame k+1 to receiving the agent frame it produced;
   ``lag_ms`` over every frame of every call.
+
+``--ingress-workers K,...`` measures each layout in the same run (0: one process, the
+event loop's Opus sharing the interpreter with the tick thread; K: Opus and the protocol
+in K worker processes, :mod:`..server.workers`); each point names its ``ingress_workers``.
 
 ``--runs R`` repeats each load. The client runs in this process, on the same machine.
 Prints one JSON object on stdout (``--out`` also writes it).
@@ -58,6 +66,23 @@ def _sched(pid: int, thread: str) -> tuple[float, float]:
     return cpu, wait
 
 
+def _children_cpu(pid: int) -> float:
+    """CPU seconds of ``pid``'s child processes (the ingress workers), from /proc."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            kids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for kid in kids:
+            try:
+                fields = Path(f"/proc/{kid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def _tick_totals(port: int) -> tuple[float, float]:
     """``serve``'s tick histogram (sum in seconds, count) from its /metrics."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -74,10 +99,12 @@ def _tick_totals(port: int) -> tuple[float, float]:
 async def _load(url: str, port: int, pid: int, calls: int, frames: int) -> dict[str, Any]:
     s0, n0 = _tick_totals(port)
     (t_cpu0, t_wait0), (m_cpu0, _) = _sched(pid, "moshi-engine"), _sched(pid, "main")
+    w_cpu0 = _children_cpu(pid)
     cs = [_Call(url) for _ in range(calls)]
     await asyncio.gather(*(c.run(frames) for c in cs))
     s1, n1 = _tick_totals(port)
     (t_cpu1, t_wait1), (m_cpu1, _) = _sched(pid, "moshi-engine"), _sched(pid, "main")
+    w_cpu1 = _children_cpu(pid)
     ticks = max(1.0, n1 - n0)
     cpu, wait = 1000 * (t_cpu1 - t_cpu0) / ticks, 1000 * (t_wait1 - t_wait0) / ticks
     mean = 1000 * (s1 - s0) / ticks
@@ -90,7 +117,8 @@ async def _load(url: str, port: int, pid: int, calls: int, frames: int) -> dict[
         "serve_tick_mean_ms": round(mean, 3) if n1 > n0 else None,
         "tick_breakdown_ms": {"cpu": round(cpu, 3), "waiting_for_a_core": round(wait, 3),
                               "blocked": round(max(0.0, mean - cpu - wait), 3),
-                              "event_loop_cpu": round(1000 * (m_cpu1 - m_cpu0) / ticks, 3)},
+                              "event_loop_cpu": round(1000 * (m_cpu1 - m_cpu0) / ticks, 3),
+                              "ingress_workers_cpu": round(1000 * (w_cpu1 - w_cpu0) / ticks, 3)},
         "realtime_calls": good,
         "lag_ms": {"p50": _pct(lags, 50), "p99": _pct(lags, 99),
                    "max": round(max(lags), 1) if lags else None},
@@ -101,13 +129,15 @@ async def _load(url: str, port: int, pid: int, calls: int, frames: int) -> dict[
 
 
 def _engine_ticks(args: Any, pairs: list[tuple[int, int]]
-                  ) -> dict[tuple[int, int], dict[str, Any]]:
-    """``bench engine``'s point for each (slots, live calls), models loaded once."""
+                  ) -> dict[tuple[int, int, bool], dict[str, Any]]:
+    """``bench engine``'s point for each (slots, live calls), back to back and paced at
+    80 ms, models loaded once."""
     from ..engine.models import load_models
     from .engine import measure
 
     models = load_models(args.checkpoint, device=args.device, dtype="auto")
-    return {(s, n): measure(models, s, args.seconds, 120.0, 1, n) for s, n in pairs}
+    return {(s, n, paced): measure(models, s, args.seconds, 120.0, 1, n, paced=paced)
+            for s, n in pairs for paced in (False, True)}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -122,13 +152,18 @@ def main(argv: list[str]) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seconds", type=float, default=10.0, help="audio per call")
     p.add_argument("--runs", type=int, default=1, help="drives per load")
+    p.add_argument("--ingress-workers", default="0",
+                   help="comma-separated worker counts, each a serve layout (0: one process)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     try:
         slot_counts = sorted({int(x) for x in args.slots.split(",") if x.strip()})
         call_counts = sorted({int(x) for x in args.calls.split(",") if x.strip()})
+        layouts = sorted({int(x) for x in args.ingress_workers.split(",") if x.strip()})
     except ValueError:
-        p.error("--slots and --calls are comma-separated integers")
+        p.error("--slots, --calls and --ingress-workers are comma-separated integers")
+    if not layouts or min(layouts) < 0:
+        p.error("--ingress-workers needs values >= 0")
     if not slot_counts or not call_counts or min(slot_counts + call_counts) < 1:
         p.error("--slots and --calls need values >= 1")
     frames = max(10, round(args.seconds / 0.08))
@@ -136,23 +171,29 @@ def main(argv: list[str]) -> int:
     common = ["--checkpoint", args.checkpoint, "--device", args.device, "--port", "0",
               "--no-input-timeout-s", "0"]
     points: list[dict[str, Any]] = []
-    for s in slot_counts:
-        proc, info = _start([*cli, "serve", "--slots", str(s), *common], 300)
-        try:
-            for n in (n for n in call_counts if n <= s):
-                for run in range(args.runs):
-                    got = asyncio.run(_load(info["url"], info["port"], proc.pid, n, frames))
-                    points.append({"slots": s, "calls": n, "run": run + 1} | got)
-        finally:
-            _stop(proc)
+    for k in layouts:
+        workers = ["--ingress-workers", str(k)] if k else []
+        for s in slot_counts:
+            proc, info = _start([*cli, "serve", "--slots", str(s), *workers, *common], 300)
+            try:
+                for n in (n for n in call_counts if n <= s):
+                    for run in range(args.runs):
+                        got = asyncio.run(_load(info["url"], info["port"], proc.pid, n, frames))
+                        points.append({"ingress_workers": k, "slots": s, "calls": n,
+                                       "run": run + 1} | got)
+            finally:
+                _stop(proc)
     engine = _engine_ticks(args, sorted({(q["slots"], q["calls"]) for q in points}))
     for q in points:
-        e = engine[q["slots"], q["calls"]]
+        e, ep = engine[q["slots"], q["calls"], False], engine[q["slots"], q["calls"], True]
         q["engine_tick_mean_ms"], q["engine_tick_cpu_p50_ms"] = (e["tick_mean_ms"],
                                                                  e["tick_cpu_p50_ms"])
         q["serve_over_engine"] = _ratio(q["serve_tick_mean_ms"], q["engine_tick_mean_ms"])
+        q["engine_paced_tick_mean_ms"] = ep["tick_mean_ms"]
+        q["serve_over_engine_paced"] = _ratio(q["serve_tick_mean_ms"], ep["tick_mean_ms"])
         same = [r["serve_tick_mean_ms"] for r in points
-                if r["slots"] == r["calls"] == q["calls"] and r["run"] == q["run"]]
+                if r["slots"] == r["calls"] == q["calls"] and r["run"] == q["run"]
+                and r["ingress_workers"] == q["ingress_workers"]]
         if same and q["slots"] != q["calls"]:
             q["serve_over_slots_n"] = _ratio(q["serve_tick_mean_ms"], same[0])
     result = {

@@ -8,10 +8,14 @@ Starts ``serve --checkpoint dev-personaplex`` (or ``--checkpoint``) with one per
   (cached) persona: the time from connecting to the handshake (``connect_ms``) and from
   the first caller frame to the first agent frame (``first_audio_ms``); medians and the
   cached-minus-plain difference in 80 ms ticks (the goal: under one tick);
-* **co-batched**: ``--calls`` plain calls for ``--seconds``, once alone and once while a
-  call with a new persona (never seen: a cold prefill) connects a second in: the plain
-  calls' frame-lag p99 and ``serve``'s mean tick (its ``/metrics`` histogram), and the
-  ratios with / without.
+* **co-batched**: ``--calls`` plain calls for ``--seconds`` while, from a second in, calls
+  with a persona connect one after another and talk for 3 frames each: the warmed persona
+  (cached: a row more in the batch, no prefill), or a new persona each time (the same row,
+  and a cold prefill all along). Each window runs on a fresh ``serve``, so its recent-tick
+  quantiles (``moshi_engine_tick_recent_p99_seconds``) cover that window's ticks only;
+  ``--pairs`` times: ``serve``'s tick p99 and mean, the plain calls' frame-lag p99 and the
+  p99 gap between their agent frames, and the ratios cold / cached (medians over the
+  pairs).
 
 The machine's load moves every absolute number: read the ratios, taken in one run.
 Prints one JSON object on stdout (``--out`` also writes it).
@@ -32,6 +36,8 @@ from urllib.parse import urlencode
 from .._cli_help import command_parser
 from .cluster import _Call, _pct, _start, _stop
 from .serve import _tick_totals
+
+TICK_P99 = "moshi_engine_tick_recent_p99_seconds"
 
 WARM = "You are the support line of Acme Telecom. Be brief and friendly."
 
@@ -57,23 +63,48 @@ async def _start_latency(url: str, rounds: int) -> dict[str, Any]:
             "cached_minus_plain_ticks": {k: round(v / 80.0, 2) for k, v in diff.items()}}
 
 
-async def _co_batched(url: str, port: int, calls: int, frames: int, cold: str | None
+def _gauge(port: int, name: str) -> float | None:
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return None
+
+
+def _gaps_ms(cs: list[_Call]) -> list[float]:
+    return [(b - a) * 1000 for c in cs for a, b in zip(c.got, c.got[1:], strict=False)]
+
+
+async def _co_batched(url: str, port: int, calls: int, frames: int, newcomer: str
                       ) -> dict[str, Any]:
+    """``calls`` plain calls; from a second in until they end, one call after another with
+    a persona connects and talks for 3 frames: ``newcomer`` (the warmed persona: cached),
+    or ``newcomer`` numbered (a new persona each time: a cold prefill all along)."""
     s0, n0 = _tick_totals(port)
     cs = [_Call(url) for _ in range(calls)]
     runs = [asyncio.create_task(c.run(frames)) for c in cs]
-    prefill_ms = None
-    if cold is not None:
-        await asyncio.sleep(1.0)
-        newcomer = _Call(url + "?" + urlencode({"text_prompt": cold, "voice_prompt": "NATM1"}))
-        await newcomer.run(3)
-        prefill_ms = round(newcomer.connect_ms, 1)  # its handshake waits for the prefill
+    await asyncio.sleep(1.0)
+    others: list[_Call] = []
+    while not all(r.done() for r in runs) and len(others) < 1000:
+        text = newcomer if newcomer == WARM else f"{newcomer} (call {len(others) + 1})"
+        other = _Call(url + "?" + urlencode({"text_prompt": text, "voice_prompt": "NATF2.pt"}))
+        others.append(other)
+        await other.run(3)
     await asyncio.gather(*runs)
     s1, n1 = _tick_totals(port)
     lags = [lat for c in cs for lat in c.latencies_ms()]
+    p99 = _gauge(port, TICK_P99)
     return {"lag_p50_ms": _pct(lags, 50), "lag_p99_ms": _pct(lags, 99),
+            "agent_frame_gap_p99_ms": _pct(_gaps_ms(cs), 99),
+            "serve_tick_p99_ms": None if p99 is None else round(1000 * p99, 2),
             "serve_tick_mean_ms": round(1000 * (s1 - s0) / max(1.0, n1 - n0), 2),
-            "cold_call_connect_ms": prefill_ms, "errors": [c.error for c in cs if c.error]}
+            # A cold newcomer's handshake waits for its prefill.
+            "newcomers": len(others),
+            "newcomer_connect_ms": round(statistics.median(o.connect_ms for o in others), 1),
+            "errors": [c.error for c in [*cs, *others] if c.error]}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -88,28 +119,43 @@ def main(argv: list[str]) -> int:
     p.add_argument("--calls", type=int, default=2, help="co-batched plain calls")
     p.add_argument("--seconds", type=float, default=8.0, help="audio per co-batched call")
     p.add_argument("--rounds", type=int, default=5, help="plain/cached call pairs")
+    p.add_argument("--pairs", type=int, default=1,
+                   help="co-batched window pairs (cached newcomers / cold prefills), each "
+                   "window on a fresh serve")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.pairs < 1 or args.rounds < 1 or args.calls < 1:
+        p.error("--pairs, --rounds and --calls need values >= 1")
     cmd = [sys.executable, "-m", "voice_server_moshi.cli", "serve", "--port", "0",
            "--checkpoint", args.checkpoint, "--device", args.device,
            "--slots", str(args.slots), "--warm-persona", WARM]
-    proc, info = _start(cmd, 600)
-    try:
-        url, port = str(info["url"]), int(info["port"])
-        start = asyncio.run(_start_latency(url, args.rounds))
-        frames = int(args.seconds / 0.08)
-        alone = asyncio.run(_co_batched(url, port, args.calls, frames, None))
-        cold = asyncio.run(_co_batched(url, port, args.calls, frames,
-                                       f"You are agent number {os.getpid()} of a bakery."))
-    finally:
-        _stop(proc)
+    frames = int(args.seconds / 0.08)
+
+    def on_fresh_serve(run: Any) -> Any:
+        proc, info = _start(cmd, 600)
+        try:
+            return asyncio.run(run(str(info["url"]), int(info["port"])))
+        finally:
+            _stop(proc)
+
+    start = on_fresh_serve(lambda url, _port: _start_latency(url, args.rounds))
+    pairs = []
+    for k in range(args.pairs):
+        alone = on_fresh_serve(lambda url, port: _co_batched(url, port, args.calls, frames,
+                                                             WARM))
+        cold = on_fresh_serve(lambda url, port, k=k: _co_batched(
+            url, port, args.calls, frames, f"You are agent {os.getpid()}-{k} of a bakery."))
+        pairs.append({"with_cached_newcomer": alone, "with_cold_prefill": cold} | {
+            f"{m}_ratio": _ratio(cold[m], alone[m])
+            for m in ("serve_tick_p99_ms", "serve_tick_mean_ms", "lag_p99_ms",
+                      "agent_frame_gap_p99_ms")})
+    medians = {key: statistics.median(r[key] for r in pairs if r[key] is not None)
+               for key in pairs[0] if key.endswith("_ratio")
+               and any(r[key] is not None for r in pairs)}
     out = {"bench": "serve-persona", "checkpoint": args.checkpoint, "device": args.device,
            "slots": args.slots, "platform": platform.platform(), "cpus": os.cpu_count(),
            "load_average_1m": round(os.getloadavg()[0], 2), "start": start,
-           "co_batched": {"without_prefill": alone, "with_cold_prefill": cold,
-                          "lag_p99_ratio": _ratio(cold["lag_p99_ms"], alone["lag_p99_ms"]),
-                          "serve_tick_mean_ratio": _ratio(cold["serve_tick_mean_ms"],
-                                                          alone["serve_tick_mean_ms"])}}
+           "co_batched": {"pairs": pairs, "median_ratios": medians}}
     text = json.dumps(out, indent=2)
     sys.stdout.write(text + "\n")
     if args.out:

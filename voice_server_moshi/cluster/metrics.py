@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from ..server.counters import ServerCounters, server_families
 from ..server.limits import CloseReason
 from ..server.prompt_metrics import PROMPT_METRICS
+from ..server.tick_metrics import TICK_QUANTILES
 
 #: Endings that are a call limit (ADR 0065): ``moshi_ingress_calls_reaped_total``.
 _LIMIT_REASONS = frozenset({CloseReason.FIRST_AUDIO, CloseReason.NO_INPUT,
@@ -74,6 +75,12 @@ class IngressCollector(Collector):
             buckets.append(("+Inf", float(r["tick_count"])))
             tick.add_metric([str(r["replica"])], buckets, sum_value=float(r["tick_sum_s"]))
         yield tick
+        for name, attr, help_ in TICK_QUANTILES:
+            g = GaugeMetricFamily(name, help_, labels=["replica"])
+            for r in reps:
+                if r.get(attr) is not None:
+                    g.add_metric([str(r["replica"])], float(r[attr]))
+            yield g
         prompted = [r for r in reps if r.get("prompt")]  # PersonaPlex replicas (ADR 0130)
         for name, family, help_, attr in PROMPT_METRICS if prompted else ():
             f = family(name, help_, labels=["replica"])

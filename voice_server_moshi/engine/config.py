@@ -40,9 +40,10 @@ class EngineConfig:
     #: seeds (ADR 0080); False: LMGen's one batch-wide setting (``sampling``) for all.
     per_call_sampling: bool = True
     #: Backlog trimming (ADR 0065): when a call's queue held more than ``target_frames``
-    #: at every tick of the last ``trim_window_ticks`` (a stall left a standing backlog,
-    #: not jitter), the oldest frames over the target are dropped (counted as trimmed), so
-    #: latency returns to its baseline within about a second. None: never trim. A sender
+    #: + 1 at every tick of the last ``trim_window_ticks`` (a stall left a standing
+    #: backlog, not jitter; one frame over is a caller whose frames land near the tick),
+    #: the oldest frames over that are dropped (counted as trimmed), so latency returns
+    #: within a frame of its baseline within about a second. None: never trim. A sender
     #: that the embedded transport is pacing (faster than real time) is never trimmed.
     target_frames: int = 1
     trim_window_ticks: int | None = 12

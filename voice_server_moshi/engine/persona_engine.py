@@ -43,6 +43,11 @@ if TYPE_CHECKING:
 PREFILL_EVERY_TICKS = 4
 #: Time kept free before the next tick is due when filling the slack with prefill steps.
 SLACK_MARGIN_S = 0.004
+#: Share of the slack prefill steps may take while other calls are live: after each step
+#: the tick thread pauses for as long again, so the event loop (Opus, the protocol: same
+#: interpreter) keeps its turn and their frames are not held back (ADR 0130). Alone, a
+#: prompt takes the whole slack.
+PREFILL_SHARE = 0.5
 
 
 class PersonaPrefill:
@@ -169,21 +174,33 @@ class PersonaPrefill:
             return [s for s in self._slots if s is not None and s.prompt_run is not None
                     and not s.prompt_run.done.is_set()]
 
+    def _others_live(self) -> bool:
+        """Whether a call other than the prefilling ones is on the engine."""
+        with self._lock:
+            return any(s is not None and (s.prompt_run is None or s.prompt_run.done.is_set())
+                       for s in self._slots)
+
     def _prefill_in_slack(self, deadline: float | None) -> None:
         """Prefill steps after a tick: while one fits before ``deadline`` (monotonic), and
-        one anyway every ``PREFILL_EVERY_TICKS`` ticks; one when ``deadline`` is None."""
+        one anyway every ``PREFILL_EVERY_TICKS`` ticks; one when ``deadline`` is None.
+        With other calls live, each step is followed by a pause (``PREFILL_SHARE``)."""
         if self._persona is None:
             return
         self._since_prefill += 1
+        share = PREFILL_SHARE if self._prefilling() and self._others_live() else 1.0
         while self._prefilling():
             if (deadline is not None and self._since_prefill < PREFILL_EVERY_TICKS
                     and time.monotonic() + self._prefill_est_s + SLACK_MARGIN_S > deadline):
                 return
+            t0 = time.monotonic()
             with self._tick_lock, self._torch_context():
                 self._prefill_step()
             self._since_prefill = 0
             if deadline is None:
                 return
+            if share < 1.0:
+                pause = (time.monotonic() - t0) * (1.0 / share - 1.0)
+                time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
 
     def _start_run(self, slot: Slot, run: PromptRun) -> None:
         i = slot.index

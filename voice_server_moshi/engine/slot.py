@@ -5,9 +5,10 @@ idled (its state does not advance, exactly as if the tick had not happened), so 
 jitter neither invents audio nor shifts the call; after ``fill_after_ticks`` starved ticks
 in a row the engine feeds silence instead (an *underrun*) to keep Moshi's clock going for a
 client that stopped sending. A queue over ``queue_frames`` drops its oldest frame (an
-*overrun*), which bounds latency and memory. A standing backlog (the queue above
-``target_frames`` at every tick for ``trim_window_ticks``, what a stall leaves behind) is
-*trimmed* back to the target, oldest first, so latency recovers (ADR 0065).
+*overrun*), which bounds latency and memory. A standing backlog (the queue more than one
+frame above ``target_frames`` at every tick for ``trim_window_ticks``, what a stall leaves
+behind) is *trimmed* back to one over the target, oldest first, so latency recovers
+(ADR 0065).
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ from .._log import get_logger
 from .call_sampling import CallSampling
 from .config import FRAME_SAMPLES, EngineConfig
 from .steering import SlotSteering, SteerEvent, SteeringSpec
+
+#: A backlog standing one frame over the target is not trimmed: it is what a real-time
+#: caller whose frames land near the tick is left with after one frame misses its tick
+#: (the row idles, the next tick finds two). Trimming it dropped 80 ms of the caller's
+#: audio every second or so and won nothing back (the next late frame undoes it); a stall
+#: leaves more, and that is trimmed down to one over the target (ADR 0065, update).
+JITTER_SLACK_FRAMES = 1
 
 if TYPE_CHECKING:
     from .persona_run import PromptRun
@@ -207,7 +215,7 @@ class Slot:
         self._depths.append(len(self._queue))
         if len(self._depths) < window or self._ticks - self.paced_at <= window:
             return
-        excess = min(self._depths) - cfg.target_frames
+        excess = min(self._depths) - (cfg.target_frames + JITTER_SLACK_FRAMES)
         if excess > 0:
             for _ in range(excess):
                 self._queue.popleft()

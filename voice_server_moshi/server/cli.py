@@ -21,6 +21,22 @@ from ..moshi.settings import DEFAULT_HF_REPO
 from .auth import AUTH_ENV, TokenError, read_token_file
 from .limit_flags import add_limit_flags, add_trim_flag, limits_from_args
 
+#: Calls whose Opus and protocol work (about 1.45 ms per call per 80 ms frame on this
+#: project's CPU VM, ``bench serve``) fill about 70 ms of each frame on one process's event
+#: loop, which also shares the interpreter with the tick (ADR 0135, "What serve adds").
+ONE_PROCESS_CALLS = 48
+
+
+def ingress_hint(slots: int, ingress_workers: int, cpus: int | None) -> str | None:
+    """A hint for ``serve`` where one process would carry more calls than its event loop
+    can and the machine has cores to spare; ``None`` when the layout is fine."""
+    if ingress_workers > 0 or slots <= ONE_PROCESS_CALLS or (cpus or 1) < 4:
+        return None
+    k = min(max(1, (cpus or 1) - 2), -(-slots // ONE_PROCESS_CALLS))
+    return (f"--slots {slots} in one process: past about {ONE_PROCESS_CALLS} calls its event "
+            f"loop's Opus work fills its core and stretches the tick; with {cpus} cores, "
+            f"consider --ingress-workers {k}")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = command_parser(
@@ -123,6 +139,11 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"error: could not load checkpoint {args.checkpoint!r} on "
                          f"{args.device}: {exc}\n")
         return 2
+    hint = ingress_hint(args.slots, args.ingress_workers, os.cpu_count())
+    if hint is not None:
+        from .._log import get_logger
+
+        get_logger(__name__).warning("one process for many calls", hint=hint)
     if args.ingress_workers > 0:
         from .workers import serve_split
 

@@ -21,9 +21,9 @@ def add_trim_flag(p: argparse.ArgumentParser) -> None:
     """``--trim-after-ms``: the engine's backlog trimming (ADR 0065), as
     :func:`~voice_server_moshi.engine.config.trim_window_ticks` reads it."""
     p.add_argument("--trim-after-ms", type=float, default=DEFAULT_TRIM_AFTER_MS,
-                   help="drop a call's standing input backlog (queued above its target at "
-                   "every tick this long: a stall, not jitter) so latency recovers; 0 never "
-                   "trims (ADR 0065; default %(default)g)")
+                   help="drop a call's standing input backlog (queued more than a frame "
+                   "above its target at every tick this long: a stall, not jitter) so "
+                   "latency recovers; 0 never trims (ADR 0065; default %(default)g)")
 
 
 def add_limit_flags(p: argparse.ArgumentParser, *, keepalive: bool = True) -> None:

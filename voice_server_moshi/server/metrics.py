@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from ..engine.metrics import TICK_BUCKETS_S, EngineMetrics
 from .counters import ServerCounters, server_families
 from .prompt_metrics import PROMPT_METRICS
+from .tick_metrics import TICK_QUANTILES
 
 __all__ = ["CONTENT_TYPE", "PROMPT_METRICS", "ServerCollector", "ServerCounters", "render_metrics",
            "server_families"]
@@ -67,6 +68,10 @@ def _engine_families(m: EngineMetrics) -> Iterator[Metric]:
         "moshi_engine_tick_seconds",
         "Time of one engine tick (Mimi encode, LM step, Mimi decode for all slots).",
         buckets=buckets, sum_value=m.tick_sum_s)
+    for name, attr, help_ in TICK_QUANTILES:
+        value = getattr(m, attr)
+        if value is not None:  # none before the first tick
+            yield gauge(name, help_, value)
     width = getattr(m, "batch_width", None)
     if width is not None:  # in-process engines (a cluster's replica snapshot has none)
         yield gauge("moshi_engine_batch_width",
