@@ -39,10 +39,11 @@ def test_fixed_slot_counts_with_profile(ckpt: str, capsys: pytest.CaptureFixture
         assert p["realtime_margin_ms"] == pytest.approx(80.0 - p["tick_p99_ms"], abs=1e-6)
         assert p["state_bytes_per_slot"] > 0 and p["ticks"] == 5
         # Fed in real time a call waits one frame; after a 1 s stall (12 frames at once)
-        # its backlog is trimmed back within one trim window (ADR 0065).
+        # its backlog (4 frames) is trimmed back to one frame over the target within one
+        # trim window (ADR 0065 and its update): 2 frames per call.
         assert p["input_depth_max_frames"] == 1
         rec = p["stall_recovery"]
-        assert rec["ticks_to_target"] == 12 and rec["trimmed_frames"] == 3 * p["slots"]
+        assert rec["ticks_to_target"] == 12 and rec["trimmed_frames"] == 2 * p["slots"]
     assert out["max_realtime_slots"] in (0, 1, 2)
     assert out["profile"]["top_ops"] and out["profile"]["top_ops"][0]["op"].startswith("aten::")
 
@@ -111,7 +112,7 @@ def test_live_calls_below_the_slot_count_step_only_their_rows(
     # Three calls left a full engine: the last one moved into row 0, one row steps.
     assert pts[4, 1]["batch_width"] == 1 and pts[4, 1]["row_moves"] == 1
     assert pts[4, 4]["batch_width"] == 4 and pts[4, 4]["row_moves"] == 0
-    assert pts[4, 1]["stall_recovery"]["trimmed_frames"] == 3  # one call's backlog
+    assert pts[4, 1]["stall_recovery"]["trimmed_frames"] == 2  # one call's backlog
     fixed = run(capsys, ["--checkpoint", ckpt, "--device", "cpu", "--slots", "4",
                          "--active", "1", "--seconds", "0.24", "--fixed-batch"])
     assert fixed["points"][0]["batch_width"] == 4  # the engine before ADR 0135
