@@ -47,6 +47,7 @@ import numpy as np
 
 from .._cli_help import command_parser
 from .cluster import _Call, _pct, _start, _stop
+from .served import metric_values
 
 LAG_LIMIT_MS = 240.0
 
@@ -83,16 +84,16 @@ def _children_cpu(pid: int) -> float:
     return total
 
 
-def _tick_totals(port: int) -> tuple[float, float]:
-    """``serve``'s tick histogram (sum in seconds, count) from its /metrics."""
+def _metrics(port: int) -> dict[str, float]:
+    """``serve``'s /metrics page as ``{"name{labels}": value}``."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    vals = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in ("moshi_engine_tick_seconds_sum", "moshi_engine_tick_seconds_count"):
-            vals[name] = float(value)
+        return metric_values(r.read().decode())
+
+
+def _tick_totals(port: int) -> tuple[float, float]:
+    """``serve``'s tick histogram (sum in seconds, count) from its /metrics."""
+    vals = _metrics(port)
     return vals["moshi_engine_tick_seconds_sum"], vals["moshi_engine_tick_seconds_count"]
 
 

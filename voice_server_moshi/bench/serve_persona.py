@@ -35,7 +35,7 @@ from urllib.parse import urlencode
 
 from .._cli_help import command_parser
 from .cluster import _Call, _pct, _start, _stop
-from .serve import _tick_totals
+from .serve import _metrics, _ratio, _tick_totals
 
 TICK_P99 = "moshi_engine_tick_recent_p99_seconds"
 
@@ -63,17 +63,6 @@ async def _start_latency(url: str, rounds: int) -> dict[str, Any]:
             "cached_minus_plain_ticks": {k: round(v / 80.0, 2) for k, v in diff.items()}}
 
 
-def _gauge(port: int, name: str) -> float | None:
-    import urllib.request
-
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    return None
-
-
 def _gaps_ms(cs: list[_Call]) -> list[float]:
     return [(b - a) * 1000 for c in cs for a, b in zip(c.got, c.got[1:], strict=False)]
 
@@ -96,7 +85,7 @@ async def _co_batched(url: str, port: int, calls: int, frames: int, newcomer: st
     await asyncio.gather(*runs)
     s1, n1 = _tick_totals(port)
     lags = [lat for c in cs for lat in c.latencies_ms()]
-    p99 = _gauge(port, TICK_P99)
+    p99 = _metrics(port).get(TICK_P99)
     return {"lag_p50_ms": _pct(lags, 50), "lag_p99_ms": _pct(lags, 99),
             "agent_frame_gap_p99_ms": _pct(_gaps_ms(cs), 99),
             "serve_tick_p99_ms": None if p99 is None else round(1000 * p99, 2),
@@ -105,10 +94,6 @@ async def _co_batched(url: str, port: int, calls: int, frames: int, newcomer: st
             "newcomers": len(others),
             "newcomer_connect_ms": round(statistics.median(o.connect_ms for o in others), 1),
             "errors": [c.error for c in [*cs, *others] if c.error]}
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or not b else round(a / b, 3)
 
 
 def main(argv: list[str]) -> int:

@@ -187,11 +187,13 @@ class PersonaPrefill:
         if self._persona is None:
             return
         self._since_prefill += 1
-        share = PREFILL_SHARE if self._prefilling() and self._others_live() else 1.0
+        share: float | None = None  # asked once, and only when a step runs
         while self._prefilling():
             if (deadline is not None and self._since_prefill < PREFILL_EVERY_TICKS
                     and time.monotonic() + self._prefill_est_s + SLACK_MARGIN_S > deadline):
                 return
+            if share is None:
+                share = PREFILL_SHARE if self._others_live() else 1.0
             t0 = time.monotonic()
             with self._tick_lock, self._torch_context():
                 self._prefill_step()
