@@ -16,7 +16,8 @@ messages of every kind, fuzzed sampling query strings; docs/fuzz-and-soak.md). R
 * ``canary``: frames answered, errors, whether it was closed, lag p50/p90/p99 alone and
   during the fuzz, the engine's dropped frames; ``within_promise`` is true when it kept
   its call with no error and its lag p90 stayed within one frame (80 ms) of its baseline,
-  the bound the hardening tests hold ``serve`` to.
+  the promise the hardening tests check (they judge against the median lag before the
+  attack, with 40 ms more for the tick the attack stretches).
 
 Prints one JSON object; ``--out`` also writes it (e.g. benchmarks/results/fuzz.json).
 """
