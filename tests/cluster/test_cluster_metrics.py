@@ -20,3 +20,13 @@ def test_each_replica_reports_its_recent_tick_quantiles() -> None:
     assert 'moshi_engine_tick_recent_p99_seconds{replica="r1"} 0.03' in lines
     assert 'moshi_engine_tick_recent_p50_seconds{replica="r1"} 0.015' in lines
     assert not any('replica="r2"' in ln for ln in lines)  # no tick yet: no sample
+
+
+def test_each_replica_reports_its_collector_pauses() -> None:
+    r1 = replica("r1", 0.03) | {"gc": {"collections": [9, 3, 1], "seconds": [0.01, 0.01, 0.02],
+                                       "max_seconds": [0.001, 0.004, 0.02],
+                                       "frozen_objects": 150000}}
+    text = render([r1, replica("r2", None)], IngressCounters(), "ingress-1")
+    assert 'moshi_process_gc_pause_max_seconds{generation="2",replica="r1"} 0.02' in text
+    assert 'moshi_process_gc_frozen_objects{replica="r1"} 150000.0' in text
+    assert 'replica="r2"' not in "".join(ln for ln in text.splitlines() if "_gc_" in ln)

@@ -211,6 +211,11 @@ async def test_four_calls_at_once_and_a_fifth_is_refused(served: tuple[str, int]
              if ln.startswith("moshi_engine_tick_recent_")}
         assert 0 < q["moshi_engine_tick_recent_p50_seconds"] <= q[
             "moshi_engine_tick_recent_p99_seconds"]
+        # The heap was frozen when the engine started; collector pauses are timed (ADR 0150).
+        frozen = [ln for ln in metrics.splitlines()
+                  if ln.startswith("moshi_process_gc_frozen_objects ")]
+        assert frozen and float(frozen[0].split()[1]) > 1000
+        assert 'moshi_process_gc_pause_max_seconds{generation="2"}' in metrics
 
 
 # -- in-process: auth, limits, bad input --------------------------------------------------

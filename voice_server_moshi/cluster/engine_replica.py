@@ -84,6 +84,7 @@ class EngineReplica:
             "persona": self.engine.persona_support.as_dict(),
             # The prompt cache and prefills (/metrics), PersonaPlex only.
             "prompt": dataclasses.asdict(m.persona) if m.persona.enabled else None,
+            "gc": dataclasses.asdict(m.gc),  # the replica's collector pauses (ADR 0150)
         }
 
     def _report(self) -> None:

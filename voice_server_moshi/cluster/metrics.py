@@ -19,6 +19,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ..server.counters import ServerCounters, server_families
+from ..server.gc_metrics import gc_families
 from ..server.limits import CloseReason
 from ..server.prompt_metrics import PROMPT_METRICS
 from ..server.tick_metrics import TICK_QUANTILES
@@ -87,6 +88,8 @@ class IngressCollector(Collector):
             for r in prompted:
                 f.add_metric([str(r["replica"])], float(r["prompt"][attr]))
             yield f
+        yield from gc_families((((str(r["replica"]),), r["gc"]) for r in reps if r.get("gc")),
+                               ["replica"])
         yield from server_families(self.counters, None)
         c, lab = self.counters, [self.ingress]
         for name, help_, value in (

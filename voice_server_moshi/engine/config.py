@@ -53,6 +53,10 @@ class EngineConfig:
     #: tick steps that prefix (on GPU the next power-of-two width, each with its own CUDA
     #: graphs). False: every tick steps every slot, the fixed batch of ADR 0030.
     live_rows_only: bool = True
+    #: When the tick thread starts, freeze the objects alive then (the models, the
+    #: imports) out of the garbage collector's reach: a full collection otherwise holds
+    #: the interpreter lock for longer than a tick (ADR 0150). Process-wide.
+    freeze_heap: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.slots <= 1024:

@@ -36,6 +36,7 @@ from .admission import SlotAdmission
 from .batch_width import BatchWidth
 from .call_sampling import CallSampling
 from .config import FRAME_SAMPLES, TICK_S, EngineConfig
+from .gc_pauses import GC_PAUSES, freeze_heap
 from .metrics import (
     TICK_BUCKETS_S,
     EngineMeasures,
@@ -216,6 +217,9 @@ class Engine(SlotAdmission, RowPacking, PersonaPrefill, EngineMeasures):
         if self._thread is not None:
             return
         self.warm_up()
+        GC_PAUSES.install()
+        if self.config.freeze_heap:
+            self.log.info("heap frozen for the collector", objects=freeze_heap())
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="moshi-engine", daemon=True)
         self._thread.start()

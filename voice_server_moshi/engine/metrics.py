@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .config import EngineConfig
+from .gc_pauses import GC_PAUSES, GcPauseStats
 
 if TYPE_CHECKING:
     from .batch_width import BatchWidth
@@ -57,6 +58,8 @@ class EngineMetrics:
     batch_width: int = 0
     #: Calls moved to a lower row so far (one state copy per departure below the last).
     row_moves: int = 0
+    #: The process's garbage-collector pauses (ADR 0150).
+    gc: GcPauseStats = field(default_factory=GcPauseStats)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,4 +221,5 @@ class EngineMeasures:
                 persona=persona,
                 batch_width=self._batch.width,
                 row_moves=self.row_moves,
+                gc=GC_PAUSES.snapshot(),
             )

@@ -8,6 +8,7 @@ so several servers (tests, one process serving two engines) never share a metric
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -21,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from ..engine.metrics import TICK_BUCKETS_S, EngineMetrics
 from .counters import ServerCounters, server_families
+from .gc_metrics import gc_families
 from .prompt_metrics import PROMPT_METRICS
 from .tick_metrics import TICK_QUANTILES
 
@@ -78,6 +80,7 @@ def _engine_families(m: EngineMetrics) -> Iterator[Metric]:
                     "Rows the last tick stepped: the live calls, packed first.", width)
         yield counter("moshi_engine_row_moves",
                       "Calls moved to a lower row when a call below them left.", m.row_moves)
+    yield from gc_families([((), dataclasses.asdict(m.gc))])
     yield gauge("moshi_engine_state_bytes_per_slot",
                 "Streaming state (KV cache, conv buffers) per slot.", m.state_bytes_per_slot)
     yield gauge("moshi_engine_weights_bytes", "Model weights.", m.weights_bytes)
