@@ -57,6 +57,11 @@ class EngineConfig:
     #: imports) out of the garbage collector's reach: a full collection otherwise holds
     #: the interpreter lock for longer than a tick (ADR 0150). Process-wide.
     freeze_heap: bool = True
+    #: On glibc, keep freed memory for the next tick (``mallopt``: mmap threshold 32 MiB,
+    #: trim threshold 256 MiB) instead of mapping each tick's large tensors afresh, which
+    #: costs page faults every tick (ADR 0150). Process-wide; glibc's own MALLOC_*
+    #: variables win.
+    hold_freed_memory: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.slots <= 1024:

@@ -36,7 +36,8 @@ from .admission import SlotAdmission
 from .batch_width import BatchWidth
 from .call_sampling import CallSampling
 from .config import FRAME_SAMPLES, TICK_S, EngineConfig
-from .gc_pauses import GC_PAUSES, freeze_heap
+from .gc_pauses import quiet_collector
+from .malloc_tuning import hold_freed_memory
 from .metrics import (
     TICK_BUCKETS_S,
     EngineMeasures,
@@ -87,6 +88,8 @@ class Engine(SlotAdmission, RowPacking, PersonaPrefill, EngineMeasures):
         self.device = models.device
         if self.device.type == "cpu" and self.config.cpu_threads is not None:
             torch.set_num_threads(self.config.cpu_threads)
+        if self.config.hold_freed_memory:  # process-wide, once (malloc_tuning.py)
+            hold_freed_memory()
         self._lock = threading.Lock()  # slot table, queues, counters
         self._tick_lock = threading.Lock()  # one tick at a time, all torch work
         self._wake = threading.Event()
@@ -217,9 +220,7 @@ class Engine(SlotAdmission, RowPacking, PersonaPrefill, EngineMeasures):
         if self._thread is not None:
             return
         self.warm_up()
-        GC_PAUSES.install()
-        if self.config.freeze_heap:
-            self.log.info("heap frozen for the collector", objects=freeze_heap())
+        self.log.info("collector timed", frozen=quiet_collector(freeze=self.config.freeze_heap))
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="moshi-engine", daemon=True)
         self._thread.start()
@@ -284,7 +285,8 @@ class Engine(SlotAdmission, RowPacking, PersonaPrefill, EngineMeasures):
             flushing, self._stt_flush = self._stt_flush, []
         if flushing and self.stt is not None:
             self._batch.cover(max(s.index for s in flushing) + 1)
-            self._deliver_stt(flushing, self.stt.flush([s.index for s in flushing]))
+            flushed = self.stt.flush([s.index for s in flushing])
+            self._deliver([(s, o) for s in flushing for o in flushed.get(s.index, ())])
         self._pack()
         with self._lock:
             live = [i for i, s in enumerate(self._slots) if s is not None]
@@ -350,7 +352,7 @@ class Engine(SlotAdmission, RowPacking, PersonaPrefill, EngineMeasures):
         audio = tokens[:, 1:, :]
         ready = exec_mask & (audio >= 0).all(dim=2).all(dim=1)
         ready_l: list[bool] = ready.tolist()
-        delivered = 0
+        outputs: list[tuple[Slot, SlotEvent]] = []
         if any(ready_l):
             # Rows not ready keep their decoder state (masked) and see token 0, never -2.
             self.mimi.set_exec_mask(ready)
@@ -362,35 +364,34 @@ class Engine(SlotAdmission, RowPacking, PersonaPrefill, EngineMeasures):
                 if s is None or not ready_l[i]:
                     continue
                 steered_by, marks = s.steering.output_marks()
-                out = SlotOutput(s.frames_out, pcm_np[i].copy(), text_l[i],
-                                 self.models.text_piece(text_l[i]), tuple(codes_l[i]),
-                                 steered_by, marks)
+                if not s.closed:
+                    outputs.append((s, SlotOutput(
+                        s.frames_out, pcm_np[i].copy(), text_l[i],
+                        self.models.text_piece(text_l[i]), tuple(codes_l[i]), steered_by, marks)))
                 s.frames_out += 1
-                if s.closed:
-                    continue
-                try:
-                    s.sink(out)
-                    delivered += 1
-                except Exception as exc:
-                    # One call's consumer failing must not touch the others.
-                    s.log.exception("sink failed; closing the slot")
-                    self._fail(s, f"output delivery failed: {exc}")
         if self.stt is not None:
             stt_out = self.stt.step(codes, exec_mask, first_mask if any_first else None)
-            self._deliver_stt([s for s in members if s is not None],
-                              {i: [o] for i, o in enumerate(stt_out) if o is not None})
+            outputs += [(s, o) for i, s in enumerate(members)
+                        if s is not None and (o := stt_out[i]) is not None]
+        # Sinks all at once, after the model: the first wakes the event loop, whose Opus
+        # holds the GIL; interleaved, the tick waited on it (ADR 0150).
+        delivered = self._deliver(outputs)
         dt = time.perf_counter() - t0
         self._record_tick(dt)
         return TickReport(executed, delivered, dt)
 
-    def _deliver_stt(self, slots: list[Slot], outs: dict[int, list[SttOutput]]) -> None:
-        for s in slots:
+    def _deliver(self, outputs: list[tuple[Slot, SlotEvent]]) -> int:
+        """Hand each event to its call's sink; returns the audio frames handed over."""
+        delivered = 0
+        for s, event in outputs:
             try:
-                for o in outs.get(s.index, ()):
-                    s.sink(o)
+                s.sink(event)
+                delivered += isinstance(event, SlotOutput)
             except Exception as exc:
+                # One call's consumer failing must not touch the others.
                 s.log.exception("sink failed; closing the slot")
                 self._fail(s, f"output delivery failed: {exc}")
+        return delivered
 
     def _lm_step(self, codes: torch.Tensor, exec_mask: torch.Tensor) -> torch.Tensor:
         with (self.sampler.active(exec_mask) if self.sampler is not None

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["GC_PAUSES", "GcPauseStats", "freeze_heap"]
+__all__ = ["GC_PAUSES", "GcPauseStats", "freeze_heap", "quiet_collector"]
 
 GENERATIONS = (0, 1, 2)
 
@@ -93,3 +93,11 @@ def freeze_heap() -> int:
             gc.freeze()
             _froze = True
     return gc.get_freeze_count()
+
+
+def quiet_collector(*, freeze: bool) -> int:
+    """What an engine does when its tick thread starts: time every collection from now
+    on, and freeze the heap (:func:`freeze_heap`) unless told not to. Returns the number
+    of objects frozen."""
+    GC_PAUSES.install()
+    return freeze_heap() if freeze else gc.get_freeze_count()
