@@ -1,13 +1,13 @@
 """Garbage-collector pauses, kept out of the tick's way and counted.
 
 A full collection of the cyclic garbage collector holds the interpreter lock while it scans
-every tracked object. With torch, moshi and the server loaded that is about 180 000
-objects and 80-150 ms on the 2-core VM: longer than a tick's 80 ms budget, so one
-collection at the wrong moment makes a late tick, and every live call then runs a frame
-behind until its backlog is trimmed (ADR 0150). :func:`freeze_heap` moves what is alive
-when an engine starts (the models, the imports) out of the collector's reach, so later
-collections scan only what the calls allocated; :data:`GC_PAUSES` times every collection
-so ``/metrics`` shows what is left.
+every tracked object. With torch, moshi, the server and a warmed-up engine of 16 slots
+that is about 280 000 objects and 120-130 ms on the 2-core VM: longer than a tick's 80 ms
+budget, so one collection at the wrong moment makes a late tick, and every live call then
+runs a frame behind until its backlog is trimmed (ADR 0150). :func:`freeze_heap` moves
+what is alive when an engine starts (the models, the imports) out of the collector's
+reach, so later collections scan only what the calls allocated; :data:`GC_PAUSES` times
+every collection so ``/metrics`` shows what is left.
 """
 
 from __future__ import annotations
