@@ -34,5 +34,10 @@ def test_one_real_time_call_against_a_real_serve(capsys: pytest.CaptureFixture[s
     assert p["serve_over_engine"] == pytest.approx(
         p["serve_tick_mean_ms"] / p["engine_tick_mean_ms"], rel=1e-2)
     assert p["engine_paced_tick_mean_ms"] > 0
+    # What the engine did during the load, read from serve's /metrics in both layouts.
+    for q in (p, w):
+        ev = q["engine_events"]
+        assert set(ev) == {"late_ticks", "trimmed_frames", "gc_full_collections", "gc_full_ms"}
+        assert all(v is not None and v >= 0 for v in ev.values()), ev
     assert p["serve_over_engine_paced"] == pytest.approx(
         p["serve_tick_mean_ms"] / p["engine_paced_tick_mean_ms"], rel=1e-2)

@@ -19,6 +19,8 @@ tick at that load. It reports per load:
   the ingress worker processes' CPU (0 without workers);
 * ``serve_over_slots_n``: the tick against ``serve --slots N`` with the same N calls (when
   that slot count is measured too): what unused slots cost;
+* ``engine_events``: what happened in the engine during the load: late ticks, caller
+  frames trimmed from backlogs, full garbage collections and their milliseconds;
 * ``realtime_calls``: calls that got their frames back (all but the first, and one that
   Opus's pre-skip can leave short) with a p99 lag <= 240 ms, the lag
   being the time from sending caller frame k+1 to receiving the agent frame it produced;
@@ -91,19 +93,43 @@ def _metrics(port: int) -> dict[str, float]:
         return metric_values(r.read().decode())
 
 
-def _tick_totals(port: int) -> tuple[float, float]:
-    """``serve``'s tick histogram (sum in seconds, count) from its /metrics."""
-    vals = _metrics(port)
+def _tick_totals(port: int, vals: dict[str, float] | None = None) -> tuple[float, float]:
+    """``serve``'s tick histogram (sum in seconds, count) from its /metrics (``vals``: a
+    page already read)."""
+    vals = _metrics(port) if vals is None else vals
     return vals["moshi_engine_tick_seconds_sum"], vals["moshi_engine_tick_seconds_count"]
 
 
+#: Engine counters each load reports as a difference (``engine_events``): what makes a
+#: call lose real time that the tick's mean hides (ADR 0150).
+_EVENTS = {"late_ticks": "moshi_engine_late_ticks_total",
+           "trimmed_frames": "moshi_engine_trimmed_frames_total",
+           "gc_full_collections": 'moshi_process_gc_collections_total{generation="2"}',
+           "gc_full_ms": 'moshi_process_gc_pause_seconds_total{generation="2"}'}
+
+
+def _events(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+    """Each :data:`_EVENTS` counter's change over a load (None: ``serve`` does not
+    export it)."""
+    out: dict[str, float | None] = {}
+    for key, name in _EVENTS.items():
+        if name not in after:
+            out[key] = None
+            continue
+        delta = after[name] - before.get(name, 0.0)
+        out[key] = round(1000 * delta, 3) if key.endswith("_ms") else int(delta)
+    return out
+
+
 async def _load(url: str, port: int, pid: int, calls: int, frames: int) -> dict[str, Any]:
-    s0, n0 = _tick_totals(port)
+    m0 = _metrics(port)
+    s0, n0 = _tick_totals(port, m0)
     (t_cpu0, t_wait0), (m_cpu0, _) = _sched(pid, "moshi-engine"), _sched(pid, "main")
     w_cpu0 = _children_cpu(pid)
     cs = [_Call(url) for _ in range(calls)]
     await asyncio.gather(*(c.run(frames) for c in cs))
-    s1, n1 = _tick_totals(port)
+    m1 = _metrics(port)
+    s1, n1 = _tick_totals(port, m1)
     (t_cpu1, t_wait1), (m_cpu1, _) = _sched(pid, "moshi-engine"), _sched(pid, "main")
     w_cpu1 = _children_cpu(pid)
     ticks = max(1.0, n1 - n0)
@@ -121,6 +147,7 @@ async def _load(url: str, port: int, pid: int, calls: int, frames: int) -> dict[
                               "event_loop_cpu": round(1000 * (m_cpu1 - m_cpu0) / ticks, 3),
                               "ingress_workers_cpu": round(1000 * (w_cpu1 - w_cpu0) / ticks, 3)},
         "realtime_calls": good,
+        "engine_events": _events(m0, m1),
         "lag_ms": {"p50": _pct(lags, 50), "p99": _pct(lags, 99),
                    "max": round(max(lags), 1) if lags else None},
         "frames_sent": sum(len(c.sent) for c in cs),
