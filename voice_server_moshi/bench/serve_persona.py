@@ -83,9 +83,10 @@ async def _co_batched(url: str, port: int, calls: int, frames: int, newcomer: st
         others.append(other)
         await other.run(3)
     await asyncio.gather(*runs)
-    s1, n1 = _tick_totals(port)
+    after = _metrics(port)
+    s1, n1 = _tick_totals(port, after)
     lags = [lat for c in cs for lat in c.latencies_ms()]
-    p99 = _metrics(port).get(TICK_P99)
+    p99 = after.get(TICK_P99)
     return {"lag_p50_ms": _pct(lags, 50), "lag_p99_ms": _pct(lags, 99),
             "agent_frame_gap_p99_ms": _pct(_gaps_ms(cs), 99),
             "serve_tick_p99_ms": None if p99 is None else round(1000 * p99, 2),

@@ -34,12 +34,10 @@ from typing import Any
 from .._cli_help import command_parser
 from .cluster import _Call, _pct
 from .fuzz import FRAME_S, _cpus, _drops, canary_figures
+from .serve import LAG_LIMIT_MS
 from .served import Served, add_common_flags, fit, tick_quantile, write_json
 
 PROBE_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-#: A capacity step's calls are real time while every call's lag p90 stays under this (three
-#: frames: ``bench serve`` holds its calls' p99 to the same bound).
-LAG_LIMIT_MS = 240.0
 #: Fewer samples than this after the warm-up minute: no verdict on drift (null).
 MIN_SAMPLES = 10
 
@@ -65,8 +63,9 @@ async def measure_capacity(served: Served, seconds: float, max_calls: int) -> di
         p = await _probe(served, n, seconds)
         await asyncio.to_thread(served.wait_free)
         points.append(p)
-        # A fixed lag bound, not one relative to the first step's: a call's lag moves by up
-        # to a frame (80 ms) with where its frames fall against the tick, call to call.
+        # A fixed lag bound (bench serve's three frames, here on each call's p90), not one
+        # relative to the first step's: a call's lag moves by up to a frame (80 ms) with
+        # where its frames fall against the tick, call to call.
         if (p["engine_dropped_frames"] or p["answered_share_min"] < 0.97
                 or p["lag_ms_p90_max"] > LAG_LIMIT_MS):
             break
