@@ -41,3 +41,8 @@ def test_one_real_time_call_against_a_real_serve(capsys: pytest.CaptureFixture[s
         assert all(v is not None and v >= 0 for v in ev.values()), ev
     assert p["serve_over_engine_paced"] == pytest.approx(
         p["serve_tick_mean_ms"] / p["engine_paced_tick_mean_ms"], rel=1e-2)
+    # The summary per load, over its runs (one run each here).
+    assert [(x["ingress_workers"], x["slots"], x["calls"], x["runs"]) for x in out["summary"]] \
+        == [(0, 1, 1, 1), (1, 1, 1, 1)]
+    assert out["summary"][0]["serve_over_engine_median"] == p["serve_over_engine"]
+    assert out["summary"][0]["runs_all_realtime"] == int(p["realtime_calls"] == 1)

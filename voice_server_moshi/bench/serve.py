@@ -8,11 +8,14 @@ tick at that load. It reports per load:
 
 * ``serve_tick_mean_ms``: the engine's tick inside ``serve`` (wall time, so it includes
   waiting for the interpreter while the event loop does Opus and the protocol);
-* ``engine_tick_mean_ms``: ``bench engine``'s tick at the same S and N in the same run
-  (ticks back to back in this process, no server), and ``serve_over_engine``, the ratio;
-  ``engine_paced_tick_mean_ms`` / ``serve_over_engine_paced``: the same engine ticking once
-  per 80 ms (``bench engine --paced``), as a server does: on a CPU a tick after a pause
-  finds its caches cold, which no server code can avoid;
+* ``engine_tick_mean_ms``: ``bench engine``'s tick at the same S and N, measured in this
+  process right after that load (ticks back to back, no server), and ``serve_over_engine``,
+  the ratio; ``engine_paced_tick_mean_ms`` / ``serve_over_engine_paced``: the same engine
+  ticking once per 80 ms (``bench engine --paced``) as a server does: on a CPU the core
+  idles between ticks and comes back slow, which no server code avoids without burning the
+  core (docs/engine-batching.md). Each load gets its own engine figures because a shared
+  machine's speed drifts over minutes: a ratio is only fair between figures taken a few
+  seconds apart;
 * ``tick_breakdown_ms``: per tick, the tick thread's CPU time, its wait for a core (the
   kernel's run queue, ``/proc/.../schedstat``) and the rest of the tick's wall time
   (``blocked``: mostly waiting for the interpreter lock), the event-loop thread's CPU, and
@@ -30,8 +33,10 @@ tick at that load. It reports per load:
 event loop's Opus sharing the interpreter with the tick thread; K: Opus and the protocol
 in K worker processes, :mod:`..server.workers`); each point names its ``ingress_workers``.
 
-``--runs R`` repeats each load. The client runs in this process, on the same machine.
-Prints one JSON object on stdout (``--out`` also writes it).
+``--runs R`` repeats each load; ``summary`` gives, per load, the median, lowest and highest
+``serve_over_engine`` over the runs and how many runs held every call in real time. The
+client runs in this process, on the same machine. Prints one JSON object on stdout
+(``--out`` also writes it).
 """
 
 from __future__ import annotations
@@ -156,20 +161,47 @@ async def _load(url: str, port: int, pid: int, calls: int, frames: int) -> dict[
     }
 
 
-def _engine_ticks(args: Any, pairs: list[tuple[int, int]]
-                  ) -> dict[tuple[int, int, bool], dict[str, Any]]:
-    """``bench engine``'s point for each (slots, live calls), back to back and paced at
-    80 ms, models loaded once."""
-    from ..engine.models import load_models
-    from .engine import measure
+class _EngineAnchor:
+    """``bench engine``'s figures for one (slots, live calls), back to back and paced at
+    80 ms; models loaded once, on first use (after ``serve`` has loaded its own)."""
 
-    models = load_models(args.checkpoint, device=args.device, dtype="auto")
-    return {(s, n, paced): measure(models, s, args.seconds, 120.0, 1, n, paced=paced)
-            for s, n in pairs for paced in (False, True)}
+    def __init__(self, args: Any) -> None:
+        self.args = args
+        self.models: Any = None
+
+    def measure(self, slots: int, calls: int) -> dict[str, Any]:
+        from ..engine.models import load_models
+        from .engine import measure
+
+        if self.models is None:
+            self.models = load_models(self.args.checkpoint, device=self.args.device,
+                                      dtype="auto")
+        e, ep = (measure(self.models, slots, self.args.seconds, 120.0, 1, calls, paced=paced)
+                 for paced in (False, True))
+        return {"engine_tick_mean_ms": e["tick_mean_ms"],
+                "engine_tick_cpu_p50_ms": e["tick_cpu_p50_ms"],
+                "engine_paced_tick_mean_ms": ep["tick_mean_ms"]}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else round(a / b, 3)
+
+
+def _summary(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per load (layout, slots, calls): serve_over_engine over the runs, and the runs that
+    held every call in real time."""
+    loads = sorted({(q["ingress_workers"], q["slots"], q["calls"]) for q in points})
+    out = []
+    for k, s, n in loads:
+        runs = [q for q in points if (q["ingress_workers"], q["slots"], q["calls"]) == (k, s, n)]
+        ratios = [q["serve_over_engine"] for q in runs if q["serve_over_engine"] is not None]
+        out.append({"ingress_workers": k, "slots": s, "calls": n, "runs": len(runs),
+                    "serve_over_engine_median": (round(float(np.median(ratios)), 3)
+                                                 if ratios else None),
+                    "serve_over_engine_min": min(ratios, default=None),
+                    "serve_over_engine_max": max(ratios, default=None),
+                    "runs_all_realtime": sum(q["realtime_calls"] == n for q in runs)})
+    return out
 
 
 def main(argv: list[str]) -> int:
@@ -199,6 +231,7 @@ def main(argv: list[str]) -> int:
     common = ["--checkpoint", args.checkpoint, "--device", args.device, "--port", "0",
               "--no-input-timeout-s", "0"]
     points: list[dict[str, Any]] = []
+    anchor = _EngineAnchor(args)
     for k in layouts:
         workers = ["--ingress-workers", str(k)] if k else []
         for s in slot_counts:
@@ -207,18 +240,16 @@ def main(argv: list[str]) -> int:
                 for n in (n for n in call_counts if n <= s):
                     for run in range(args.runs):
                         got = asyncio.run(_load(info["url"], info["port"], proc.pid, n, frames))
+                        # serve is idle now (no call): the anchor runs on the same machine,
+                        # seconds after the load it is compared with.
                         points.append({"ingress_workers": k, "slots": s, "calls": n,
-                                       "run": run + 1} | got)
+                                       "run": run + 1} | got | anchor.measure(s, n))
             finally:
                 _stop(proc)
-    engine = _engine_ticks(args, sorted({(q["slots"], q["calls"]) for q in points}))
     for q in points:
-        e, ep = engine[q["slots"], q["calls"], False], engine[q["slots"], q["calls"], True]
-        q["engine_tick_mean_ms"], q["engine_tick_cpu_p50_ms"] = (e["tick_mean_ms"],
-                                                                 e["tick_cpu_p50_ms"])
         q["serve_over_engine"] = _ratio(q["serve_tick_mean_ms"], q["engine_tick_mean_ms"])
-        q["engine_paced_tick_mean_ms"] = ep["tick_mean_ms"]
-        q["serve_over_engine_paced"] = _ratio(q["serve_tick_mean_ms"], ep["tick_mean_ms"])
+        q["serve_over_engine_paced"] = _ratio(q["serve_tick_mean_ms"],
+                                              q["engine_paced_tick_mean_ms"])
         same = [r["serve_tick_mean_ms"] for r in points
                 if r["slots"] == r["calls"] == q["calls"] and r["run"] == q["run"]
                 and r["ingress_workers"] == q["ingress_workers"]]
@@ -230,6 +261,7 @@ def main(argv: list[str]) -> int:
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
                  "platform": platform.platform(),
                  "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
+        "summary": _summary(points),
         "points": points,
     }
     text = json.dumps(result, indent=2)

@@ -1,7 +1,8 @@
 """One call on an engine, seen from asyncio: frames in, agent outputs out.
 
 The engine's tick thread hands each output to :meth:`EngineCall._sink`, which only
-schedules delivery on the call's event loop (``loop.call_soon_threadsafe``); the loop then
+posts it to its event loop's mailbox (one wake-up per tick for all the calls on that loop,
+:mod:`.loop_mailbox`); the loop then
 appends it to a bounded queue that drops the oldest item when the consumer is slow, so a
 stuck consumer costs at most ``max_queued`` frames of memory and never stalls the tick.
 """
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator
 from .._log import get_logger
 from .call_sampling import CallSampling
 from .core import Engine
+from .loop_mailbox import LoopMailbox, mailbox_for
 from .persona import PersonaPrompt
 from .slot import PCM, Slot, SlotError, SlotEvent, SttOutput
 from .steering import SlotSteering
@@ -38,7 +40,7 @@ class EngineCall:
         self.max_queued = max_queued
         self.slot: Slot | None = None
         self.dropped_outputs = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._mailbox: LoopMailbox | None = None
         self._queue: deque[SlotEvent] = deque()
         self._has_items = asyncio.Event()
         self._space = asyncio.Event()
@@ -55,7 +57,7 @@ class EngineCall:
         persona, returns once its prompt is in the row (prefilled, or from the cache)."""
         if self.slot is not None or self._ended:
             raise RuntimeError("EngineCall.open() may be called once")
-        self._loop = asyncio.get_running_loop()
+        self._mailbox = mailbox_for(asyncio.get_running_loop())
         self.slot = await self.engine.open(self.call_id, self._sink, wait_s, sampling,
                                            persona)
         await self.engine.prompt_ready(self.slot)
@@ -174,11 +176,11 @@ class EngineCall:
     # -- engine thread side --------------------------------------------------------------
 
     def _sink(self, event: SlotEvent) -> None:
-        loop = self._loop
-        if loop is None:
+        box = self._mailbox
+        if box is None:
             return
         # Raises RuntimeError if the loop is closed; the engine then frees the slot.
-        loop.call_soon_threadsafe(self._deliver, event)
+        box.post(self._deliver, event)
 
     def _deliver(self, event: SlotEvent) -> None:
         if self._ended and not isinstance(event, SlotError):
