@@ -13,9 +13,13 @@ import pytest
 from voice_server_moshi.engine.loop_mailbox import LoopMailbox, mailbox_for
 
 
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    lp = asyncio.new_event_loop()
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop]:
+    # uvloop, which hosts often run, too: the mailbox keys its loops by weak reference.
+    if request.param == "uvloop":
+        lp = pytest.importorskip("uvloop").new_event_loop()
+    else:
+        lp = asyncio.new_event_loop()
     yield lp
     lp.close()
 
