@@ -26,8 +26,8 @@ class LoopMailbox:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._lock = threading.Lock()
+        #: Posted, not yet run; not empty exactly while a drain is scheduled.
         self._items: deque[tuple[Callable[[Any], None], Any]] = deque()
-        self._woken = False
 
     def post(self, fn: Callable[[Any], None], arg: Any) -> None:
         """Run ``fn(arg)`` on the loop; raises RuntimeError when the loop is closed (the
@@ -35,21 +35,15 @@ class LoopMailbox:
         if self._loop.is_closed():
             raise RuntimeError("Event loop is closed")
         with self._lock:
+            first = not self._items  # later ones ride on the drain the first scheduled
             self._items.append((fn, arg))
-            if self._woken:
-                return  # the drain already scheduled takes this one too
-            self._woken = True
-        try:
+        if first:
+            # Raises only for a closed loop, which refuses every later post above.
             self._loop.call_soon_threadsafe(self._drain)
-        except RuntimeError:
-            with self._lock:
-                self._woken = False
-            raise
 
     def _drain(self) -> None:
         with self._lock:
             items, self._items = self._items, deque()
-            self._woken = False
         for fn, arg in items:
             try:
                 fn(arg)
