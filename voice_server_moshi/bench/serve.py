@@ -75,7 +75,8 @@ def _sched(pid: int, thread: str) -> tuple[float, float]:
 
 
 def _children_cpu(pid: int) -> float:
-    """CPU seconds of ``pid``'s child processes (the ingress workers), from /proc."""
+    """CPU seconds of ``pid``'s child processes (the ingress workers), from /proc; not
+    the SCHED_IDLE spinners of ``--keep-cores-awake``, which only fill idle time."""
     total = 0.0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -84,6 +85,8 @@ def _children_cpu(pid: int) -> float:
             continue
         for kid in kids:
             try:
+                if os.sched_getscheduler(int(kid)) == os.SCHED_IDLE:
+                    continue
                 fields = Path(f"/proc/{kid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
@@ -214,6 +217,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--runs", type=int, default=1, help="drives per load")
     p.add_argument("--ingress-workers", default="0",
                    help="comma-separated worker counts, each a serve layout (0: one process)")
+    p.add_argument("--keep-cores-awake", action="store_true",
+                   help="run serve with --keep-cores-awake (its spinners also run during "
+                   "each load's engine anchor, which is measured while serve is up)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     try:
@@ -230,6 +236,8 @@ def main(argv: list[str]) -> int:
     cli = [sys.executable, "-m", "voice_server_moshi.cli"]
     common = ["--checkpoint", args.checkpoint, "--device", args.device, "--port", "0",
               "--no-input-timeout-s", "0"]
+    if args.keep_cores_awake:
+        common.append("--keep-cores-awake")
     points: list[dict[str, Any]] = []
     anchor = _EngineAnchor(args)
     for k in layouts:
@@ -258,6 +266,7 @@ def main(argv: list[str]) -> int:
     result = {
         "bench": "serve", "checkpoint": args.checkpoint, "device": args.device,
         "seconds_per_call": args.seconds, "lag_limit_ms": LAG_LIMIT_MS,
+        "keep_cores_awake": args.keep_cores_awake,
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
                  "platform": platform.platform(),
                  "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from .._cli_help import command_parser
 from ..engine.persona_flags import add_persona_flags
@@ -25,6 +26,10 @@ from .limit_flags import add_limit_flags, add_trim_flag, limits_from_args
 #: project's CPU VM, ``bench serve``) fill about 70 ms of each frame on one process's event
 #: loop, which also shares the interpreter with the tick (ADR 0135, "What serve adds").
 ONE_PROCESS_CALLS = 48
+
+if TYPE_CHECKING:
+    from ..engine.core import Engine
+    from .app import ServerConfig
 
 
 def ingress_hint(slots: int, ingress_workers: int, cpus: int | None) -> str | None:
@@ -89,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ingress-workers", type=int, default=0,
                    help="run Opus and the protocol in this many worker processes sharing "
                    "the port (the engine process keeps only the model); 0: one process")
+    p.add_argument("--keep-cores-awake", action="store_true",
+                   help="run a lowest-priority (SCHED_IDLE) busy loop on each core so the tick "
+                   "never starts on a parked vCPU: faster ticks at low load on VMs, every "
+                   "core shows busy; refused under a CPU quota (ADR 0155)")
     return p
 
 
@@ -111,12 +120,17 @@ def main(argv: list[str]) -> int:
         token = os.environ.get(AUTH_ENV) or None
     try:
         from ..engine.spec import EngineSpec
-        from .app import ServerConfig, run_server
+        from .app import ServerConfig
     except ImportError as exc:
         sys.stderr.write(f"error: 'serve' needs the embedded extra "
                          f"(pip install 'voice-server-moshi[embedded]'): {exc}\n")
         return 2
+    from .awake_cores import AwakeCores
+
     try:
+        awake = AwakeCores() if args.keep_cores_awake else None
+        if awake is not None:
+            awake.check()  # before the model loads
         spec = EngineSpec.from_args(args)
         spec.engine_config()  # bad engine flags fail before the model loads
         limits = limits_from_args(args)
@@ -139,6 +153,22 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"error: could not load checkpoint {args.checkpoint!r} on "
                          f"{args.device}: {exc}\n")
         return 2
+    if awake is not None:
+        try:
+            awake.start()
+        except OSError as exc:
+            sys.stderr.write(f"error: --keep-cores-awake could not start its spinners: {exc}\n")
+            return 2
+    try:
+        return _serve(args, engine, scfg)
+    finally:
+        if awake is not None:
+            awake.stop()
+
+
+def _serve(args: argparse.Namespace, engine: Engine, scfg: ServerConfig) -> int:
+    from .app import run_server
+
     hint = ingress_hint(args.slots, args.ingress_workers, os.cpu_count())
     if hint is not None:
         from .._log import get_logger
