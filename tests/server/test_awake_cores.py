@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from voice_server_moshi.server.awake_cores import AwakeCores, cpu_quota
+from voice_server_moshi.server import awake_cores
+from voice_server_moshi.server.awake_cores import AwakeCores, cpu_quota, own_quota_files
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux only")
 
@@ -32,19 +33,11 @@ def _wait_gone(pids: list[int], limit_s: float = 10.0) -> list[int]:
     return [p for p in pids if _alive(p)]
 
 
-def _wait_idle_policy(pid: int, limit_s: float = 10.0) -> None:
-    """The spinner sets its policy itself, just after it starts."""
-    end = time.monotonic() + limit_s
-    while os.sched_getscheduler(pid) != os.SCHED_IDLE and time.monotonic() < end:
-        time.sleep(0.02)
-
-
 def test_one_idle_priority_spinner_per_core_each_on_its_own_core(tmp_path: Path) -> None:
     cpus = sorted(os.sched_getaffinity(0))
     with AwakeCores(quota_files=[tmp_path / "none"]) as awake:
         assert awake.cpus == cpus and len(awake.pids) == len(cpus)
         for cpu, pid in zip(cpus, awake.pids, strict=True):
-            _wait_idle_policy(pid)
             assert os.sched_getscheduler(pid) == os.SCHED_IDLE
             assert os.sched_getaffinity(pid) == {cpu}
             assert Path(f"/proc/{pid}/comm").read_text().strip() == f"awake-cpu{cpu}"
@@ -68,6 +61,31 @@ def test_a_cpu_quota_is_refused_before_any_spinner_starts(
         awake.check()
         return
     with pytest.raises(ValueError, match=r"CPU quota .*cpu\.(max|cfs_quota_us).*throttle"):
+        awake.start()
+    assert awake.pids == []
+
+
+def test_a_quota_on_a_parent_cgroup_is_found_from_proc_self_cgroup(tmp_path: Path) -> None:
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/system.slice/voice.service\n")
+    (tmp_path / "system.slice" / "voice.service").mkdir(parents=True)
+    (tmp_path / "system.slice" / "voice.service" / "cpu.max").write_text("max 100000\n")
+    (tmp_path / "system.slice" / "cpu.max").write_text("400000 100000\n")  # CPUQuota=400%
+    files = own_quota_files(proc, tmp_path)
+    assert files == [tmp_path / "system.slice" / "voice.service" / "cpu.max",
+                     tmp_path / "system.slice" / "cpu.max"]
+    assert cpu_quota(files) == f"{tmp_path / 'system.slice' / 'cpu.max'}: 400000 100000"
+    proc.write_text("4:memory:/x\n3:cpu,cpuacct:/docker/abc\n")  # cgroup v1
+    assert own_quota_files(proc, tmp_path) == [
+        tmp_path / "cpu,cpuacct" / "docker" / "abc" / "cpu.cfs_quota_us",
+        tmp_path / "cpu,cpuacct" / "docker" / "cpu.cfs_quota_us"]
+
+
+def test_a_spinner_that_cannot_start_fails_start_and_leaves_none_running(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(awake_cores, "_SPIN", "import sys\nsys.exit(3)\n")
+    awake = AwakeCores(quota_files=[tmp_path / "none"])
+    with pytest.raises(OSError, match=r"spinner for CPU \d+ exited with 3"):
         awake.start()
     assert awake.pids == []
 
@@ -96,7 +114,6 @@ def test_spinners_die_with_a_parent_that_is_killed(tmp_path: Path) -> None:
 def test_serve_refuses_the_flag_under_a_quota_before_loading_a_model(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
-    from voice_server_moshi.server import awake_cores
     from voice_server_moshi.server.cli import main
 
     quota = tmp_path / "cpu.max"
@@ -124,6 +141,8 @@ def _children(pid: int) -> list[int]:
 def test_serve_with_the_flag_runs_a_spinner_per_core_and_stops_them_on_sigterm() -> None:
     pytest.importorskip("torch")
     pytest.importorskip("moshi")
+    if cpu_quota() is not None:
+        pytest.skip(f"this machine runs tests under a CPU quota ({cpu_quota()}): serve refuses")
     proc = subprocess.Popen(
         [sys.executable, "-m", "voice_server_moshi.cli", "serve", "--keep-cores-awake",
          "--port", "0", "--slots", "1", "--checkpoint", "dev", "--device", "cpu"],

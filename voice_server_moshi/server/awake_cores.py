@@ -16,9 +16,11 @@ itself, so a process under one is refused.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -27,10 +29,37 @@ from .._log import get_logger
 
 log = get_logger(__name__)
 
-#: Where a CPU quota shows: cgroup v2's ``cpu.max`` ("max 100000": none) and cgroup v1's
-#: ``cpu.cfs_quota_us`` ("-1": none), for this process's own cgroup as a container sees it.
+#: Where a CPU quota shows inside a container (its own cgroup is the root it sees): cgroup
+#: v2's ``cpu.max`` ("max 100000": none) and cgroup v1's ``cpu.cfs_quota_us`` ("-1": none).
 QUOTA_FILES = (Path("/sys/fs/cgroup/cpu.max"), Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"),
                Path("/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us"))
+
+#: How long ``start`` waits for every spinner to take SCHED_IDLE before it gives up.
+START_LIMIT_S = 5.0
+
+
+def own_quota_files(proc_cgroup: Path = Path("/proc/self/cgroup"),
+                    root: Path = Path("/sys/fs/cgroup")) -> list[Path]:
+    """The quota files of this process's own cgroup and every cgroup above it (a quota
+    on a parent slice, such as a systemd unit's CPUQuota=, binds its children too)."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return []
+    out: list[Path] = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        names = controllers.split(",")
+        if controllers == "":
+            base, leaf = root, "cpu.max"
+        elif "cpu" in names:
+            base, leaf = root / controllers, "cpu.cfs_quota_us"
+        else:
+            continue
+        parts = [x for x in path.split("/") if x]
+        out += [base.joinpath(*parts[:i]) / leaf for i in range(len(parts), 0, -1)]
+    return out
+
 
 # Runs as ``python -I -S -c``: no site, no environment, so it starts in milliseconds and
 # imports nothing of the caller's. PR_SET_PDEATHSIG ends it with its parent (even on
@@ -55,7 +84,7 @@ while os.getppid() == parent:
 
 def cpu_quota(files: Iterable[Path] | None = None) -> str | None:
     """The CPU quota this process runs under, as its file says it (``None``: none)."""
-    for path in QUOTA_FILES if files is None else files:
+    for path in [*own_quota_files(), *QUOTA_FILES] if files is None else files:
         try:
             text = path.read_text().strip()
         except OSError:
@@ -99,6 +128,8 @@ class AwakeCores:
                              f"Drop the quota (for Kubernetes: no CPU limit) or the flag")
 
     def start(self) -> None:
+        """Start the spinners and wait until each runs at idle priority; ``OSError`` (with
+        none left running) when one cannot."""
         self.check()
         parent = str(os.getpid())
         try:
@@ -106,12 +137,31 @@ class AwakeCores:
                 self._procs.append(subprocess.Popen(
                     [sys.executable, "-I", "-S", "-c", _SPIN, str(cpu), parent],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+            self._confirm()
         except OSError:
             self.stop()
             raise
         log.info("keeping cores awake", cpus=self.cpus, pids=self.pids,
                  why="a tick after an idle core runs slower on hosts that park idle vCPUs; "
                  "SCHED_IDLE spinners take only idle time (ADR 0155)")
+
+    def _confirm(self) -> None:
+        waiting = dict(zip(self.cpus, self._procs, strict=True))
+        end = time.monotonic() + START_LIMIT_S
+        while waiting:
+            for cpu, proc in list(waiting.items()):
+                if proc.poll() is not None:
+                    raise OSError(f"the spinner for CPU {cpu} exited with {proc.returncode} "
+                                  f"(its error is on stderr above)")
+                with contextlib.suppress(OSError):
+                    if os.sched_getscheduler(proc.pid) == os.SCHED_IDLE:
+                        del waiting[cpu]
+            if not waiting:
+                return
+            if time.monotonic() > end:
+                raise OSError(f"spinners for CPUs {sorted(waiting)} did not take SCHED_IDLE "
+                              f"within {START_LIMIT_S:g} s")
+            time.sleep(0.01)
 
     def stop(self) -> None:
         died = [p.pid for p in self._procs if p.poll() is not None]
