@@ -301,7 +301,12 @@ async def test_after_a_one_second_stall_lag_returns_to_baseline(ckpt: str) -> No
           f"{statistics.median(recovered) * 1000:.1f} ms over {len(recovered)} frames; "
           f"{drops} frames dropped")
     assert len(recovered) >= 10
-    assert statistics.median(recovered) <= base + 0.08
+    # Without the trim the stall's 1 s would stand for the rest of the call. With it the
+    # lag comes back within two frames of the baseline: the trim leaves up to one frame
+    # above the queue's target standing (ADR 0065), and the baseline itself is bimodal,
+    # a frame apart, with the phase the call started in (26-30 or 101-113 ms on the 2-core
+    # VM, and 150-187 ms after the stall either way: the old bound failed 2 runs in 5).
+    assert statistics.median(recovered) <= base + 2 * ONE_FRAME_S + TICK_MARGIN_S
 
 
 @pytest.mark.slow
