@@ -54,6 +54,7 @@ from .slot import PCM, Sink, Slot, SlotError, SlotEvent, SlotOutput, SlotState, 
 from .steering import SteeringSpec
 from .steering_hooks import SteeringHooks
 from .stt import SttBatch, make_stt_batch
+from .tick_clock import TickClock
 
 __all__ = [
     "FRAME_SAMPLES", "PCM", "TICK_BUCKETS_S", "TICK_S", "Engine", "EngineConfig",
@@ -418,19 +419,21 @@ class Engine(SlotAdmission, RowPacking, PersonaPrefill, EngineMeasures):
     def _run(self) -> None:
         name_os_thread("moshi-engine")  # its CPU and run-queue waits show in /proc
         period = self.config.tick_s
-        next_t = time.monotonic()
+        # A late tick is made up by ticking back to back, never by shifting the schedule
+        # (every caller would keep the frame that queued meanwhile): tick_clock.py.
+        clock = TickClock(period, self.config.queue_frames, time.monotonic())
         while not self._stop.is_set():
             if not self._has_slots():
                 self._wake.wait(0.5)
                 self._wake.clear()
-                next_t = time.monotonic()
+                clock.restart(time.monotonic())
                 continue
-            delay = next_t - time.monotonic()
+            delay = clock.wait_s(time.monotonic())
             if delay > 0:
                 self._stop.wait(delay)
                 continue
             try:
-                self.tick(prefill_until=next_t + period)
+                self.tick(prefill_until=clock.next_t + period)
             except Exception as exc:
                 # The model failed mid-tick: every row in flight is suspect. Fail the
                 # calls (each gets an error); new calls reset their rows, so the engine
@@ -441,10 +444,7 @@ class Engine(SlotAdmission, RowPacking, PersonaPrefill, EngineMeasures):
                     victims = [s for s in self._slots if s is not None]
                 for s in victims:
                     self._fail(s, f"engine tick failed: {type(exc).__name__}: {exc}")
-            next_t += period
-            if time.monotonic() - next_t > period:
-                # More than a tick behind: do not burst to catch up, start afresh.
+            if clock.ticked(time.monotonic()):
                 with self._lock:
                     self._late_ticks += 1
-                next_t = time.monotonic()
 
