@@ -183,7 +183,7 @@ def _start(cmd: list[str], timeout_s: float, *, stderr: Any = subprocess.DEVNULL
     th.join(timeout_s)
     if not line or not line[0]:
         proc.kill()
-        raise RuntimeError(f"{cmd[3]} did not start within {timeout_s} s")
+        raise RuntimeError(f"{' '.join(cmd[3:])} did not start within {timeout_s} s")
     return proc, json.loads(line[0])
 
 

@@ -45,6 +45,7 @@ import asyncio
 import json
 import os
 import platform
+import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -220,6 +221,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--keep-cores-awake", action="store_true",
                    help="run serve with --keep-cores-awake (its spinners also run during "
                    "each load's engine anchor, which is measured while serve is up)")
+    p.add_argument("--serve-log", default=None, metavar="PATH",
+                   help="append each serve's log (its stderr, at level info) to PATH: "
+                   "calls opening and closing, ticks behind schedule (default: discarded)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     try:
@@ -234,26 +238,34 @@ def main(argv: list[str]) -> int:
         p.error("--slots and --calls need values >= 1")
     frames = max(10, round(args.seconds / 0.08))
     cli = [sys.executable, "-m", "voice_server_moshi.cli"]
+    if args.serve_log:  # calls opening and closing, with their times, beside the warnings
+        cli += ["--log-level", "info"]
     common = ["--checkpoint", args.checkpoint, "--device", args.device, "--port", "0",
               "--no-input-timeout-s", "0"]
     if args.keep_cores_awake:
         common.append("--keep-cores-awake")
     points: list[dict[str, Any]] = []
     anchor = _EngineAnchor(args)
-    for k in layouts:
-        workers = ["--ingress-workers", str(k)] if k else []
-        for s in slot_counts:
-            proc, info = _start([*cli, "serve", "--slots", str(s), *workers, *common], 300)
-            try:
-                for n in (n for n in call_counts if n <= s):
-                    for run in range(args.runs):
-                        got = asyncio.run(_load(info["url"], info["port"], proc.pid, n, frames))
-                        # serve is idle now (no call): the anchor runs on the same machine,
-                        # seconds after the load it is compared with.
-                        points.append({"ingress_workers": k, "slots": s, "calls": n,
-                                       "run": run + 1} | got | anchor.measure(s, n))
-            finally:
-                _stop(proc)
+    log_file = open(args.serve_log, "a") if args.serve_log else None  # noqa: SIM115
+    try:
+        for k in layouts:
+            workers = ["--ingress-workers", str(k)] if k else []
+            for s in slot_counts:
+                proc, info = _start([*cli, "serve", "--slots", str(s), *workers, *common], 300,
+                                    stderr=log_file or subprocess.DEVNULL)
+                try:
+                    for n in (n for n in call_counts if n <= s):
+                        for run in range(args.runs):
+                            got = asyncio.run(_load(info["url"], info["port"], proc.pid, n, frames))
+                            # serve is idle now (no call): the anchor runs on the same machine,
+                            # seconds after the load it is compared with.
+                            points.append({"ingress_workers": k, "slots": s, "calls": n,
+                                           "run": run + 1} | got | anchor.measure(s, n))
+                finally:
+                    _stop(proc)
+    finally:
+        if log_file is not None:
+            log_file.close()
     for q in points:
         q["serve_over_engine"] = _ratio(q["serve_tick_mean_ms"], q["engine_tick_mean_ms"])
         q["serve_over_engine_paced"] = _ratio(q["serve_tick_mean_ms"],

@@ -64,6 +64,9 @@ __all__ = [
 
 log = get_logger(__name__)
 
+#: While the tick loop stays behind, one warning per this many late ticks.
+LATE_LOG_EVERY = 100
+
 
 @dataclass(frozen=True, slots=True)
 class TickReport:
@@ -419,14 +422,16 @@ class Engine(SlotAdmission, RowPacking, PersonaPrefill, EngineMeasures):
     def _run(self) -> None:
         name_os_thread("moshi-engine")  # its CPU and run-queue waits show in /proc
         period = self.config.tick_s
-        # A late tick is made up by ticking back to back, never by shifting the schedule
-        # (every caller would keep the frame that queued meanwhile): tick_clock.py.
-        clock = TickClock(period, self.config.queue_frames, time.monotonic())
+        # More than a tick behind restarts the schedule; bursting to catch up starves the
+        # event loop in serve and never catches up (tick_clock.py, ADR 0160).
+        clock = TickClock(period, time.monotonic())
+        late_run = 0  # late ticks since the loop last met its schedule
         while not self._stop.is_set():
             if not self._has_slots():
                 self._wake.wait(0.5)
                 self._wake.clear()
                 clock.restart(time.monotonic())
+                late_run = 0
                 continue
             delay = clock.wait_s(time.monotonic())
             if delay > 0:
@@ -447,4 +452,13 @@ class Engine(SlotAdmission, RowPacking, PersonaPrefill, EngineMeasures):
             if clock.ticked(time.monotonic()):
                 with self._lock:
                     self._late_ticks += 1
+                    live = sum(s is not None for s in self._slots)
+                late_run += 1
+                if late_run % LATE_LOG_EVERY == 1:  # once per fall, again if it lasts
+                    self.log.warning("tick loop behind schedule", live_calls=live,
+                                     behind_ms=round(1000 * clock.behind_s, 1),
+                                     late_ticks=late_run)
+            elif late_run and clock.behind_s <= 0:
+                self.log.info("tick loop back on schedule", late_ticks=late_run)
+                late_run = 0
 

@@ -44,7 +44,7 @@ def _engine_families(m: EngineMetrics) -> Iterator[Metric]:
     yield gauge("moshi_engine_ready", "1 when warmed up.", float(m.ready))
     yield counter("moshi_engine_ticks", "Ticks that ran the model.", m.ticks)
     yield counter("moshi_engine_late_ticks",
-                  "Ticks that ended over a tick behind the 80 ms schedule (made up back to back).",
+                  "Ticks that ended over a tick behind the 80 ms schedule (it then restarts).",
                   m.late_ticks)
     yield counter("moshi_engine_underruns", "Silence frames fed to starved calls.", m.underruns)
     yield counter("moshi_engine_overruns", "Caller frames dropped from full input queues.",
