@@ -23,6 +23,21 @@ _PROCESSORS: list[Any] = [
 ]
 
 
+_configured_level: str | None = None
+
+
+def remember_log_level(level: str) -> None:
+    """The CLI's chosen level, kept here (not in ``cli``, which may run as ``__main__``)
+    so child processes that set up their own logging can follow it."""
+    global _configured_level
+    _configured_level = level
+
+
+def configured_log_level() -> str | None:
+    """The level the CLI configured in this process; None when it did not."""
+    return _configured_level
+
+
 def get_logger(name: str, **bind: Any) -> Any:
     """A structlog logger for module ``name`` with ``bind`` (e.g. ``call_id``) on every line."""
     if structlog.is_configured():

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import structlog
 
+from ._log import remember_log_level
+
 #: command -> (module:function, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "plugins": (
@@ -137,6 +139,7 @@ def configure_logging(level: str | None = None) -> None:
     """structlog to stderr, so stdout stays clean for JSON output."""
     name = (level or os.environ.get("VOICE_SERVER_MOSHI_LOG_LEVEL", "warning")).upper()
     lvl = getattr(logging, name, logging.WARNING)
+    remember_log_level(logging.getLevelName(lvl).lower())
     logging.basicConfig(level=lvl, stream=_Stderr(), format="%(message)s")
     structlog.configure(
         processors=[

@@ -4,6 +4,7 @@ time goes."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -15,9 +16,18 @@ from voice_server_moshi.bench import serve as bench
 
 
 @pytest.mark.slow
-def test_one_real_time_call_against_a_real_serve(capsys: pytest.CaptureFixture[str]) -> None:
+def test_one_real_time_call_against_a_real_serve(capsys: pytest.CaptureFixture[str],
+                                                 tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
     assert bench.main(["--slots", "1", "--calls", "1", "--seconds", "1.2",
-                       "--ingress-workers", "0,1", "--keep-cores-awake"]) == 0
+                       "--ingress-workers", "0,1", "--keep-cores-awake",
+                       "--serve-log", str(log)]) == 0
+    # Both serves' logs, at level info: a lost load can be read against its calls.
+    lines = log.read_text().splitlines()
+    assert sum("server listening" in x and "port=" in x for x in lines) == 1
+    assert sum("ingress worker listening" in x for x in lines) == 1
+    # The worker's own call lines too: it follows serve's --log-level.
+    assert sum("call started" in x for x in lines) == 2
     text = capsys.readouterr().out
     out = json.loads(text[text.index('{\n  "bench"'):])
     assert out["keep_cores_awake"] is True

@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 from websockets.asyncio.server import ServerConnection, serve
 
-from .._log import get_logger
+from .._log import configured_log_level, get_logger
 from ..callpath.front import CallFront
 from ..callpath.remote import RemoteEngine
 from ..engine.call_sampling import CallSampling
@@ -120,7 +120,8 @@ def start_workers(config: ServerConfig, data_url: str, count: int,
     """Spawn ``count`` workers on ``config.port`` and wait until each listens."""
     ctx = multiprocessing.get_context("spawn")
     started = ctx.Queue()
-    level = os.environ.get("VOICE_SERVER_MOSHI_LOG_LEVEL")
+    # `--log-level` as well as the variable: the workers log calls as serve would.
+    level = configured_log_level() or os.environ.get("VOICE_SERVER_MOSHI_LOG_LEVEL")
     procs: list[multiprocessing.process.BaseProcess] = [
         ctx.Process(target=worker_main, args=(config, data_url, started, level),
                     name=f"ingress-worker-{i}", daemon=True) for i in range(count)]
