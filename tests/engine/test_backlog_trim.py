@@ -131,8 +131,12 @@ async def test_embedded_latency_recovers_after_a_one_second_engine_stall(models)
         print(f"frames waiting: median {base} before the stall, {statistics.median(after)} "
               f"(max {max(after)}) 1.5-4 s after it; trimmed {slot.trimmed}, "
               f"overruns {slot.overruns}, late ticks {eng.metrics().late_ticks}")
-        # Back to the baseline (within one frame); without trimming it stays ~13 higher.
-        assert statistics.median(after) <= base + 1
+        # Back to the baseline within two frames; without trimming it stays ~13 higher.
+        # The trim leaves up to one frame over the target standing (ADR 0065), and the
+        # schedule restarted after the stall (ADR 0160) puts the sender at any phase, so
+        # a sample sees up to one frame more: medians of 1-3 on the 2-core VM, before and
+        # after ADR 0160 (the one-frame bound failed 1 run in 4 on the code before it).
+        assert statistics.median(after) <= base + 2
         assert slot.trimmed + slot.overruns >= 8  # the stale second was dropped, counted
     eng.detach()
 

@@ -165,6 +165,11 @@ async def _load(url: str, port: int, pid: int, calls: int, frames: int) -> dict[
     }
 
 
+async def _warm(url: str, calls: int, frames: int) -> None:
+    """A discarded load: ``serve``'s first calls, before any is measured."""
+    await asyncio.gather(*(_Call(url).run(frames) for _ in range(calls)))
+
+
 class _EngineAnchor:
     """``bench engine``'s figures for one (slots, live calls), back to back and paced at
     80 ms; models loaded once, on first use (after ``serve`` has loaded its own)."""
@@ -221,6 +226,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--keep-cores-awake", action="store_true",
                    help="run serve with --keep-cores-awake (its spinners also run during "
                    "each load's engine anchor, which is measured while serve is up)")
+    p.add_argument("--warmup-seconds", type=float, default=0.0,
+                   help="before each serve's first load, drive its largest call count for "
+                   "this long and discard it (default 0: the first load is a cold one)")
     p.add_argument("--serve-log", default=None, metavar="PATH",
                    help="append each serve's log (its stderr, at level info) to PATH: "
                    "calls opening and closing, ticks behind schedule (default: discarded)")
@@ -254,7 +262,11 @@ def main(argv: list[str]) -> int:
                 proc, info = _start([*cli, "serve", "--slots", str(s), *workers, *common], 300,
                                     stderr=log_file or subprocess.DEVNULL)
                 try:
-                    for n in (n for n in call_counts if n <= s):
+                    loads = [n for n in call_counts if n <= s]
+                    if args.warmup_seconds > 0 and loads:
+                        asyncio.run(_warm(info["url"], max(loads),
+                                          max(2, round(args.warmup_seconds / 0.08))))
+                    for n in loads:
                         for run in range(args.runs):
                             got = asyncio.run(_load(info["url"], info["port"], proc.pid, n, frames))
                             # serve is idle now (no call): the anchor runs on the same machine,
@@ -278,7 +290,7 @@ def main(argv: list[str]) -> int:
     result = {
         "bench": "serve", "checkpoint": args.checkpoint, "device": args.device,
         "seconds_per_call": args.seconds, "lag_limit_ms": LAG_LIMIT_MS,
-        "keep_cores_awake": args.keep_cores_awake,
+        "keep_cores_awake": args.keep_cores_awake, "warmup_seconds": args.warmup_seconds,
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
                  "platform": platform.platform(),
                  "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
