@@ -21,16 +21,17 @@ def test_one_real_time_call_against_a_real_serve(capsys: pytest.CaptureFixture[s
     log = tmp_path / "serve.log"
     assert bench.main(["--slots", "1", "--calls", "1", "--seconds", "1.2",
                        "--ingress-workers", "0,1", "--keep-cores-awake",
-                       "--serve-log", str(log)]) == 0
+                       "--warmup-seconds", "0.4", "--serve-log", str(log)]) == 0
     # Both serves' logs, at level info: a lost load can be read against its calls.
     lines = log.read_text().splitlines()
     assert sum("server listening" in x and "port=" in x for x in lines) == 1
     assert sum("ingress worker listening" in x for x in lines) == 1
-    # The worker's own call lines too: it follows serve's --log-level.
-    assert sum("call started" in x for x in lines) == 2
+    # A discarded warm-up call, then the measured one, in each layout; the worker's call
+    # lines are there too: it follows serve's --log-level.
+    assert sum("call started" in x for x in lines) == 4
     text = capsys.readouterr().out
     out = json.loads(text[text.index('{\n  "bench"'):])
-    assert out["keep_cores_awake"] is True
+    assert out["keep_cores_awake"] is True and out["warmup_seconds"] == 0.4
     p, w = out["points"]
     assert (p["ingress_workers"], p["slots"], p["calls"], p["run"]) == (0, 1, 1, 1)
     assert w["ingress_workers"] == 1 and not p["errors"] and not w["errors"]

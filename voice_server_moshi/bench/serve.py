@@ -35,8 +35,10 @@ in K worker processes, :mod:`..server.workers`); each point names its ``ingress_
 
 ``--runs R`` repeats each load; ``summary`` gives, per load, the median, lowest and highest
 ``serve_over_engine`` over the runs and how many runs held every call in real time. The
-client runs in this process, on the same machine. Prints one JSON object on stdout
-(``--out`` also writes it).
+client runs in this process, on the same machine. ``--warmup-seconds W`` drives each
+``serve``'s largest call count for W seconds before its first load and discards it;
+``--serve-log PATH`` keeps each ``serve``'s log (level info: calls, late ticks). Prints
+one JSON object on stdout (``--out`` also writes it).
 """
 
 from __future__ import annotations
