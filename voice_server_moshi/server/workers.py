@@ -120,8 +120,9 @@ def start_workers(config: ServerConfig, data_url: str, count: int,
     """Spawn ``count`` workers on ``config.port`` and wait until each listens."""
     ctx = multiprocessing.get_context("spawn")
     started = ctx.Queue()
-    # `--log-level` as well as the variable: the workers log calls as serve would.
-    level = configured_log_level() or os.environ.get("VOICE_SERVER_MOSHI_LOG_LEVEL")
+    # The CLI's level (from `--log-level` or the variable); None: each worker reads the
+    # variable itself, as serve's own configure_logging would.
+    level = configured_log_level()
     procs: list[multiprocessing.process.BaseProcess] = [
         ctx.Process(target=worker_main, args=(config, data_url, started, level),
                     name=f"ingress-worker-{i}", daemon=True) for i in range(count)]
