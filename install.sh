@@ -13,19 +13,23 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 
 # Debian tools: espeak-ng and sox make the synthetic call corpus; podman, runc and
-# debootstrap build and run the container image (deploy/build-image.sh, its test).
+# debootstrap build and run the container image (deploy/build-image.sh, its test); the
+# libopus0 library is serve's Opus encoder.
 need=()
 command -v espeak-ng >/dev/null || need+=(espeak-ng)
 command -v sox >/dev/null || need+=(sox)
 for tool in podman runc debootstrap; do command -v "$tool" >/dev/null || need+=("$tool"); done
+# libopus0: serve's Opus encoder (ADR 0165); without it serve encodes through sphn.
+ldconfig -p 2>/dev/null | grep -q 'libopus\.so\.0' || need+=(libopus0)
 if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "install.sh: installing ${need[*]} (corpus generator, container image)" >&2
+        echo "install.sh: installing ${need[*]} (corpus generator, container image, Opus encoder)" >&2
         apt-get update -qq \
             && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
     else
         echo "install.sh: ${need[*]} not found: 'voice-server-moshi make-corpus' needs" \
-             "espeak-ng and sox, deploy/build-image.sh podman, runc and debootstrap" \
+             "espeak-ng and sox, deploy/build-image.sh podman, runc and debootstrap;" \
+             "without libopus0 serve encodes Opus through sphn, at about twice the CPU" \
              "(apt-get install ...). Everything else works without." >&2
     fi
 fi

@@ -133,6 +133,10 @@ def test_serve_answers_its_probes_wants_the_token_and_is_not_root(
     procs = _podman("top", name, "user", "args").splitlines()[1:]
     assert procs and all(line.split()[0] == "moshi" for line in procs), procs
     assert _podman("exec", name, "id", "-u").strip() == str(IMAGE_UID)
+    # The image has libopus, so serve encodes through it, not sphn (ADR 0165).
+    used = _podman("exec", name, "python3", "-c",
+                   "from voice_server_moshi.audio.opus import encoder_name; print(encoder_name())")
+    assert used.strip().startswith("libopus "), used
 
 
 async def test_a_kyutai_protocol_call_through_the_container_gets_agent_audio(

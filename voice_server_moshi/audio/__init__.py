@@ -1,7 +1,8 @@
 """Telephony audio path: pure, I/O-free, testable with plain arrays.
 
 G.711 (:mod:`.g711`), the streaming low-latency resampler (:mod:`.resample`), framers
-(:mod:`.framing`), Ogg/Opus over sphn (:mod:`.opus`) and the caller VAD (:mod:`.vad`).
+(:mod:`.framing`), Ogg/Opus (:mod:`.opus`: libopus's encoder where the system has it,
+sphn's otherwise; sphn's decoder) and the caller VAD (:mod:`.vad`).
 The one part that touches files is :mod:`.wavio`, WAV in and out (PCM, float, G.711),
 which the demo, the corpus and the engine's dev STT share.
 """

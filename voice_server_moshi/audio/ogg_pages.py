@@ -1,33 +1,29 @@
-"""Ogg pages by hand (RFC 3533): build, parse and re-checksum them, for tests and the
-protocol fuzz (``bench fuzz``), which need pages a real encoder never writes (an "Opus
+"""Ogg pages by hand (RFC 3533): build, parse and re-checksum them.
+
+The libopus encoder (:mod:`.libopus`) writes its stream with :func:`page`; the tests and
+the protocol fuzz (``bench fuzz``) also build pages a real encoder never writes (an "Opus
 bomb", a corrupted body under a valid checksum, a forged ``OpusHead``)."""
 
 from __future__ import annotations
 
 import struct
+import zlib
 
 __all__ = ["fix_crc", "ogg_crc", "page", "parse_pages"]
 
-
-def _crc_table() -> list[int]:
-    table = []
-    for i in range(256):
-        r = i << 24
-        for _ in range(8):
-            r = ((r << 1) ^ 0x04C11DB7) if r & 0x80000000 else (r << 1)
-        table.append(r & 0xFFFFFFFF)
-    return table
-
-
-_TABLE = _crc_table()
+#: Each byte with its bits in reverse order.
+_REVERSED = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
 
 
 def ogg_crc(data: bytes) -> int:
-    """Ogg's CRC-32 (polynomial 0x04C11DB7, no reflection, zero init) of ``data``."""
-    crc = 0
-    for b in data:
-        crc = ((crc << 8) & 0xFFFFFFFF) ^ _TABLE[((crc >> 24) & 0xFF) ^ b]
-    return crc
+    """Ogg's CRC-32 (polynomial 0x04C11DB7, no reflection, zero init) of ``data``.
+
+    zlib's CRC-32 is the same polynomial run bit-reflected; fed bit-reversed bytes from a
+    zero register, it yields Ogg's checksum bit-reversed. This runs in C, where a table
+    loop in Python cost about 0.1 ms a page on the encoder's hot path.
+    """
+    reflected = zlib.crc32(data.translate(_REVERSED), 0xFFFFFFFF) ^ 0xFFFFFFFF
+    return int(f"{reflected:032b}"[::-1], 2)
 
 
 def fix_crc(raw: bytes) -> bytes:

@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from .._log import get_logger
+from ..audio.opus import encoder_name
 from ..callpath.front import CallFront
 from ..callpath.local import LocalEngine
 from ..callpath.server_call import ServerCall
@@ -106,7 +107,8 @@ class BatchedServer:
                                    process_request=self.http.process_request,
                                    **self.config.websocket_options())
         log.info("server listening", host=self.config.host, port=self.port,
-                 slots=self.engine.slots, auth=self.config.auth_token is not None)
+                 slots=self.engine.slots, auth=self.config.auth_token is not None,
+                 opus_encoder=encoder_name())
 
     async def close(self) -> None:
         """Stop accepting, close every call with 1001 and wait for handlers to finish."""

@@ -22,24 +22,33 @@ from ..moshi.settings import DEFAULT_HF_REPO
 from .auth import AUTH_ENV, TokenError, read_token_file
 from .limit_flags import add_limit_flags, add_trim_flag, limits_from_args
 
-#: Calls whose Opus and protocol work (about 1.45 ms per call per 80 ms frame on this
-#: project's CPU VM, ``bench serve``) fill about 70 ms of each frame on one process's event
-#: loop, which also shares the interpreter with the tick (ADR 0135, "What serve adds").
-ONE_PROCESS_CALLS = 48
+#: The event loop's CPU per call per 80 ms frame (Opus and protocol), by Opus encoder:
+#: ``bench serve`` at 16 calls on this project's CPU VM (ADR 0135, ADR 0165).
+LOOP_MS_PER_CALL: dict[str, float] = {"sphn": 1.45, "libopus": 1.04}
+#: What one process's event loop can give its calls of each frame: it also shares the
+#: interpreter with the tick ("What serve adds" in docs/engine-batching.md).
+ONE_PROCESS_LOOP_MS = 70.0
+
+
+def one_process_calls(opus: str = "libopus") -> int:
+    """Calls whose Opus and protocol work fill one event loop: 48 with sphn, 67 with libopus."""
+    return int(ONE_PROCESS_LOOP_MS / LOOP_MS_PER_CALL[opus])
 
 if TYPE_CHECKING:
     from ..engine.core import Engine
     from .app import ServerConfig
 
 
-def ingress_hint(slots: int, ingress_workers: int, cpus: int | None) -> str | None:
+def ingress_hint(slots: int, ingress_workers: int, cpus: int | None,
+                 opus: str = "libopus") -> str | None:
     """A hint for ``serve`` where one process would carry more calls than its event loop
     can and the machine has cores to spare; ``None`` when the layout is fine."""
-    if ingress_workers > 0 or slots <= ONE_PROCESS_CALLS or (cpus or 1) < 4:
+    per = one_process_calls(opus)
+    if ingress_workers > 0 or slots <= per or (cpus or 1) < 4:
         return None
-    k = min(max(1, (cpus or 1) - 2), -(-slots // ONE_PROCESS_CALLS))
-    return (f"--slots {slots} in one process: past about {ONE_PROCESS_CALLS} calls its event "
-            f"loop's Opus work fills its core and stretches the tick; with {cpus} cores, "
+    k = min(max(1, (cpus or 1) - 2), -(-slots // per))
+    return (f"--slots {slots} in one process: past about {per} calls its event loop's "
+            f"Opus ({opus}) work fills its core and stretches the tick; with {cpus} cores, "
             f"consider --ingress-workers {k}")
 
 
@@ -125,8 +134,21 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"error: 'serve' needs the embedded extra "
                          f"(pip install 'voice-server-moshi[embedded]'): {exc}\n")
         return 2
+    from ..audio.libopus import LibopusError
+    from ..audio.opus import default_backend
     from .awake_cores import AwakeCores
 
+    try:
+        opus = default_backend()  # an operator's VOICE_SERVER_MOSHI_LIBOPUS fails here
+    except LibopusError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    if opus == "sphn":
+        from .._log import get_logger
+
+        get_logger(__name__).warning(
+            "no libopus: agent audio is encoded through sphn, about 2.3x the CPU per call",
+            fix="apt-get install libopus0 (or set VOICE_SERVER_MOSHI_LIBOPUS to its path)")
     try:
         awake = AwakeCores() if args.keep_cores_awake else None
         if awake is not None:
@@ -167,9 +189,10 @@ def main(argv: list[str]) -> int:
 
 
 def _serve(args: argparse.Namespace, engine: Engine, scfg: ServerConfig) -> int:
+    from ..audio.opus import default_backend
     from .app import run_server
 
-    hint = ingress_hint(args.slots, args.ingress_workers, os.cpu_count())
+    hint = ingress_hint(args.slots, args.ingress_workers, os.cpu_count(), default_backend())
     if hint is not None:
         from .._log import get_logger
 

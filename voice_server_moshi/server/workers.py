@@ -29,6 +29,7 @@ import httpx
 from websockets.asyncio.server import ServerConnection, serve
 
 from .._log import configured_log_level, get_logger
+from ..audio.opus import encoder_name
 from ..callpath.front import CallFront
 from ..callpath.remote import RemoteEngine
 from ..engine.call_sampling import CallSampling
@@ -77,7 +78,8 @@ class IngressWorker:
             async with serve(self._handle, self.config.host, self.config.port,
                              reuse_port=True, process_request=self.http.process_request,
                              **self.config.websocket_options()) as server:
-                log.info("ingress worker listening", worker=self.name, port=self.config.port)
+                log.info("ingress worker listening", worker=self.name, port=self.config.port,
+                         opus_encoder=encoder_name())
                 if started is not None:
                     started.put(os.getpid())
                 await stop.wait()
