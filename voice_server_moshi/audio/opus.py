@@ -89,7 +89,6 @@ class OpusEncoder:
             raise ValueError(f"unknown Opus backend {backend!r} (libopus or sphn)")
         self._framer = SampleFramer(frame_samples, np.float32)
 
-
     @property
     def pending(self) -> int:
         """Samples waiting for a whole frame."""

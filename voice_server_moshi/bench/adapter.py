@@ -6,7 +6,8 @@ transport does per frame minus the socket: Opus-encode each caller frame into Og
 and Opus-decode Ogg pages of agent audio (made beforehand, as a Moshi server would send
 them). So the measured path is: G.711 decode, VAD, 8k->24k resampling, 80 ms framing,
 Opus encode, Opus decode, 24k->8k resampling, 20 ms framing, G.711 encode, event delivery.
-Caller audio is sent faster than real time, and CPU time is the thread's own
+The audio is the bundled corpus's phone speech (caller and agent turns, line noise between
+them). Caller audio is sent faster than real time, and CPU time is the thread's own
 (``time.thread_time``), on one thread: calls per core = 1000 / (CPU ms per call-second).
 """
 
@@ -42,12 +43,29 @@ from ..moshi.transport import (
 GOAL_CALLS_PER_CORE = 100
 
 
-def _speechlike(n: int, rate: int, seed: int) -> NDArray[np.float32]:
+def _call_audio(n: int, rate: int, role: str, seed: int) -> NDArray[np.float32]:
+    """``n`` samples of a phone call's audio at ``rate``: the bundled corpus's clips of
+    ``role`` (``agent`` or ``caller``), 0.4 s of line noise between them.
+
+    Real speech, because the codec's cost depends on what it encodes: sphn's Opus encoder
+    took 0.26 ms a frame on a square wave this bench used before and 1.02 ms on this
+    speech, libopus 0.56 and 0.58 ms (ADR 0165)."""
+    import soxr
+
+    from ..audio.wavio import read_wav
+    from ..bundled import bundled_clip_dir
+
+    names = "a" if role == "agent" else "uib"
+    clips = [read_wav(p).samples[:, 0] for p in sorted(bundled_clip_dir().glob("*.wav"))
+             if p.name[0] in names]
     rng = np.random.default_rng(seed)
-    t = np.arange(n) / rate
-    env = ((t % 1.4) < 0.8).astype(np.float64) * 0.9 + 0.02
-    x = np.sign(np.sin(2 * np.pi * 180 * t)) * 0.2 + rng.standard_normal(n) * 0.08
-    out: NDArray[np.float32] = (x * env).astype(np.float32)
+    parts: list[NDArray[np.float32]] = []
+    for clip in clips:
+        parts += [clip, (0.001 * rng.standard_normal(3200)).astype(np.float32)]
+    track = np.concatenate(parts)
+    if rate != 8000:
+        track = soxr.resample(track, 8000, rate).astype(np.float32)
+    out: NDArray[np.float32] = np.tile(track, -(-n // len(track)))[:n].astype(np.float32)
     return out
 
 
@@ -83,7 +101,7 @@ class _OpusLoopTransport(MoshiTransport):
 
 def _agent_pages(seconds: float) -> list[bytes]:
     n_frames = int(seconds * 12.5) + 2
-    pcm = _speechlike(n_frames * MOSHI_FRAME_SAMPLES, 24000, seed=7)
+    pcm = _call_audio(n_frames * MOSHI_FRAME_SAMPLES, 24000, "agent", 7)
     enc = OpusEncoder(24000)
     return [enc.encode(pcm[i * MOSHI_FRAME_SAMPLES : (i + 1) * MOSHI_FRAME_SAMPLES])
             for i in range(n_frames)]
@@ -91,7 +109,7 @@ def _agent_pages(seconds: float) -> list[bytes]:
 
 async def _one_call(fmt: AudioFormat, seconds: float, vad: str) -> dict[str, Any]:
     caller = g711.encode(
-        np.clip(np.rint(_speechlike(int(seconds * fmt.sample_rate), fmt.sample_rate, 1)
+        np.clip(np.rint(_call_audio(int(seconds * fmt.sample_rate), fmt.sample_rate, "caller", 1)
                         * 32767), -32768, 32767).astype(np.int16),
         fmt.encoding,
     )
@@ -152,7 +170,7 @@ async def _socket_call(fmt: AudioFormat, seconds: float, url: str, vad: str
                        ) -> dict[str, Any]:
     """The same call over the real remote transport and a loopback WebSocket."""
     caller = g711.encode(
-        np.clip(np.rint(_speechlike(int(seconds * fmt.sample_rate), fmt.sample_rate, 1)
+        np.clip(np.rint(_call_audio(int(seconds * fmt.sample_rate), fmt.sample_rate, "caller", 1)
                         * 32767), -32768, 32767).astype(np.int16),
         fmt.encoding,
     )
@@ -216,13 +234,13 @@ def _stage_costs(fmt: AudioFormat, seconds: float, vad_name: str) -> dict[str, f
     from ..vads import VadConfig
 
     rate = fmt.sample_rate
-    x8 = np.clip(np.rint(_speechlike(int(seconds * rate), rate, 1) * 32767),
+    x8 = np.clip(np.rint(_call_audio(int(seconds * rate), rate, "caller", 1) * 32767),
                  -32768, 32767).astype(np.int16)
     n = fmt.samples_per_frame
     chunks16 = [x8[i : i + n] for i in range(0, len(x8) - n + 1, n)]
     wire = [g711.encode(c, fmt.encoding) for c in chunks16]
-    x24 = _speechlike(int(seconds * 24000) // MOSHI_FRAME_SAMPLES * MOSHI_FRAME_SAMPLES,
-                      24000, 2)
+    x24 = _call_audio(int(seconds * 24000) // MOSHI_FRAME_SAMPLES * MOSHI_FRAME_SAMPLES,
+                      24000, "caller", 2)
     frames24 = x24.reshape(-1, MOSHI_FRAME_SAMPLES)
     pages = _agent_pages(seconds)
 
