@@ -65,17 +65,18 @@ def own_quota_files(proc_cgroup: Path = Path("/proc/self/cgroup"),
 # imports nothing of the caller's. PR_SET_PDEATHSIG ends it with its parent (even on
 # SIGKILL); the getppid check covers a parent that died before the prctl took effect. It
 # ignores SIGINT and SIGTERM, which a terminal's Ctrl-C or systemd's stop send to the
-# whole group: serve stops it itself (SIGKILL) once its calls are closed.
+# whole group: serve stops it itself (SIGKILL) once its calls are closed. SCHED_IDLE comes
+# last: `start` waits for it, so by then the spinner is pinned and named too.
 _SPIN = """\
 import ctypes, os, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 cpu, parent = int(sys.argv[1]), int(sys.argv[2])
-os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 os.sched_setaffinity(0, {cpu})
 libc = ctypes.CDLL(None)
 libc.prctl(1, signal.SIGKILL)
 libc.prctl(15, ("awake-cpu%d" % cpu).encode())
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 while os.getppid() == parent:
     for _ in range(1000000):
         pass
@@ -128,8 +129,8 @@ class AwakeCores:
                              f"Drop the quota (for Kubernetes: no CPU limit) or the flag")
 
     def start(self) -> None:
-        """Start the spinners and wait until each runs at idle priority; ``OSError`` (with
-        none left running) when one cannot."""
+        """Start the spinners and wait until each runs at idle priority (its last step:
+        pinned and named before); ``OSError`` (with none left running) when one cannot."""
         self.check()
         parent = str(os.getpid())
         try:
