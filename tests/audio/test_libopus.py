@@ -4,6 +4,7 @@ operator's library setting is obeyed or refused, and the Ogg checksum is Ogg's."
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,29 @@ def test_an_operators_library_path_is_used(monkeypatch: pytest.MonkeyPatch,
 def test_unknown_backend_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown Opus backend 'vorbis'"):
         OpusEncoder(backend="vorbis")  # type: ignore[arg-type]
+
+
+def test_serve_stops_at_start_on_a_library_path_that_does_not_load(
+        monkeypatch: pytest.MonkeyPatch, fresh_lookup: None, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    from voice_server_moshi.server.cli import main
+
+    monkeypatch.setenv(LIBOPUS_ENV, str(tmp_path / "libopus.so.0"))
+    # A checkpoint that does not exist: reaching the loader would say so instead.
+    assert main(["--checkpoint", str(tmp_path / "nope"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {LIBOPUS_ENV}=" in err and "could not load checkpoint" not in err
+
+
+def test_serve_warns_with_the_fix_when_it_falls_back_to_sphn(
+        monkeypatch: pytest.MonkeyPatch, fresh_lookup: None, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    pytest.importorskip("torch")
+    from voice_server_moshi.server.cli import main
+
+    monkeypatch.setenv(LIBOPUS_ENV, "off")
+    with caplog.at_level("WARNING"):
+        assert main(["--checkpoint", str(tmp_path / "nope"), "--device", "cpu"]) == 2
+    text = caplog.text
+    assert "no libopus" in text and "apt-get install libopus0" in text

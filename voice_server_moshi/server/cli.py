@@ -147,7 +147,7 @@ def main(argv: list[str]) -> int:
         from .._log import get_logger
 
         get_logger(__name__).warning(
-            "no libopus: agent audio is encoded through sphn, about 2.3x the CPU per call",
+            "no libopus: agent audio is encoded through sphn, about 1.8x the encode CPU per call",
             fix="apt-get install libopus0 (or set VOICE_SERVER_MOSHI_LIBOPUS to its path)")
     try:
         awake = AwakeCores() if args.keep_cores_awake else None
