@@ -17,7 +17,7 @@ import sphn
 from numpy.typing import NDArray
 
 from .framing import SampleFramer
-from .libopus import LibopusEncoder, libopus_version, load_libopus
+from .libopus import OPUS_RATES, LibopusEncoder, libopus_version, load_libopus
 from .moshi_frame import FRAME_SAMPLES
 
 __all__ = [
@@ -69,7 +69,7 @@ class OpusEncoder:
 
     def __init__(self, sample_rate: int = 24000, frame_samples: int = OPUS_FRAME_SAMPLES,
                  *, backend: OpusBackend | None = None) -> None:
-        if sample_rate not in (8000, 12000, 16000, 24000, 48000):
+        if sample_rate not in OPUS_RATES:
             raise ValueError(f"Opus does not support sample rate {sample_rate}")
         if 1000.0 * frame_samples / sample_rate not in _ALLOWED_MS:
             raise ValueError(
@@ -106,7 +106,7 @@ class OpusDecoder:
     """Ogg/Opus bytes, split anywhere -> float32 PCM (possibly empty)."""
 
     def __init__(self, sample_rate: int = 24000) -> None:
-        if sample_rate not in (8000, 12000, 16000, 24000, 48000):
+        if sample_rate not in OPUS_RATES:
             raise ValueError(f"Opus does not support sample rate {sample_rate}")
         self.sample_rate = sample_rate
         self._reader: Any = sphn.OpusStreamReader(sample_rate)

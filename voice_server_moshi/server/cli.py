@@ -182,17 +182,16 @@ def main(argv: list[str]) -> int:
             sys.stderr.write(f"error: --keep-cores-awake could not start its spinners: {exc}\n")
             return 2
     try:
-        return _serve(args, engine, scfg)
+        return _serve(args, engine, scfg, opus)
     finally:
         if awake is not None:
             awake.stop()
 
 
-def _serve(args: argparse.Namespace, engine: Engine, scfg: ServerConfig) -> int:
-    from ..audio.opus import default_backend
+def _serve(args: argparse.Namespace, engine: Engine, scfg: ServerConfig, opus: str) -> int:
     from .app import run_server
 
-    hint = ingress_hint(args.slots, args.ingress_workers, os.cpu_count(), default_backend())
+    hint = ingress_hint(args.slots, args.ingress_workers, os.cpu_count(), opus)
     if hint is not None:
         from .._log import get_logger
 
